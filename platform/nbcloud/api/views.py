@@ -1,0 +1,50 @@
+"""The shared base of project-scoped API views.
+
+A project's resources live under /api/v1/projects/{project}/. Whoever cannot
+see the project (a token of another project, a user who is not a member) gets
+404, as if it did not exist; members with the `read` role may only read.
+"""
+
+from django.shortcuts import get_object_or_404
+from rest_framework import exceptions, permissions, viewsets
+
+from nbcloud.projects.models import WRITE_ROLES, ApiToken, Project, Role
+
+
+def project_role(request, project: Project) -> str | None:
+    if isinstance(request.auth, ApiToken):
+        return request.auth.role if request.auth.project_id == project.pk else None
+    if request.user.is_superuser:
+        return Role.OPERATOR
+    return project.role_of(request.user)
+
+
+class ProjectRolePermission(permissions.BasePermission):
+    message = "This action needs the operator role; your role on this project is read-only."
+
+    def has_permission(self, request, view) -> bool:
+        return request.method in permissions.SAFE_METHODS or view.role in WRITE_ROLES
+
+
+class ProjectScopedMixin:
+    """Resolves `project` from the URL and the caller's role on it."""
+
+    permission_classes = [permissions.IsAuthenticated, ProjectRolePermission]
+    project: Project
+    role: str
+
+    def initial(self, request, *args, **kwargs):
+        self.format_kwarg = self.get_format_suffix(**kwargs)
+        self.perform_authentication(request)
+        if not request.user or not request.user.is_authenticated:
+            raise exceptions.NotAuthenticated()
+        self.project = get_object_or_404(Project, name=kwargs["project"])
+        role = project_role(request, self.project)
+        if role is None:
+            raise exceptions.NotFound(f"No project named {kwargs['project']!r}.")
+        self.role = role
+        super().initial(request, *args, **kwargs)
+
+
+class ProjectScopedViewSet(ProjectScopedMixin, viewsets.GenericViewSet):
+    pass

@@ -1,0 +1,215 @@
+"""``manage.py runplatform``: the whole platform on one machine, in the foreground.
+
+Starts the embedded broker (unless CELERY_BROKER_URL points elsewhere), then
+web (uvicorn), a Celery worker for this host (queues ``control``, ``billing``
+and ``host.<NBCLOUD_HOST_NAME>``), beat and flower as child processes under
+honcho. Ctrl-C or SIGTERM stops the children, then the broker.
+"""
+
+import os
+import secrets
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+from honcho.manager import Manager
+
+from nbcloud.broker import BrokerError, start_embedded_broker
+from nbcloud.hosts.sandbox import ensure_bubblewrap
+
+LOCALHOST = "127.0.0.1"
+
+
+def _executable(name: str) -> list[str]:
+    """The console script ``name`` of this interpreter's environment, or
+    ``python -m name`` when the script is not there."""
+    script = Path(sys.executable).parent / name
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", name]
+
+
+def _shell(argv: list[str]) -> str:
+    # honcho runs each command through /bin/sh; exec lets the signal honcho
+    # sends reach the program itself rather than a shell waiting on it.
+    return "exec " + shlex.join(argv)
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the whole platform on this machine in the foreground: embedded broker, "
+        "web (uvicorn), worker, beat and flower. Ctrl-C stops everything."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--port", type=int, default=8000, help="web port (default 8000)")
+        parser.add_argument("--no-beat", action="store_true", help="do not run celery beat")
+        parser.add_argument("--no-flower", action="store_true", help="do not run flower")
+
+    def handle(self, *args, port: int, no_beat: bool, no_flower: bool, **options):
+        # Until honcho takes over the signals, a SIGTERM must still unwind
+        # through the finally below so the broker is shut down.
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+        if settings.NBCLOUD_RUNTIME == "process":
+            ensure_bubblewrap()
+        call_command("collectstatic", interactive=False, verbosity=0)
+        self._warn_unapplied_migrations()
+
+        root = Path(settings.BASE_DIR)
+        socket_path = Path(settings.EMBEDDED_BROKER_SOCKET)
+        # EMBEDDED_BROKER is "CELERY_BROKER_URL is not set"; a URL read from
+        # CELERY_BROKER_URL_FILE is not the embedded one either.
+        configured_url = settings.CELERY_BROKER_URL
+        embedded = settings.EMBEDDED_BROKER and configured_url == f"redis+socket://{socket_path}"
+        broker = None
+        if embedded:
+            try:
+                broker = start_embedded_broker(socket_path)
+            except BrokerError as exc:
+                raise CommandError(str(exc)) from exc
+            broker_url = broker.url
+        else:
+            broker_url = configured_url
+
+        try:
+            env = self._child_env(root, broker_url)
+            manager = Manager()
+            manager.add_process("web", _shell(self._web(port)), env=env, cwd=str(root))
+            manager.add_process("worker", _shell(self._worker()), env=env, cwd=str(root))
+            if not no_beat:
+                manager.add_process("beat", _shell(self._beat()), env=env, cwd=str(root))
+            flower_password = None
+            if not no_flower:
+                flower_password = settings.FLOWER_PASSWORD or secrets.token_urlsafe(12)
+                flower_env = dict(
+                    env, FLOWER_BASIC_AUTH=f"{settings.FLOWER_USER}:{flower_password}"
+                )
+                manager.add_process("flower", _shell(self._flower()), env=flower_env, cwd=str(root))
+            self._banner(port, broker_url, embedded, no_beat, no_flower, flower_password)
+            manager.loop()
+        finally:
+            if broker is not None:
+                self.stdout.write("stopping the embedded broker")
+                broker.shutdown()
+        if manager.returncode:
+            sys.exit(manager.returncode)
+
+    # Children.
+
+    def _child_env(self, root: Path, broker_url: str) -> dict[str, str]:
+        env = dict(os.environ)
+        paths = [str(root / "platform"), str(root)]
+        if env.get("PYTHONPATH"):
+            paths.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        env["DJANGO_SETTINGS_MODULE"] = os.environ.get("DJANGO_SETTINGS_MODULE", "nbcloud.settings")
+        env["NBCLOUD_DATA_DIR"] = str(settings.DATA_DIR)
+        env["CELERY_BROKER_URL"] = broker_url
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _web(self, port: int) -> list[str]:
+        return [
+            *_executable("uvicorn"),
+            "nbcloud.asgi:application",
+            "--host",
+            LOCALHOST,
+            "--port",
+            str(port),
+        ]
+
+    def _worker(self) -> list[str]:
+        host = settings.NBCLOUD_HOST_NAME
+        return [
+            *_executable("celery"),
+            "-A",
+            "nbcloud",
+            "worker",
+            "-E",
+            "-Q",
+            f"control,billing,host.{host}",
+            "--hostname",
+            f"{host}@%h",
+            "--concurrency",
+            "2",
+            "--loglevel",
+            "INFO",
+        ]
+
+    def _beat(self) -> list[str]:
+        return [
+            *_executable("celery"),
+            "-A",
+            "nbcloud",
+            "beat",
+            "--schedule",
+            str(Path(settings.DATA_DIR) / "celerybeat-schedule"),
+            "--loglevel",
+            "INFO",
+        ]
+
+    def _flower(self) -> list[str]:
+        # The credentials travel in FLOWER_BASIC_AUTH (flower reads FLOWER_*
+        # variables), not on the command line where `ps` would show them.
+        return [
+            *_executable("celery"),
+            "-A",
+            "nbcloud",
+            "flower",
+            f"--address={LOCALHOST}",
+            f"--port={settings.FLOWER_PORT}",
+        ]
+
+    # Output.
+
+    def _banner(self, port, broker_url, embedded, no_beat, no_flower, flower_password):
+        web = f"http://{LOCALHOST}:{port}"
+        host = settings.NBCLOUD_HOST_NAME
+        lines = [
+            "nbcloud platform",
+            f"  API     {web}/api/v1/",
+            f"  Docs    {web}/api/v1/docs/",
+            f"  Admin   {web}/admin/",
+        ]
+        if not no_flower:
+            if settings.FLOWER_PASSWORD:
+                password = "(from NBCLOUD_FLOWER_PASSWORD)"
+            else:
+                password = f"{flower_password}  (generated for this run)"
+            lines.append(
+                f"  Flower: http://{LOCALHOST}:{settings.FLOWER_PORT} "
+                f"user {settings.FLOWER_USER} password {password}"
+            )
+        lines.append(f"  Broker  {broker_url}{' (embedded)' if embedded else ''}")
+        lines.append(f"  Worker  host {host}, queues control, billing, host.{host}")
+        if no_beat:
+            lines.append("  Beat    off (--no-beat): no billing ticks or reconcile")
+        lines.append("Ctrl-C stops everything.")
+        self.stdout.write(self.style.SUCCESS("\n".join(lines)))
+        self.stdout.flush()
+
+    def _warn_unapplied_migrations(self) -> None:
+        try:
+            from django.db import DEFAULT_DB_ALIAS, connections
+            from django.db.migrations.executor import MigrationExecutor
+
+            executor = MigrationExecutor(connections[DEFAULT_DB_ALIAS])
+            plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+        except Exception as exc:  # a warning, never a reason not to start
+            self.stderr.write(f"could not check migrations: {exc}")
+            return
+        if plan:
+            self.stderr.write(
+                self.style.WARNING(
+                    f"{len(plan)} migration(s) not applied: run `python manage.py migrate`"
+                )
+            )
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt

@@ -1,0 +1,128 @@
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, serializers, status
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from nbcloud.api.actors import actor_of
+from nbcloud.api.views import ProjectScopedViewSet
+from nbcloud.notebooks import services, spec
+from nbcloud.notebooks.models import Notebook
+from nbcloud.notebooks.states import State
+
+from .serializers import (
+    BackupSerializer,
+    NotebookEventSerializer,
+    NotebookSerializer,
+    NotebookSpecSerializer,
+    NotebookUpdateSerializer,
+)
+
+
+class NotebookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScopedViewSet):
+    serializer_class = NotebookSerializer
+    lookup_value_regex = "[0-9a-f-]{36}"
+
+    def get_queryset(self):
+        return (
+            Notebook.objects.filter(project=self.project)
+            .exclude(state=State.DELETED)
+            .select_related("project", "host", "created_by")
+        )
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("state", str, enum=list(State.values)),
+            OpenApiParameter("label_selector", str, description="e.g. team=vision,env!=prod"),
+        ]
+    )
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    def filter_queryset(self, queryset):
+        state = self.request.query_params.get("state")
+        if state:
+            if state not in State.values:
+                raise serializers.ValidationError(
+                    {"state": f"unknown state {state!r}; valid choices: {', '.join(State.values)}"}
+                )
+            queryset = queryset.filter(state=state)
+        selector = self.request.query_params.get("label_selector")
+        if selector:
+            try:
+                terms = spec.parse_label_selector(selector)
+            except DjangoValidationError as exc:
+                raise serializers.ValidationError({"label_selector": exc.messages}) from None
+            matching = [nb.pk for nb in queryset if spec.labels_match(nb.labels, terms)]
+            queryset = queryset.filter(pk__in=matching)
+        return queryset
+
+    @extend_schema(request=NotebookSpecSerializer, responses={201: NotebookSerializer})
+    def create(self, request, *args, **kwargs):
+        spec_serializer = NotebookSpecSerializer(data=request.data)
+        spec_serializer.is_valid(raise_exception=True)
+        notebook = services.create(
+            self.project,
+            spec_serializer.to_model_fields(),
+            actor=actor_of(request),
+            user=request.user,
+        )
+        return Response(self.get_serializer(notebook).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=NotebookUpdateSerializer, responses=NotebookSerializer)
+    def partial_update(self, request, *args, **kwargs):
+        changes = NotebookUpdateSerializer(data=request.data)
+        changes.is_valid(raise_exception=True)
+        notebook = services.update(
+            self.get_object(), changes.validated_data, actor=actor_of(request)
+        )
+        return Response(self.get_serializer(notebook).data)
+
+    def destroy(self, request, *args, **kwargs):
+        notebook = services.delete(self.get_object(), actor=actor_of(request))
+        return Response(self.get_serializer(notebook).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: NotebookSerializer})
+    @action(detail=True, methods=["post"])
+    def start(self, request, *args, **kwargs):
+        notebook = services.start(self.get_object(), actor=actor_of(request))
+        return Response(self.get_serializer(notebook).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: NotebookSerializer})
+    @action(detail=True, methods=["post"])
+    def stop(self, request, *args, **kwargs):
+        notebook = services.stop(self.get_object(), actor=actor_of(request))
+        return Response(self.get_serializer(notebook).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses=NotebookEventSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def events(self, request, *args, **kwargs):
+        notebook = self.get_object()
+        page = self.paginate_queryset(notebook.events.all())
+        return self.get_paginated_response(NotebookEventSerializer(page, many=True).data)
+
+    @extend_schema(responses=BackupSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def backups(self, request, *args, **kwargs):
+        notebook = self.get_object()
+        page = self.paginate_queryset(notebook.backups.all())
+        return self.get_paginated_response(BackupSerializer(page, many=True).data)
+
+    @extend_schema(responses={200: {"type": "object", "properties": {"token": {"type": "string"}}}})
+    @action(detail=True, methods=["get"])
+    def secret(self, request, *args, **kwargs):
+        """The editor's token, for project members, until the gateway fronts editors."""
+        notebook = self.get_object()
+        return Response({"token": notebook.editor_secret, "url": notebook.url or None})
+
+    @extend_schema(responses={200: {"type": "object"}})
+    @action(detail=True, methods=["get"])
+    def logs(self, request, *args, **kwargs):
+        from workers.lifecycle import runtime_for
+
+        notebook = self.get_object()
+        tail = request.query_params.get("tail", "200")
+        if not tail.isdigit():
+            raise serializers.ValidationError({"tail": f"{tail!r} is not a number of lines"})
+        tail = min(int(tail), 5000)
+        return Response({"logs": runtime_for(notebook).logs(tail)})

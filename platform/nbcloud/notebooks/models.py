@@ -1,0 +1,113 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from nbcloud.hosts.models import Host
+from nbcloud.projects.models import Project
+
+from .states import InfoCode, State
+
+
+class Notebook(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="notebooks")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    # The spec.
+    name = models.CharField(max_length=100)
+    labels = models.JSONField(default=dict, blank=True)
+    framework_id = models.CharField(max_length=64)
+    framework_version = models.CharField(max_length=64)
+    editor_id = models.CharField(max_length=32)
+    env_vars = models.JSONField(default=list, blank=True)
+    flavor = models.CharField(max_length=64)
+    gpu = models.PositiveSmallIntegerField(default=0)
+    cpu = models.PositiveSmallIntegerField(default=0)
+    region = models.CharField(max_length=16)
+    volumes = models.JSONField(default=list, blank=True)
+    unsecure_http = models.BooleanField(default=False)
+    ssh_public_keys = models.JSONField(default=list, blank=True)
+    timeout_auto_restart = models.BooleanField(default=False)
+
+    # The status.
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    info_code = models.CharField(max_length=32, choices=InfoCode.choices, default=InfoCode.OK)
+    info_message = models.TextField(blank=True)
+    state_changed_at = models.DateTimeField(default=timezone.now)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    last_started_at = models.DateTimeField(null=True, blank=True)
+    last_stopped_at = models.DateTimeField(null=True, blank=True)
+    workspace_size = models.BigIntegerField(null=True, blank=True)
+
+    # Placement: a notebook holds capacity on `host` exactly while host is set.
+    host = models.ForeignKey(
+        Host, null=True, blank=True, on_delete=models.PROTECT, related_name="notebooks"
+    )
+    gpu_uuids = models.JSONField(default=list, blank=True)
+    url = models.URLField(blank=True)
+    # The editor's own secret; the platform passes it, users never need it
+    # once the gateway fronts editors.
+    editor_secret = models.CharField(max_length=64, blank=True, editable=False)
+    # The runtime's JSON state (a pid, a port, a container id), so any worker
+    # on the host can take over.
+    runtime_state = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [
+            models.Index(fields=["project", "state"]),
+            models.Index(fields=["state", "region", "queued_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id})"
+
+    @property
+    def units(self) -> int:
+        return self.gpu or self.cpu
+
+    @property
+    def sandbox_uid(self) -> int:
+        # Deterministic per notebook so a workspace keeps its owner across
+        # restarts; distinct between notebooks so they cannot read each other.
+        return settings.NBCLOUD_SANDBOX_UID_BASE + (self.id.int % 100_000_000)
+
+
+class NotebookEvent(models.Model):
+    notebook = models.ForeignKey(Notebook, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.CharField(max_length=150, help_text="User, token or 'system'.")
+    from_state = models.CharField(max_length=16, choices=State.choices, blank=True)
+    to_state = models.CharField(max_length=16, choices=State.choices)
+    code = models.CharField(max_length=32, choices=InfoCode.choices)
+    message = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.from_state or '-'} -> {self.to_state} ({self.code})"
+
+
+class Backup(models.Model):
+    """A workspace archive in the backups storage, complete and checksummed."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    notebook = models.ForeignKey(Notebook, on_delete=models.CASCADE, related_name="backups")
+    created_at = models.DateTimeField(default=timezone.now)
+    storage_name = models.CharField(max_length=255, unique=True)
+    size = models.BigIntegerField(help_text="Archive size in bytes.")
+    sha256 = models.CharField(max_length=64)
+    workspace_size = models.BigIntegerField(help_text="Bytes of files in the workspace.")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.notebook_id} @ {self.created_at:%Y-%m-%d %H:%M:%S}"

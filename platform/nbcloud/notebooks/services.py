@@ -1,0 +1,291 @@
+"""The notebook lifecycle: creation, user actions and every state change.
+
+Every change of state goes through `transition`, which checks the table in
+`states`, applies a conditional UPDATE (so two racing changes cannot both win)
+and writes the event, in one transaction. Work that must happen after the
+change (a task) is sent on commit.
+"""
+
+import logging
+import secrets
+
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from nbcloud.api.errors import Conflict, QuotaExceeded
+from nbcloud.projects.models import Project
+
+from .models import Notebook, NotebookEvent
+from .states import ACTIONS, FAILURE_CODES, QUOTA_STATES, InfoCode, State, is_legal
+
+log = logging.getLogger(__name__)
+SYSTEM = "system"
+
+
+class InvalidState(Conflict):
+    pass
+
+
+def transition(
+    notebook: Notebook, to: State, *, actor: str, code: InfoCode, message: str = "", **fields
+) -> Notebook:
+    """Move `notebook` to `to`, or raise InvalidState if another change won."""
+    from_state = notebook.state
+    if not is_legal(from_state, to):
+        raise InvalidState(f"Notebook {notebook.name!r} is {from_state}; it cannot become {to}.")
+    now = timezone.now()
+    updates = {
+        "state": to,
+        "info_code": code,
+        "info_message": message,
+        "state_changed_at": now,
+        "updated_at": now,
+        **fields,
+    }
+    with transaction.atomic():
+        changed = Notebook.objects.filter(pk=notebook.pk, state=from_state).update(**updates)
+        if not changed:
+            current = (
+                Notebook.objects.filter(pk=notebook.pk).values_list("state", flat=True).first()
+            )
+            raise InvalidState(
+                f"Notebook {notebook.name!r} changed meanwhile: it is now {current}, not {from_state}."
+            )
+        NotebookEvent.objects.create(
+            notebook=notebook,
+            at=now,
+            actor=actor,
+            from_state=from_state,
+            to_state=to,
+            code=code,
+            message=message,
+        )
+    for name, value in updates.items():
+        setattr(notebook, name, value)
+    log.info("notebook %s: %s -> %s (%s) %s", notebook.pk, from_state, to, code, message)
+    return notebook
+
+
+def set_info(notebook: Notebook, code: InfoCode, message: str) -> None:
+    """Progress within a state (e.g. 'restoring workspace'), without an event."""
+    Notebook.objects.filter(pk=notebook.pk).update(info_code=code, info_message=message)
+    notebook.info_code, notebook.info_message = code, message
+
+
+def _action_target(notebook: Notebook, action: str) -> State:
+    allowed = ACTIONS[action]
+    target = allowed.get(State(notebook.state))
+    if target is None:
+        raise InvalidState(
+            f"Notebook {notebook.name!r} is {notebook.state}: {action} is allowed only when it is "
+            f"{', '.join(sorted(allowed))}."
+        )
+    return target
+
+
+def _check_gpu_quota(project: Project, extra_gpus: int, exclude: Notebook | None = None) -> None:
+    """Call inside a transaction that holds the project row lock."""
+    if not extra_gpus:
+        return
+    active = Notebook.objects.filter(project=project, state__in=QUOTA_STATES)
+    if exclude is not None:
+        active = active.exclude(pk=exclude.pk)
+    used = active.aggregate(total=Sum("gpu"))["total"] or 0
+    if used + extra_gpus > project.gpu_quota:
+        raise QuotaExceeded(
+            f"Project {project.name!r} may use {project.gpu_quota} GPUs at once; {used} are in use "
+            f"or queued, so {extra_gpus} more would exceed it. Stop a notebook or ask an "
+            "administrator to raise the quota."
+        )
+
+
+def _locked_project(project: Project) -> Project:
+    # Serialises quota checks of one project: with PostgreSQL a row lock, with
+    # SQLite the database lock taken at BEGIN IMMEDIATE.
+    return Project.objects.select_for_update().get(pk=project.pk)
+
+
+def _schedule_on_commit() -> None:
+    from workers.tasks import schedule
+
+    schedule.delay_on_commit()
+
+
+def create(project: Project, spec: dict, *, actor: str, user=None) -> Notebook:
+    """Create a notebook from a validated spec and queue it for a host."""
+    with transaction.atomic():
+        project = _locked_project(project)
+        _check_gpu_quota(project, spec.get("gpu", 0))
+        now = timezone.now()
+        notebook = Notebook.objects.create(
+            project=project,
+            created_by=user,
+            state=State.QUEUED,
+            info_code=InfoCode.WAITING_FOR_CAPACITY,
+            info_message="Waiting for a host.",
+            queued_at=now,
+            state_changed_at=now,
+            editor_secret=secrets.token_hex(24),
+            **spec,
+        )
+        NotebookEvent.objects.create(
+            notebook=notebook,
+            at=now,
+            actor=actor,
+            to_state=State.QUEUED,
+            code=InfoCode.WAITING_FOR_CAPACITY,
+            message="Created.",
+        )
+        _schedule_on_commit()
+    return notebook
+
+
+def start(notebook: Notebook, *, actor: str) -> Notebook:
+    with transaction.atomic():
+        project = _locked_project(notebook.project)
+        notebook.refresh_from_db()
+        target = _action_target(notebook, "start")
+        _check_gpu_quota(project, notebook.gpu, exclude=notebook)
+        transition(
+            notebook,
+            target,
+            actor=actor,
+            code=InfoCode.USER_START,
+            message="Start requested; waiting for a host.",
+            queued_at=timezone.now(),
+        )
+        _schedule_on_commit()
+    return notebook
+
+
+def stop(notebook: Notebook, *, actor: str) -> Notebook:
+    from workers.tasks import stop_notebook
+
+    with transaction.atomic():
+        notebook = Notebook.objects.select_for_update().get(pk=notebook.pk)
+        target = _action_target(notebook, "stop")
+        if target == State.STOPPED:  # still queued: nothing holds capacity
+            transition(
+                notebook,
+                target,
+                actor=actor,
+                code=InfoCode.USER_STOP,
+                message="Stopped before it started.",
+            )
+            _schedule_on_commit()
+        else:
+            transition(
+                notebook,
+                target,
+                actor=actor,
+                code=InfoCode.USER_STOP,
+                message="Stop requested; saving the workspace.",
+            )
+            stop_notebook.delay_on_commit(str(notebook.pk), host=notebook.host.name)
+    return notebook
+
+
+def delete(notebook: Notebook, *, actor: str) -> Notebook:
+    from workers.tasks import delete_notebook
+
+    with transaction.atomic():
+        notebook = Notebook.objects.select_for_update().get(pk=notebook.pk)
+        target = _action_target(notebook, "delete")
+        transition(
+            notebook, target, actor=actor, code=InfoCode.USER_DELETE, message="Delete requested."
+        )
+        if notebook.host_id is None:
+            # Nothing runs and nothing is kept on a host: done here.
+            transition(
+                notebook, State.DELETED, actor=SYSTEM, code=InfoCode.DELETED, message="Deleted."
+            )
+            _schedule_on_commit()
+        else:
+            delete_notebook.delay_on_commit(str(notebook.pk), host=notebook.host.name)
+    return notebook
+
+
+def update(notebook: Notebook, changes: dict, *, actor: str) -> Notebook:
+    """Change what may change on a live notebook: labels, and the rest only when stopped."""
+    with transaction.atomic():
+        notebook = Notebook.objects.select_for_update().get(pk=notebook.pk)
+        restricted = set(changes) - {"labels", "timeout_auto_restart"}
+        if restricted and notebook.state not in (State.STOPPED, State.FAILED):
+            raise InvalidState(
+                f"Notebook {notebook.name!r} is {notebook.state}: {', '.join(sorted(restricted))} "
+                "can be changed only when it is STOPPED or FAILED; labels can change any time."
+            )
+        for name, value in changes.items():
+            setattr(notebook, name, value)
+        notebook.save()
+    return notebook
+
+
+# Host-side outcomes, called by the workers.
+
+
+def mark_running(notebook: Notebook, *, url: str, runtime_state: dict) -> None:
+    transition(
+        notebook,
+        State.RUNNING,
+        actor=SYSTEM,
+        code=InfoCode.RUNNING,
+        message="The editor is up.",
+        url=url,
+        runtime_state=runtime_state,
+        last_started_at=timezone.now(),
+    )
+
+
+def _release_fields() -> dict:
+    return {
+        "host": None,
+        "gpu_uuids": [],
+        "url": "",
+        "runtime_state": {},
+        "last_stopped_at": timezone.now(),
+    }
+
+
+def fail_start(notebook: Notebook, message: str) -> None:
+    transition(
+        notebook,
+        State.FAILED,
+        actor=SYSTEM,
+        code=InfoCode.START_FAILED,
+        message=message,
+        **_release_fields(),
+    )
+    _schedule_on_commit()  # freed capacity may start a queued one
+
+
+def editor_died(notebook: Notebook, message: str) -> None:
+    """A running editor is gone: save the workspace, then end FAILED with the reason."""
+    transition(notebook, State.STOPPING, actor=SYSTEM, code=InfoCode.EDITOR_DIED, message=message)
+
+
+def finish_stop(notebook: Notebook, *, workspace_size: int | None, failure: str = "") -> None:
+    if failure:
+        target, code, message = State.FAILED, InfoCode.BACKUP_FAILED, failure
+    elif notebook.info_code in FAILURE_CODES:
+        target, code, message = State.FAILED, notebook.info_code, notebook.info_message
+    else:
+        target, code, message = State.STOPPED, InfoCode.STOPPED, "Stopped; the workspace is saved."
+    fields = _release_fields()
+    if workspace_size is not None:
+        fields["workspace_size"] = workspace_size
+    transition(notebook, target, actor=SYSTEM, code=code, message=message, **fields)
+    _schedule_on_commit()  # freed capacity may start a queued one
+
+
+def finish_delete(notebook: Notebook) -> None:
+    transition(
+        notebook,
+        State.DELETED,
+        actor=SYSTEM,
+        code=InfoCode.DELETED,
+        message="Deleted.",
+        **_release_fields(),
+    )
+    _schedule_on_commit()  # freed capacity may start a queued one

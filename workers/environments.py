@@ -1,0 +1,296 @@
+"""Build the virtualenvs the process runtime runs editors from.
+
+One venv per framework version, at `NBCLOUD_ENVS_DIR/<framework>-<version>`, made with
+Debian's `/usr/bin/python3 -m venv --system-site-packages` (the default python3 may
+live under /root, mode 0700, which the unprivileged sandbox users cannot run; system
+site packages keep the user site visible, so `pip install` in a notebook lands in the
+workspace) and holding the framework's requirements plus those of its editors.
+
+A build happens in a temporary sibling folder that is renamed into place at the end,
+so a failed build leaves nothing half-made. The marker file, written last, holds the
+sha256 of what was installed: a changed requirement list means a rebuild. Builds of
+one environment are serialised with a lock file, so concurrent callers build it once.
+"""
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from django.conf import settings
+
+from nbcloud.catalog.services import Framework, FrameworkVersion, catalog
+
+MARKER = ".nbcloud-built"
+PIP_TAIL_LINES = 30
+# Variables of the caller that would send pip elsewhere than into the new venv.
+_SCRUBBED_ENV = (
+    "PIP_USER",
+    "PIP_TARGET",
+    "PIP_PREFIX",
+    "PYTHONHOME",
+    "PYTHONPATH",
+    "PYTHONUSERBASE",
+    "VIRTUAL_ENV",
+)
+
+
+class EnvironmentBuildError(RuntimeError):
+    """An environment could not be built (unknown, no usable Python, pip failed)."""
+
+
+def env_dir(framework_id: str, version: str) -> Path:
+    return Path(settings.NBCLOUD_ENVS_DIR) / f"{framework_id}-{version}"
+
+
+def resolve(framework_id: str, version: str | None = None) -> tuple[Framework, FrameworkVersion]:
+    """The catalogue's framework and version (its default one when version is empty)."""
+    frameworks = catalog().frameworks
+    framework = frameworks.get(framework_id)
+    if framework is None:
+        raise EnvironmentBuildError(
+            f"unknown framework {framework_id!r}; choose from {', '.join(sorted(frameworks))}"
+        )
+    found = framework.get_version(version)
+    if found is None:
+        raise EnvironmentBuildError(
+            f"framework {framework_id} has no version {version!r}; choose from "
+            f"{', '.join(v.version for v in framework.versions)}"
+        )
+    return framework, found
+
+
+def requirements(framework_id: str, version: str | None = None) -> tuple[str, ...]:
+    """The version's requirements, then those of every editor the framework lists."""
+    framework, found = resolve(framework_id, version)
+    editors = catalog().editors
+    reqs = [*found.requirements]
+    for editor_id in framework.editors:
+        reqs.extend(editors[editor_id].requirements)
+    return tuple(dict.fromkeys(reqs))
+
+
+def _python() -> str:
+    return str(getattr(settings, "NBCLOUD_ENV_PYTHON", "/usr/bin/python3"))
+
+
+def _digest(reqs: tuple[str, ...]) -> str:
+    payload = json.dumps({"python": _python(), "requirements": list(reqs)})
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _marker_matches(path: Path, digest: str) -> bool:
+    try:
+        return (path / MARKER).read_text().strip() == digest
+    except OSError:
+        return False
+
+
+def is_built(framework_id: str, version: str) -> bool:
+    """Whether the environment is built with the catalogue's current requirements."""
+    try:
+        framework, found = resolve(framework_id, version)
+        digest = _digest(requirements(framework_id, version))
+    except EnvironmentBuildError:
+        return False
+    return _marker_matches(env_dir(framework.id, found.version), digest)
+
+
+def build(
+    framework_id: str,
+    version: str | None = None,
+    *,
+    force: bool = False,
+    log: Callable[[str], object] = print,
+) -> Path:
+    """Build the environment unless it is up to date (or force); return its folder."""
+    framework, found = resolve(framework_id, version)
+    name = f"{framework.id}-{found.version}"
+    target = env_dir(framework.id, found.version)
+    reqs = requirements(framework.id, found.version)
+    digest = _digest(reqs)
+    if not force and _marker_matches(target, digest):
+        log(f"{name}: up to date in {target}")
+        return target
+
+    _make_parents(target.parent, log)
+    with _locked(target):
+        if not force and _marker_matches(target, digest):  # built while we waited
+            log(f"{name}: up to date in {target}")
+            return target
+        _remove_leftovers(target)
+        python = _check_python(name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        try:
+            log(f"{name}: creating a virtualenv with {python}")
+            _run(
+                name,
+                [python, "-m", "venv", "--system-site-packages", str(tmp)],
+                log,
+                hint="is python3-venv installed? (apt-get install python3-venv)",
+            )
+            if reqs:
+                log(f"{name}: installing {len(reqs)} requirements")
+                _run(
+                    name,
+                    [
+                        str(tmp / "bin" / "python"),
+                        "-m",
+                        "pip",
+                        "install",
+                        "--no-input",
+                        "--disable-pip-version-check",
+                        "--progress-bar",
+                        "off",
+                        *reqs,
+                    ],
+                    log,
+                )
+            _relocate(tmp, target)
+            _make_world_readable(tmp)
+            marker = tmp / MARKER
+            marker.write_text(digest + "\n")
+            marker.chmod(0o644)
+            _swap_into_place(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    log(f"{name}: built in {target}")
+    return target
+
+
+def _check_python(name: str) -> str:
+    python = _python()
+    if not os.access(python, os.X_OK):
+        raise EnvironmentBuildError(
+            f"cannot build {name}: {python} does not exist. Install Debian's Python with its "
+            "venv module (apt-get install python3-venv), or point NBCLOUD_ENV_PYTHON at a "
+            "Python that the sandbox users can run."
+        )
+    probe = subprocess.run(
+        [python, "-c", "import venv, ensurepip"], capture_output=True, text=True, env=_env()
+    )
+    if probe.returncode != 0:
+        raise EnvironmentBuildError(
+            f"cannot build {name}: {python} has no working venv module "
+            f"(apt-get install python3-venv): {probe.stderr.strip()}"
+        )
+    return python
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+    env["PYTHONNOUSERSITE"] = "1"
+    return env
+
+
+def _run(name: str, argv: list[str], log: Callable[[str], object], hint: str = "") -> None:
+    """Run argv, streaming its output to log; fail with the output's tail."""
+    tail: deque[str] = deque(maxlen=PIP_TAIL_LINES)
+    # umask 022: everything pip writes must be readable by the sandbox users.
+    with subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        errors="replace",
+        env=_env(),
+        umask=0o022,
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            log(f"  {line}")
+    if proc.returncode != 0:
+        what = " ".join([Path(argv[0]).name, *argv[1:4]])
+        raise EnvironmentBuildError(
+            f"building environment {name} failed: `{what}` exited with status "
+            f"{proc.returncode}{'; ' + hint if hint else ''}. Last output:\n" + "\n".join(tail)
+        )
+
+
+def _make_parents(folder: Path, log: Callable[[str], object]) -> None:
+    """Create the missing parents, traversable by everyone (mode 755)."""
+    missing = []
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            break
+        missing.append(parent)
+    for parent in reversed(missing):
+        parent.mkdir(exist_ok=True)
+        parent.chmod(0o755)
+    for parent in (folder, *folder.parents):
+        if parent.stat().st_mode & 0o005 != 0o005:
+            log(
+                f"warning: {parent} is not readable by other users; the sandboxed "
+                "editors will not be able to run environments under it"
+            )
+            break
+
+
+@contextmanager
+def _locked(target: Path) -> Iterator[None]:
+    lock_path = target.parent / f".{target.name}.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Remove what an interrupted build left (we hold the lock: nobody else builds)."""
+    for pattern in (f".{target.name}.*.tmp", f".{target.name}.*.old"):
+        for leftover in target.parent.glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _relocate(tmp: Path, target: Path) -> None:
+    """Point the scripts made in tmp (shebangs, activate, pyvenv.cfg) at target."""
+    old, new = str(tmp).encode(), str(target).encode()
+    for path in [*(tmp / "bin").iterdir(), tmp / "pyvenv.cfg"]:
+        if path.is_symlink() or not path.is_file():
+            continue
+        data = path.read_bytes()
+        if old in data and b"\0" not in data:
+            mode = path.stat().st_mode
+            path.write_bytes(data.replace(old, new))
+            path.chmod(mode)
+
+
+def _make_world_readable(root: Path) -> None:
+    """Add read (and traverse/execute where the owner has it) permission for everyone."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            wanted = st.st_mode | 0o444
+            if st.st_mode & 0o100:
+                wanted |= 0o111
+            if wanted != st.st_mode:
+                os.chmod(path, wanted & 0o7777)
+    root.chmod(0o755)
+
+
+def _swap_into_place(tmp: Path, target: Path) -> None:
+    if not (target.exists() or target.is_symlink()):
+        tmp.rename(target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    old.rmdir()
+    target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

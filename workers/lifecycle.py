@@ -1,0 +1,172 @@
+"""Host-side lifecycle: what a host's worker does to start, stop and delete.
+
+Each function takes a notebook id and this host's name, reloads the row and
+returns at once when the work is already done or not this host's (a
+redelivered task changes nothing).
+"""
+
+import logging
+import time
+
+import requests
+from django.conf import settings
+
+from nbcloud.hosts import services as host_services
+from nbcloud.hosts.inventory import read_inventory
+from nbcloud.notebooks import services
+from nbcloud.notebooks.models import Notebook
+from nbcloud.notebooks.states import InfoCode, State
+
+from . import environments, workspace
+from .runtimes import LaunchSpec, Runtime, StartError, get_runtime
+from .runtimes.editors import readiness_headers, readiness_path
+
+log = logging.getLogger(__name__)
+
+
+def register_host() -> None:
+    host_services.register(
+        settings.NBCLOUD_HOST_NAME,
+        settings.NBCLOUD_HOST_REGION,
+        read_inventory(settings.NBCLOUD_WORKSPACES_DIR),
+        settings.NBCLOUD_RUNTIME,
+    )
+
+
+def _load(notebook_id: str, host: str, state: State) -> Notebook | None:
+    notebook = Notebook.objects.select_related("project", "host").filter(pk=notebook_id).first()
+    if notebook is None or notebook.state != state or notebook.host is None:
+        return None
+    if notebook.host.name != host:
+        return None
+    return notebook
+
+
+def launch_spec(notebook: Notebook) -> LaunchSpec:
+    from nbcloud.catalog.services import catalog
+
+    flavor = catalog().flavors[notebook.flavor]
+    return LaunchSpec(
+        notebook_id=str(notebook.pk),
+        editor_id=notebook.editor_id,
+        env_dir=environments.env_dir(notebook.framework_id, notebook.framework_version),
+        workspace=workspace.local_path(notebook),
+        uid=notebook.sandbox_uid,
+        secret=notebook.editor_secret,
+        base_url=f"/notebooks/{notebook.pk}/",
+        env_vars={e["name"]: e["value"] for e in notebook.env_vars},
+        cpus=flavor.cpus * notebook.units,
+        memory_bytes=flavor.memory_gib * 1024**3 * notebook.units,
+        gpu_uuids=tuple(notebook.gpu_uuids),
+    )
+
+
+def runtime_for(notebook: Notebook) -> Runtime:
+    return get_runtime(launch_spec(notebook), notebook.runtime_state)
+
+
+def wait_ready(runtime: Runtime, timeout: float) -> None:
+    endpoint = runtime.endpoint
+    url = endpoint.url + readiness_path(runtime.spec.editor_id)
+    headers = readiness_headers(runtime.spec)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = runtime.poll()
+        if status is not None:
+            raise StartError(
+                f"The editor exited during start-up (status {status}).",
+                f"last log lines:\n{runtime.logs(20)}",
+            )
+        try:
+            if requests.get(url, headers=headers, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.25)
+    raise StartError(f"The editor did not answer within {timeout:.0f} s.", runtime.logs(20))
+
+
+def start(notebook_id: str, host: str) -> None:
+    notebook = _load(notebook_id, host, State.STARTING)
+    if notebook is None:
+        return
+    runtime = runtime_for(notebook)
+    try:
+        if not environments.is_built(notebook.framework_id, notebook.framework_version):
+            raise StartError(
+                f"Environment {notebook.framework_id} {notebook.framework_version} is not "
+                f"installed on host {host}.",
+                f"run: manage.py buildenvs {notebook.framework_id}:{notebook.framework_version}",
+            )
+        services.set_info(notebook, InfoCode.RESTORING_WORKSPACE, "Restoring the workspace.")
+        workspace.prepare(notebook)
+        services.set_info(notebook, InfoCode.STARTING_EDITOR, "Starting the editor.")
+        runtime.start()
+        wait_ready(runtime, settings.NBCLOUD_EDITOR_READY_TIMEOUT)
+    except Exception as exc:
+        log.exception("notebook %s failed to start on %s", notebook_id, host)
+        try:
+            runtime.stop(settings.NBCLOUD_EDITOR_STOP_TIMEOUT)
+        except Exception:
+            log.exception("notebook %s: stop after a failed start failed too", notebook_id)
+        message = (
+            exc.user_message if isinstance(exc, StartError) else "Internal error while starting."
+        )
+        services.fail_start(notebook, message)
+        return
+    services.mark_running(notebook, url=runtime.endpoint.url, runtime_state=runtime.get_state())
+
+
+def stop(notebook_id: str, host: str) -> None:
+    notebook = _load(notebook_id, host, State.STOPPING)
+    if notebook is None:
+        return
+    runtime_for(notebook).stop(settings.NBCLOUD_EDITOR_STOP_TIMEOUT)
+    path = workspace.local_path(notebook)
+    if not path.exists():  # a redelivery after the workspace was already saved
+        services.finish_stop(notebook, workspace_size=None)
+        return
+    services.set_info(notebook, InfoCode.SAVING_WORKSPACE, "Saving the workspace.")
+    try:
+        saved = workspace.backup(notebook)
+    except Exception as exc:
+        log.exception("notebook %s: workspace backup failed; the local copy is kept", notebook_id)
+        services.finish_stop(
+            notebook,
+            workspace_size=None,
+            failure=f"Saving the workspace failed ({exc.__class__.__name__}); it is kept on "
+            f"host {host} and saved again at the next stop.",
+        )
+        return
+    workspace.remove_local(notebook)
+    services.finish_stop(notebook, workspace_size=saved.workspace_size)
+
+
+def delete(notebook_id: str, host: str) -> None:
+    notebook = _load(notebook_id, host, State.DELETING)
+    if notebook is None:
+        return
+    runtime_for(notebook).stop(settings.NBCLOUD_EDITOR_STOP_TIMEOUT)
+    workspace.remove_local(notebook)
+    services.finish_delete(notebook)
+
+
+def check_host(host: str) -> None:
+    """Notice editors that died: save their workspace and mark them FAILED."""
+    running = Notebook.objects.select_related("project", "host").filter(
+        host__name=host, state=State.RUNNING
+    )
+    for notebook in running:
+        runtime = runtime_for(notebook)
+        status = runtime.poll()
+        if status is None:
+            continue
+        tail = runtime.logs(5).splitlines()
+        last = f" Last log line: {tail[-1][:300]}" if tail else ""
+        try:
+            services.editor_died(
+                notebook, f"The editor stopped unexpectedly (exit status {status}).{last}"
+            )
+        except services.InvalidState:
+            continue  # a user action got there first
+        stop(str(notebook.pk), host)

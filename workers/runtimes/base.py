@@ -1,0 +1,83 @@
+"""The runtime contract, after JupyterHub's Spawner.
+
+A runtime runs one notebook's editor. `start` returns where to reach it,
+`poll` returns None while it runs and an exit status once it has ended,
+`stop` asks politely and then insists, `stats` and `logs` report on it.
+`get_state` returns a small JSON dict (a pid, a port, a container id) that is
+stored on the notebook row, so a fresh worker can `load_state` and take over.
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class StartError(RuntimeError):
+    """A start failed. `user_message` is for the notebook's owner; str() for the operator."""
+
+    def __init__(self, user_message: str, operator_detail: str = ""):
+        super().__init__(f"{user_message} {operator_detail}".strip())
+        self.user_message = user_message
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything a runtime needs to run an editor, as plain values."""
+
+    notebook_id: str
+    editor_id: str
+    env_dir: Path
+    workspace: Path
+    uid: int
+    secret: str
+    base_url: str
+    env_vars: dict[str, str] = field(default_factory=dict)
+    cpus: int = 1
+    memory_bytes: int = 0
+    gpu_uuids: tuple[str, ...] = ()
+    image: str = ""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    base_url: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}{self.base_url}"
+
+
+class Runtime(ABC):
+    name: str
+
+    def __init__(self, spec: LaunchSpec, state: dict | None = None):
+        self.spec = spec
+        self.state: dict = {}
+        self.load_state(state or {})
+
+    def load_state(self, state: dict) -> None:
+        self.state = dict(state)
+
+    def get_state(self) -> dict:
+        return dict(self.state)
+
+    @abstractmethod
+    def start(self) -> Endpoint: ...
+
+    @abstractmethod
+    def poll(self) -> int | None: ...
+
+    @abstractmethod
+    def stop(self, timeout: float) -> None: ...
+
+    @abstractmethod
+    def stats(self) -> dict: ...
+
+    @abstractmethod
+    def logs(self, tail: int = 100) -> str: ...
+
+    @property
+    @abstractmethod
+    def endpoint(self) -> Endpoint | None: ...

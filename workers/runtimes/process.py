@@ -1,0 +1,172 @@
+"""Editors as sandboxed processes on this host (the embedded default).
+
+Each editor runs under bubblewrap as its notebook's own unprivileged uid, with
+the notebook's workspace bound at /workspace and a private /tmp and pid
+namespace, so notebooks on one host cannot read each other's files. Editors
+are started in their own session and not tied to the worker's life, so a
+worker restart does not take running notebooks down; the pid (with its start
+time, against pid reuse) is the runtime state a fresh worker takes over.
+"""
+
+import contextlib
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import psutil
+from django.conf import settings
+
+from .base import Endpoint, LaunchSpec, Runtime, StartError
+from .editors import editor_command
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def sandbox_argv(spec: LaunchSpec, argv: list[str]) -> list[str]:
+    prefix = [
+        "bwrap",
+        "--bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/tmp",
+        "--bind",
+        str(spec.workspace),
+        "/workspace",
+        "--chdir",
+        "/workspace",
+        "--unshare-pid",
+    ]
+    if os.geteuid() == 0:
+        prefix += ["setpriv", f"--reuid={spec.uid}", f"--regid={spec.uid}", "--clear-groups"]
+    return prefix + argv
+
+
+class ProcessRuntime(Runtime):
+    name = "process"
+
+    @property
+    def log_path(self) -> Path:
+        return settings.DATA_DIR / "logs" / f"{self.spec.notebook_id}.log"
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        if "port" not in self.state:
+            return None
+        return Endpoint("127.0.0.1", self.state["port"], self.spec.base_url)
+
+    def _process(self) -> psutil.Process | None:
+        pid = self.state.get("pid")
+        if not pid:
+            return None
+        try:
+            proc = psutil.Process(pid)
+            if abs(proc.create_time() - self.state.get("create_time", 0)) > 1:
+                return None  # the pid was reused by another process
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+                return None
+            return proc
+        except psutil.NoSuchProcess:
+            return None
+
+    def start(self) -> Endpoint:
+        if self._process() is not None:
+            return self.endpoint
+        port = free_port()
+        argv, secret_env = editor_command(self.spec, port)
+        env = {
+            "PATH": f"/workspace/.local/bin:{self.spec.env_dir / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": "/workspace",
+            "USER": "nbuser",
+            "LANG": "C.UTF-8",
+            "SHELL": "/bin/bash",
+            "PYTHONUSERBASE": "/workspace/.local",
+            "PIP_USER": "1",
+            "VIRTUAL_ENV": str(self.spec.env_dir),
+            "NBCLOUD_NOTEBOOK_ID": self.spec.notebook_id,
+            "CUDA_VISIBLE_DEVICES": ",".join(self.spec.gpu_uuids),
+            **self.spec.env_vars,
+            **secret_env,
+        }
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            try:
+                proc = psutil.Popen(
+                    sandbox_argv(self.spec, argv),
+                    stdin=open(os.devnull, "rb"),  # noqa: SIM115
+                    stdout=log,
+                    stderr=log,
+                    env=env,
+                    cwd="/",
+                    start_new_session=True,
+                )
+            except FileNotFoundError as exc:
+                raise StartError(
+                    "This host cannot sandbox editors (bubblewrap is missing).",
+                    f"{exc}; install it with: apt-get install bubblewrap",
+                ) from exc
+        self.state = {"pid": proc.pid, "create_time": proc.create_time(), "port": port}
+        return self.endpoint
+
+    def poll(self) -> int | None:
+        if self._process() is not None:
+            return None
+        pid = self.state.get("pid")
+        if not pid:
+            return 0
+        with contextlib.suppress(ChildProcessError):
+            _, status = os.waitpid(pid, os.WNOHANG)
+            if status:
+                return os.waitstatus_to_exitcode(status)
+        return 1
+
+    def stop(self, timeout: float) -> None:
+        proc = self._process()
+        if proc is None:
+            return
+        pgid = proc.pid  # its own session: the editor and everything it spawned
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._process() is not None:
+            time.sleep(0.1)
+        if self._process() is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            with contextlib.suppress(psutil.Error):
+                proc.wait(5)
+
+    def stats(self) -> dict:
+        proc = self._process()
+        if proc is None:
+            return {"running": False}
+        procs = [proc, *proc.children(recursive=True)]
+        rss, cpu = 0, 0.0
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                rss += p.memory_info().rss
+                times = p.cpu_times()
+                cpu += times.user + times.system
+        return {"running": True, "processes": len(procs), "memory_bytes": rss, "cpu_seconds": cpu}
+
+    def logs(self, tail: int = 100) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 256 * tail))
+                lines = f.read().decode(errors="replace").splitlines()
+        except FileNotFoundError:
+            return ""
+        return "\n".join(lines[-tail:])

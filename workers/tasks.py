@@ -1,0 +1,48 @@
+"""Celery tasks: thin adapters that take ids, reload rows and call a service."""
+
+from celery import shared_task
+from celery.signals import worker_ready
+from django.conf import settings
+
+from . import lifecycle, reconcile
+
+
+@shared_task(name="notebooks.schedule")
+def schedule() -> None:
+    from nbcloud.hosts.services import place_queued
+
+    place_queued()
+
+
+@shared_task(name="notebooks.start")
+def start_notebook(notebook_id: str, *, host: str) -> None:
+    lifecycle.start(notebook_id, host)
+
+
+@shared_task(name="notebooks.stop")
+def stop_notebook(notebook_id: str, *, host: str) -> None:
+    lifecycle.stop(notebook_id, host)
+
+
+@shared_task(name="notebooks.delete")
+def delete_notebook(notebook_id: str, *, host: str) -> None:
+    lifecycle.delete(notebook_id, host)
+
+
+@shared_task(name="hosts.check_notebooks")
+def check_notebooks(*, host: str) -> None:
+    lifecycle.check_host(host)
+
+
+@shared_task(name="notebooks.reconcile", expires=settings.NBCLOUD_RECONCILE_INTERVAL)
+def reconcile_all() -> None:
+    reconcile.run()
+
+
+@worker_ready.connect
+def register_this_host(sender=None, **kwargs) -> None:
+    """A worker that consumes a host queue registers that host with its inventory."""
+    queues = {q.name for q in sender.app.amqp.queues.consume_from.values()} if sender else set()
+    host = settings.NBCLOUD_HOST_NAME
+    if f"host.{host}" in queues:
+        lifecycle.register_host()

@@ -1,0 +1,167 @@
+"""A notebook's workspace on its host, and its backups in the backups storage.
+
+Backups are gzipped tar archives streamed to the storage through a pipe (never
+a whole archive in memory or a temporary file) and checksummed on the way; a
+restore streams back, extracts beside the final place, checks the checksum,
+then moves into place, so a broken archive never leaves half a workspace.
+"""
+
+import hashlib
+import logging
+import os
+import shutil
+import tarfile
+import threading
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import storages
+from django.db import transaction
+from django.utils import timezone
+
+from nbcloud.notebooks.models import Backup, Notebook
+
+log = logging.getLogger(__name__)
+CHUNK = 1024 * 1024
+
+
+class ChecksumMismatch(RuntimeError):
+    pass
+
+
+class HashingReader:
+    """Wraps a binary stream; hashes and counts what is read through it."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+
+def backup_storage():
+    return storages["backups"]
+
+
+def local_path(notebook: Notebook) -> Path:
+    return settings.NBCLOUD_WORKSPACES_DIR / str(notebook.pk)
+
+
+def tree_size(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def _chown_tree(path: Path, uid: int) -> None:
+    if os.geteuid() != 0:
+        return
+    os.lchown(path, uid, uid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), uid, uid)
+
+
+def prepare(notebook: Notebook) -> Path:
+    """Make the workspace ready: the local copy if this host has one, else the last backup."""
+    path = local_path(notebook)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o711)
+    if not path.exists():
+        latest = notebook.backups.first()
+        if latest is None:
+            path.mkdir(mode=0o700)
+        else:
+            restore(latest, path)
+    _chown_tree(path, notebook.sandbox_uid)
+    os.chmod(path, 0o700)
+    return path
+
+
+def restore(backup: Backup, path: Path) -> None:
+    staging = path.with_name(f".{path.name}.restoring")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(mode=0o700)
+    try:
+        with backup_storage().open(backup.storage_name, "rb") as stream:
+            reader = HashingReader(stream)
+            with tarfile.open(fileobj=reader, mode="r|gz") as archive:
+                archive.extractall(staging, filter="data")
+            reader.drain()
+        if reader.sha256.hexdigest() != backup.sha256:
+            raise ChecksumMismatch(
+                f"backup {backup.pk} is corrupt: sha256 {reader.sha256.hexdigest()} "
+                f"!= recorded {backup.sha256}"
+            )
+        staging.rename(path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_archive(path: Path, fd: int, errors: list) -> None:
+    try:
+        with os.fdopen(fd, "wb") as pipe, tarfile.open(fileobj=pipe, mode="w|gz") as archive:
+            archive.add(path, arcname=".")
+    except BaseException as exc:  # reported by the reading side
+        errors.append(exc)
+
+
+def backup(notebook: Notebook) -> Backup:
+    """Stream the workspace into a new backup and apply the retention rule."""
+    path = local_path(notebook)
+    storage = backup_storage()
+    name = f"{notebook.project.name}/{notebook.pk}/{timezone.now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.tar.gz"
+    size = tree_size(path)
+    read_fd, write_fd = os.pipe()
+    errors: list[BaseException] = []
+    writer = threading.Thread(target=_write_archive, args=(path, write_fd, errors), daemon=True)
+    writer.start()
+    try:
+        with os.fdopen(read_fd, "rb") as pipe:
+            reader = HashingReader(pipe)
+            stored_name = storage.save(name, File(reader, name=name))
+        writer.join()
+        if errors:
+            raise errors[0]
+    except BaseException:
+        writer.join(timeout=5)
+        if storage.exists(name):
+            storage.delete(name)
+        raise
+    with transaction.atomic():
+        record = Backup.objects.create(
+            notebook=notebook,
+            storage_name=stored_name,
+            size=reader.size,
+            sha256=reader.sha256.hexdigest(),
+            workspace_size=size,
+        )
+    prune(notebook)
+    return record
+
+
+def prune(notebook: Notebook) -> None:
+    keep = settings.NBCLOUD_BACKUP_RETENTION
+    for old in notebook.backups.all()[keep:]:
+        backup_storage().delete(old.storage_name)
+        old.delete()
+
+
+def remove_local(notebook: Notebook) -> None:
+    shutil.rmtree(local_path(notebook), ignore_errors=True)
