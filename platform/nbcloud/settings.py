@@ -88,7 +88,9 @@ _database_url = envstr("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}")
 try:
     DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60)}
 except ValueError as exc:
-    raise ImproperlyConfigured(f"DATABASE_URL={_database_url!r} is not a database URL: {exc}") from None
+    raise ImproperlyConfigured(
+        f"DATABASE_URL={_database_url!r} is not a database URL: {exc}"
+    ) from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     # Web, worker and beat write concurrently: wait for the lock instead of
@@ -161,7 +163,7 @@ if not CELERY_BROKER_URL.startswith(("redis://", "rediss://", "redis+socket://",
         f"CELERY_BROKER_URL={CELERY_BROKER_URL!r} is not a broker URL: "
         "use redis://host:port/db, redis+socket:///path or amqp://..."
     )
-EMBEDDED_BROKER = "CELERY_BROKER_URL" not in os.environ
+EMBEDDED_BROKER = CELERY_BROKER_URL == f"redis+socket://{EMBEDDED_BROKER_SOCKET}"
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

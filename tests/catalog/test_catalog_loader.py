@@ -33,8 +33,15 @@ def write_catalogue(root: Path, frameworks: dict[str, dict], editors=None) -> Pa
                     {"id": e, "name": e, "requirements": reqs} for e, reqs in editors.items()
                 ],
                 "flavors": [
-                    {"id": "cpu", "type": "cpu", "cpus": 1, "memory_gib": 1, "storage_gib": 1,
-                     "max": 1, "default": True}
+                    {
+                        "id": "cpu",
+                        "type": "cpu",
+                        "cpus": 1,
+                        "memory_gib": 1,
+                        "storage_gib": 1,
+                        "max": 1,
+                        "default": True,
+                    }
                 ],
                 "regions": [{"id": "GRA", "name": "Gravelines", "default": True}],
             }
@@ -53,7 +60,9 @@ def write_catalogue(root: Path, frameworks: dict[str, dict], editors=None) -> Pa
                 }
             )
         )
-        (folder / "requirements.txt").write_text("".join(r + "\n" for r in fw.get("requirements", [])))
+        (folder / "requirements.txt").write_text(
+            "".join(r + "\n" for r in fw.get("requirements", []))
+        )
     return root
 
 
@@ -63,7 +72,7 @@ def real():
 
 
 def test_the_ovh_frameworks_are_all_present(real):
-    assert OVH_FRAMEWORKS <= set(real.frameworks)
+    assert set(real.frameworks) >= OVH_FRAMEWORKS
 
 
 def test_the_base_image_folder_is_not_a_framework(real):
@@ -95,19 +104,30 @@ def test_requirements_are_version_ranged_pep508(real):
                 assert req.specifier, f"{fw.id} {v.version}: {line} has no version range"
                 ops = {s.operator for s in req.specifier}
                 assert ops & {"<", "<=", "=="}, f"{fw.id} {v.version}: {line} has no upper bound"
-    assert any("torch" == Requirement(r).name for r in real.frameworks["pytorch"].default_version.requirements)
+    assert any(
+        Requirement(r).name == "torch"
+        for r in real.frameworks["pytorch"].default_version.requirements
+    )
 
 
 def test_editors_come_with_their_packages(real):
     assert any(r.startswith("jupyterlab") for r in real.editors["jupyterlab"].requirements)
-    assert all(any(r.startswith("ipykernel") for r in e.requirements) for e in real.editors.values())
+    assert all(
+        any(r.startswith("ipykernel") for r in e.requirements) for e in real.editors.values()
+    )
 
 
 def test_the_dockerfile_template_covers_every_environment():
     template = (ENVIRONMENTS / "Dockerfile").read_text()
     assert "ARG BASE=nbcloud/base:latest\nFROM ${BASE}" in template
-    for needle in ("--system-site-packages /opt/env", "PIP_USER=1", "PYTHONUSERBASE=/workspace/.local",
-                   "USER nbuser", "WORKDIR /workspace", "COPY ${REQUIREMENTS}"):
+    for needle in (
+        "--system-site-packages /opt/env",
+        "PIP_USER=1",
+        "PYTHONUSERBASE=/workspace/.local",
+        "USER nbuser",
+        "WORKDIR /workspace",
+        "COPY ${REQUIREMENTS}",
+    ):
         assert needle in template
     base = (ENVIRONMENTS / "base" / "build-base.sh").read_text()
     assert "debootstrap --variant=minbase" in base and "docker import -" in base

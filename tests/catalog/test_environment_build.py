@@ -23,8 +23,14 @@ def write_catalogue(root: Path, frameworks: dict[str, list[str]], editor_reqs=()
             {
                 "editors": [{"id": "jupyterlab", "name": "J", "requirements": list(editor_reqs)}],
                 "flavors": [
-                    {"id": "cpu", "type": "cpu", "cpus": 1, "memory_gib": 1, "storage_gib": 1,
-                     "max": 1}
+                    {
+                        "id": "cpu",
+                        "type": "cpu",
+                        "cpus": 1,
+                        "memory_gib": 1,
+                        "storage_gib": 1,
+                        "max": 1,
+                    }
                 ],
                 "regions": [{"id": "GRA", "name": "Gravelines"}],
             }
@@ -34,8 +40,12 @@ def write_catalogue(root: Path, frameworks: dict[str, list[str]], editor_reqs=()
         (root / fw_id).mkdir()
         (root / fw_id / "manifest.yaml").write_text(
             yaml.safe_dump(
-                {"id": fw_id, "name": fw_id, "editors": ["jupyterlab"],
-                 "versions": [{"version": "1", "default": True}]}
+                {
+                    "id": fw_id,
+                    "name": fw_id,
+                    "editors": ["jupyterlab"],
+                    "versions": [{"version": "1", "default": True}],
+                }
             )
         )
         (root / fw_id / "requirements.txt").write_text("".join(f"{r}\n" for r in reqs))
@@ -110,7 +120,9 @@ def test_a_tiny_environment_builds_once_and_runs(tiny):
     assert (path / ".nbcloud-built").read_text().strip()
     python = subprocess.run(
         [path / "bin" / "python", "-c", "import sys; print(sys.prefix)"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert python.stdout.strip() == str(path)
     # Scripts made in the temporary folder point at the final one.

@@ -38,6 +38,8 @@ def sandbox_argv(spec: LaunchSpec, argv: list[str]) -> list[str]:
         "/dev",
         "--proc",
         "/proc",
+        "--perms",
+        "1777",
         "--tmpfs",
         "/tmp",
         "--bind",

@@ -266,10 +266,13 @@ def editor_died(notebook: Notebook, message: str) -> None:
 
 
 def finish_stop(notebook: Notebook, *, workspace_size: int | None, failure: str = "") -> None:
+    # Why the notebook entered STOPPING decides how it ends: a failure (a dead
+    # editor) ends FAILED with that reason even though the workspace is saved.
+    entered = notebook.events.filter(to_state=State.STOPPING).order_by("-at", "-id").first()
     if failure:
         target, code, message = State.FAILED, InfoCode.BACKUP_FAILED, failure
-    elif notebook.info_code in FAILURE_CODES:
-        target, code, message = State.FAILED, notebook.info_code, notebook.info_message
+    elif entered is not None and entered.code in FAILURE_CODES:
+        target, code, message = State.FAILED, entered.code, entered.message
     else:
         target, code, message = State.STOPPED, InfoCode.STOPPED, "Stopped; the workspace is saved."
     fields = _release_fields()

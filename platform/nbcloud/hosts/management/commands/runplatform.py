@@ -4,8 +4,15 @@ Starts the embedded broker (unless CELERY_BROKER_URL points elsewhere), then
 web (uvicorn), a Celery worker for this host (queues ``control``, ``billing``
 and ``host.<NBCLOUD_HOST_NAME>``), beat and flower as child processes under
 honcho. Ctrl-C or SIGTERM stops the children, then the broker.
+
+One runplatform per data directory: it holds ``DATA_DIR/runplatform.lock``.
+Children run in their own sessions, so a runplatform killed with SIGKILL leaves
+them running (and holding the web port); the next start finds them by the
+NBCLOUD_RUNPLATFORM variable they carry and stops them first.
 """
 
+import contextlib
+import fcntl
 import os
 import secrets
 import shlex
@@ -13,6 +20,7 @@ import signal
 import sys
 from pathlib import Path
 
+import psutil
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
@@ -22,6 +30,11 @@ from nbcloud.broker import BrokerError, start_embedded_broker
 from nbcloud.hosts.sandbox import ensure_bubblewrap
 
 LOCALHOST = "127.0.0.1"
+# Set in every child's environment to the data directory of its runplatform.
+RUN_MARKER = "NBCLOUD_RUNPLATFORM"
+LEFTOVER_STOP_TIMEOUT = 10
+# What the children's command lines contain (and notebooks' never do).
+CHILD_PROGRAMS = ("celery -A nbcloud ", "uvicorn nbcloud.asgi:application ")
 
 
 def _executable(name: str) -> list[str]:
@@ -57,6 +70,19 @@ class Command(BaseCommand):
 
         if settings.NBCLOUD_RUNTIME == "process":
             ensure_bubblewrap()
+        data_dir = Path(settings.DATA_DIR).resolve()
+        run_lock = _take_run_lock(data_dir)
+        try:
+            self._run(data_dir, port, no_beat, no_flower)
+        except KeyboardInterrupt:
+            # Interrupted while starting up, before honcho handles signals.
+            self.stderr.write("interrupted")
+            sys.exit(130)
+        finally:
+            os.close(run_lock)
+
+    def _run(self, data_dir: Path, port: int, no_beat: bool, no_flower: bool) -> None:
+        self._stop_leftovers(data_dir)
         call_command("collectstatic", interactive=False, verbosity=0)
         self._warn_unapplied_migrations()
 
@@ -77,7 +103,7 @@ class Command(BaseCommand):
             broker_url = configured_url
 
         try:
-            env = self._child_env(root, broker_url)
+            env = self._child_env(root, data_dir, broker_url)
             manager = Manager()
             manager.add_process("web", _shell(self._web(port)), env=env, cwd=str(root))
             manager.add_process("worker", _shell(self._worker()), env=env, cwd=str(root))
@@ -101,7 +127,7 @@ class Command(BaseCommand):
 
     # Children.
 
-    def _child_env(self, root: Path, broker_url: str) -> dict[str, str]:
+    def _child_env(self, root: Path, data_dir: Path, broker_url: str) -> dict[str, str]:
         env = dict(os.environ)
         paths = [str(root / "platform"), str(root)]
         if env.get("PYTHONPATH"):
@@ -111,7 +137,41 @@ class Command(BaseCommand):
         env["NBCLOUD_DATA_DIR"] = str(settings.DATA_DIR)
         env["CELERY_BROKER_URL"] = broker_url
         env["PYTHONUNBUFFERED"] = "1"
+        env[RUN_MARKER] = str(data_dir)
         return env
+
+    def _stop_leftovers(self, data_dir: Path) -> None:
+        """Stop the children of a runplatform on this data directory that died
+        without stopping them (we hold the run lock, so it is not running)."""
+        leftovers = []
+        for process in psutil.process_iter(["cmdline"]):
+            if process.pid == os.getpid():
+                continue
+            try:
+                cmdline = " ".join(process.info["cmdline"] or [])
+                if not any(program in cmdline for program in CHILD_PROGRAMS):
+                    continue
+                if process.environ().get(RUN_MARKER) != str(data_dir):
+                    continue
+            except psutil.Error:
+                continue
+            leftovers.append(process)
+        if not leftovers:
+            return
+        self.stderr.write(
+            self.style.WARNING(
+                f"stopping {len(leftovers)} process(es) left by a previous runplatform: "
+                + ", ".join(str(p.pid) for p in leftovers)
+            )
+        )
+        for process in leftovers:
+            with contextlib.suppress(psutil.Error):
+                process.terminate()
+        _, alive = psutil.wait_procs(leftovers, timeout=LEFTOVER_STOP_TIMEOUT)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(alive, timeout=LEFTOVER_STOP_TIMEOUT)
 
     def _web(self, port: int) -> list[str]:
         return [
@@ -209,6 +269,24 @@ class Command(BaseCommand):
                     f"{len(plan)} migration(s) not applied: run `python manage.py migrate`"
                 )
             )
+
+
+def _take_run_lock(data_dir: Path) -> int:
+    """Hold DATA_DIR/runplatform.lock for this process (a POSIX lock: children
+    never inherit it, and it goes when this process dies)."""
+    lock_path = data_dir / "runplatform.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise CommandError(
+            f"another runplatform already runs on the data directory {data_dir} "
+            f"(it holds {lock_path}): stop it first, or set NBCLOUD_DATA_DIR"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 def _raise_keyboard_interrupt(signum, frame):

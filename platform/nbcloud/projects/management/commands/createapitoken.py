@@ -27,7 +27,9 @@ class Command(BaseCommand):
                 try:
                     proj.full_clean()
                 except ValidationError as exc:
-                    raise CommandError(f"project name {project!r}: {'; '.join(exc.messages)}") from None
+                    raise CommandError(
+                        f"project name {project!r}: {'; '.join(exc.messages)}"
+                    ) from None
                 proj.save()
             membership, created = Membership.objects.get_or_create(
                 project=proj, user=user, defaults={"role": role}

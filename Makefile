@@ -1,0 +1,56 @@
+# nbcloud: `make run` starts the platform on its embedded default,
+# `make test` runs the whole test suite. Both set everything up first.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PORT ?= 8000
+
+.PHONY: run test install sysdeps envs migrate lint format clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+install: $(STAMP)
+
+# What pip cannot bring: bubblewrap (the editors' sandbox) and Debian's
+# python3-venv (environments are built from /usr/bin/python3, which the
+# unprivileged sandbox users can run).
+sysdeps:
+	@missing=""; \
+	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
+	/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -q $$missing || (apt-get update -q && apt-get install -y -q $$missing)) >/dev/null; \
+	  else \
+	    echo "nbcloud needs:$$missing. Run: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+envs: install sysdeps
+	$(PY) manage.py buildenvs conda
+
+migrate: install
+	$(PY) manage.py migrate --noinput
+
+run: install sysdeps envs migrate
+	$(PY) manage.py runplatform --port $(PORT)
+
+test: install sysdeps envs
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf var/test

@@ -1,0 +1,274 @@
+"""Shared fixtures: the project's people (Alice, Bob, Charlie), their API
+clients, and the real parts: a broker, a Celery worker process, this host.
+
+Alice owns project `alpha`; Bob is a read-only member of `alpha`; Charlie owns
+project `bravo` and must never see anything of `alpha`.
+"""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from nbcloud.projects.models import ApiToken, Membership, Project, Role
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_catalog():
+    from nbcloud.catalog.services import catalog
+
+    catalog.cache_clear()
+    yield
+    catalog.cache_clear()
+
+
+def _client(token: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return client
+
+
+def _member(django_user_model, username: str, project: Project, role: str):
+    user, _ = django_user_model.objects.get_or_create(username=username)
+    Membership.objects.get_or_create(project=project, user=user, defaults={"role": role})
+    _, value = ApiToken.issue(project=project, user=user, role=role, name=f"{username}-{role}")
+    return user, value
+
+
+@pytest.fixture
+def alpha(db):
+    return Project.objects.create(name="alpha")
+
+
+@pytest.fixture
+def bravo(db):
+    return Project.objects.create(name="bravo")
+
+
+@pytest.fixture
+def alice(django_user_model, alpha):
+    return _member(django_user_model, "alice", alpha, Role.OPERATOR)
+
+
+@pytest.fixture
+def bob(django_user_model, alpha):
+    return _member(django_user_model, "bob", alpha, Role.READ)
+
+
+@pytest.fixture
+def charlie(django_user_model, bravo):
+    return _member(django_user_model, "charlie", bravo, Role.OPERATOR)
+
+
+@pytest.fixture
+def alice_api(alice) -> APIClient:
+    return _client(alice[1])
+
+
+@pytest.fixture
+def bob_api(bob) -> APIClient:
+    return _client(bob[1])
+
+
+@pytest.fixture
+def charlie_api(charlie) -> APIClient:
+    return _client(charlie[1])
+
+
+# The real parts.
+
+
+@pytest.fixture(scope="session")
+def broker_url():
+    """The machine's broker when CELERY_BROKER_URL is set (CI), else the embedded one."""
+    if not settings.EMBEDDED_BROKER:
+        yield settings.CELERY_BROKER_URL
+        return
+    from nbcloud.broker import start_embedded_broker
+
+    server = start_embedded_broker(settings.EMBEDDED_BROKER_SOCKET)
+    try:
+        yield settings.CELERY_BROKER_URL
+    finally:
+        server.shutdown()
+
+
+def _database_url() -> str:
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    auth = quote(db["USER"] or "")
+    if db.get("PASSWORD"):
+        auth += ":" + quote(db["PASSWORD"])
+    host = db["HOST"] or "localhost"
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    return f"postgres://{auth}@{host}{port}/{db['NAME']}"
+
+
+def _purge(broker: str, queues: list[str]) -> None:
+    from nbcloud.celery import app
+
+    with app.connection_for_write(broker) as conn:
+        channel = conn.default_channel
+        for queue in queues:
+            try:
+                channel.queue_purge(queue)
+            except Exception:  # a queue that was never declared
+                continue
+
+
+@pytest.fixture(scope="session")
+def worker_host() -> str:
+    return settings.NBCLOUD_HOST_NAME
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, broker_url, worker_host):
+    """A real `celery worker` process on the test database and the real broker."""
+    queues = ["control", "billing", f"host.{worker_host}"]
+    _purge(broker_url, queues)
+    log_path = settings.DATA_DIR / "worker.log"
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "CELERY_BROKER_URL": broker_url,
+        "NBCLOUD_HOST_NAME": worker_host,
+        "NBCLOUD_DATA_DIR": str(settings.DATA_DIR),
+        "NBCLOUD_RECONCILE_INTERVAL": "2",
+    }
+    argv = [
+        str(Path(sys.executable).parent / "celery"),
+        "-A",
+        "nbcloud",
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "-c",
+        "2",
+        "-n",
+        f"test-{worker_host}@%h",
+        "--loglevel",
+        "INFO",
+    ]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while b"ready." not in log_path.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the Celery worker did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def this_host(transactional_db):
+    """This machine registered as a host (what a worker does when it starts)."""
+    from workers.lifecycle import register_host
+
+    register_host()
+    from nbcloud.hosts.models import Host
+
+    return Host.objects.get(name=settings.NBCLOUD_HOST_NAME)
+
+
+@pytest.fixture(scope="session")
+def conda_env():
+    """The `conda` environment built for the process runtime (once per machine)."""
+    from workers import environments
+
+    return environments.build("conda")
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Kernel:
+    """A JupyterLab kernel driven over the Jupyter Server REST + websocket API."""
+
+    def __init__(self, base_url: str, token: str):
+        import requests
+
+        self.base_url = base_url
+        self.headers = {"Authorization": f"token {token}"}
+        reply = requests.post(f"{base_url}api/kernels", headers=self.headers, json={}, timeout=30)
+        reply.raise_for_status()
+        self.id = reply.json()["id"]
+        import websocket
+
+        ws_url = base_url.replace("http://", "ws://", 1) + f"api/kernels/{self.id}/channels"
+        self.ws = websocket.create_connection(ws_url, header=self.headers, timeout=60)
+
+    def execute(self, code: str, timeout: float = 120) -> str:
+        """Run code; return its stdout, or raise with the traceback."""
+        import json
+        import uuid
+
+        msg_id = uuid.uuid4().hex
+        self.ws.send(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "msg_type": "execute_request",
+                        "username": "test",
+                        "session": uuid.uuid4().hex,
+                        "version": "5.3",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "channel": "shell",
+                    "buffers": [],
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                    },
+                }
+            )
+        )
+        out, error, deadline = [], None, time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = json.loads(self.ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                out.append(content["text"])
+            elif kind in ("execute_result", "display_data"):
+                out.append(content["data"].get("text/plain", "") + "\n")
+            elif kind == "error":
+                error = "\n".join(content["traceback"])
+            elif kind == "status" and content["execution_state"] == "idle":
+                break
+        if error:
+            raise AssertionError(f"kernel error:\n{error}")
+        return "".join(out)
+
+    def close(self) -> None:
+        import requests
+
+        self.ws.close()
+        requests.delete(f"{self.base_url}api/kernels/{self.id}", headers=self.headers, timeout=30)

@@ -1,0 +1,158 @@
+"""End to end: REST API -> real Celery worker -> sandboxed JupyterLab -> back.
+
+Nothing is mocked: the worker is a `celery worker` process on the real broker
+and database, the editor a real JupyterLab under bubblewrap, the backup a
+real archive in the backups storage.
+"""
+
+import os
+import signal
+
+import psutil
+import pytest
+from conftest import Kernel, wait_for
+
+from nbcloud.notebooks.models import Notebook
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+SPEC = {
+    "name": "demo",
+    "labels": {"team": "vision"},
+    "env": {"framework_id": "conda", "editor_id": "jupyterlab"},
+    "resources": {"cpu": 1},
+}
+
+# A tiny wheel, made in the sandbox's private /tmp and installed with a plain
+# `pip install`, which PIP_USER=1 sends to /workspace/.local.
+MAKE_AND_INSTALL_WHEEL = r"""
+import subprocess, sys, zipfile
+path = "/tmp/nbc_hello-1.0-py3-none-any.whl"
+with zipfile.ZipFile(path, "w") as whl:
+    whl.writestr("nbc_hello.py", "GREETING = 'hello from the workspace'\n")
+    whl.writestr("nbc_hello-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: nbc-hello\nVersion: 1.0\n")
+    whl.writestr("nbc_hello-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    whl.writestr("nbc_hello-1.0.dist-info/RECORD", "")
+done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", path], capture_output=True, text=True)
+print(done.returncode, done.stderr[-500:])
+"""
+
+
+def _status(api, url):
+    reply = api.get(url)
+    assert reply.status_code == 200, reply.content
+    return reply.json()["status"]
+
+
+def _wait_state(api, url, state, timeout=90):
+    return wait_for(
+        lambda: (s := _status(api, url))["state"] == state and s,
+        timeout=timeout,
+        what=f"state {state} (last: {_status(api, url)})",
+    )
+
+
+@pytest.fixture
+def running_notebook(celery_worker_process, conda_env, this_host, alice_api):
+    created = alice_api.post("/api/v1/projects/alpha/notebooks/", SPEC, format="json")
+    assert created.status_code == 201, created.content
+    body = created.json()
+    assert body["status"]["state"] == "QUEUED"
+    url = f"/api/v1/projects/alpha/notebooks/{body['id']}/"
+    status = _wait_state(alice_api, url, "RUNNING")
+    yield body["id"], url, status
+    # Whatever the test did, leave no editor behind.
+    from workers.lifecycle import runtime_for
+
+    notebook = Notebook.objects.filter(pk=body["id"]).first()
+    if notebook is not None and notebook.runtime_state:
+        runtime_for(notebook).stop(5)
+
+
+def _kernel(api, url) -> Kernel:
+    secret = api.get(url + "secret/").json()
+    return Kernel(secret["url"], secret["token"])
+
+
+def test_notebook_runs_code_and_keeps_workspace_across_stop_and_start(running_notebook, alice_api):
+    notebook_id, url, status = running_notebook
+    assert status["url"].startswith("http://127.0.0.1:")
+    kernel = _kernel(alice_api, url)
+    assert kernel.execute("print(6 * 7)").strip() == "42"
+    assert kernel.execute("import os; print(os.getcwd(), os.getuid() != 0)").split() == [
+        "/workspace",
+        "True",
+    ]
+    kernel.execute("open('/workspace/notes.txt', 'w').write('kept across restarts')")
+    installed = kernel.execute(MAKE_AND_INSTALL_WHEEL)
+    assert installed.startswith("0"), installed
+    kernel.close()
+
+    assert alice_api.post(url + "stop/").status_code == 202
+    stopped = _wait_state(alice_api, url, "STOPPED")
+    assert stopped["workspace_size"] > 0
+    backups = alice_api.get(url + "backups/").json()["results"]
+    assert len(backups) == 1 and len(backups[0]["sha256"]) == 64
+    # Stopping released the host: the local copy is gone, only the backup holds it.
+    assert not (this_host_workspace := Notebook.objects.get(pk=notebook_id)).host_id
+    del this_host_workspace
+
+    assert alice_api.post(url + "start/").status_code == 202
+    restarted = _wait_state(alice_api, url, "RUNNING")
+    kernel = _kernel(alice_api, url)
+    assert (
+        kernel.execute("print(open('/workspace/notes.txt').read())").strip()
+        == "kept across restarts"
+    )
+    out = kernel.execute("import nbc_hello; print(nbc_hello.GREETING); print(nbc_hello.__file__)")
+    greeting, location = out.strip().splitlines()
+    assert greeting == "hello from the workspace"
+    assert location.startswith("/workspace/.local/")
+    kernel.close()
+    assert restarted["last_started_at"] > status["last_started_at"]
+
+    assert alice_api.delete(url).status_code == 202
+    wait_for(lambda: Notebook.objects.get(pk=notebook_id).state == "DELETED", what="DELETED")
+    assert alice_api.get(url).status_code == 404
+    events = [(e.from_state, e.to_state) for e in Notebook.objects.get(pk=notebook_id).events.all()]
+    assert events == [
+        ("", "QUEUED"),
+        ("QUEUED", "STARTING"),
+        ("STARTING", "RUNNING"),
+        ("RUNNING", "STOPPING"),
+        ("STOPPING", "STOPPED"),
+        ("STOPPED", "QUEUED"),
+        ("QUEUED", "STARTING"),
+        ("STARTING", "RUNNING"),
+        ("RUNNING", "DELETING"),
+        ("DELETING", "DELETED"),
+    ]
+
+
+def test_dead_editor_is_noticed_saved_and_failed(running_notebook, alice_api):
+    from workers.tasks import reconcile_all
+
+    notebook_id, url, _ = running_notebook
+    kernel = _kernel(alice_api, url)
+    kernel.execute("open('/workspace/work.txt', 'w').write('unsaved work')")
+    kernel.close()
+    pid = Notebook.objects.get(pk=notebook_id).runtime_state["pid"]
+    os.killpg(pid, signal.SIGKILL)
+    wait_for(
+        lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+        what="the editor to die",
+    )
+
+    reconcile_all.delay()  # what beat sends every NBCLOUD_RECONCILE_INTERVAL
+    failed = _wait_state(alice_api, url, "FAILED")
+    assert failed["info"]["code"] == "EDITOR_DIED"
+    assert "stopped unexpectedly" in failed["info"]["message"]
+    assert len(alice_api.get(url + "backups/").json()["results"]) == 1  # the work was saved
+
+    assert alice_api.post(url + "start/").status_code == 202
+    _wait_state(alice_api, url, "RUNNING")
+    kernel = _kernel(alice_api, url)
+    assert kernel.execute("print(open('/workspace/work.txt').read())").strip() == "unsaved work"
+    kernel.close()
+    alice_api.post(url + "stop/")
+    _wait_state(alice_api, url, "STOPPED")
