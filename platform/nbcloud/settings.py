@@ -17,6 +17,10 @@ from nbcloud.envconf import envbool, envchoice, envint, envpath, envstr
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 DATA_DIR = envpath("NBCLOUD_DATA_DIR", BASE_DIR / "var")
 DATA_DIR.mkdir(parents=True, exist_ok=True)
+if os.geteuid() == 0:
+    # Editors run on this machine as other users: keep the database, logs and
+    # workspaces out of their reach (workspaces are bound in by the sandbox).
+    DATA_DIR.chmod(0o700)
 
 
 def _secret_key() -> str:
@@ -163,7 +167,7 @@ if not CELERY_BROKER_URL.startswith(("redis://", "rediss://", "redis+socket://",
         f"CELERY_BROKER_URL={CELERY_BROKER_URL!r} is not a broker URL: "
         "use redis://host:port/db, redis+socket:///path or amqp://..."
     )
-EMBEDDED_BROKER = CELERY_BROKER_URL == f"redis+socket://{EMBEDDED_BROKER_SOCKET}"
+EMBEDDED_BROKER = f"redis+socket://{EMBEDDED_BROKER_SOCKET}" == CELERY_BROKER_URL
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -10,9 +10,7 @@ time, against pid reuse) is the runtime state a fresh worker takes over.
 
 import contextlib
 import os
-import signal
 import socket
-import time
 from pathlib import Path
 
 import psutil
@@ -138,17 +136,17 @@ class ProcessRuntime(Runtime):
         proc = self._process()
         if proc is None:
             return
-        pgid = proc.pid  # its own session: the editor and everything it spawned
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._process() is not None:
-            time.sleep(0.1)
-        if self._process() is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
+        # The whole tree: the sandbox, the editor and its kernels, which may
+        # sit in sessions of their own.
+        tree = [proc, *proc.children(recursive=True)]
+        for member in tree:
             with contextlib.suppress(psutil.Error):
-                proc.wait(5)
+                member.terminate()
+        _, alive = psutil.wait_procs(tree, timeout=timeout)
+        for member in alive:
+            with contextlib.suppress(psutil.Error):
+                member.kill()
+        psutil.wait_procs(alive, timeout=5)
 
     def stats(self) -> dict:
         proc = self._process()

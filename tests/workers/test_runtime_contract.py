@@ -1,0 +1,157 @@
+"""The runtime contract, run against every runtime this machine can run."""
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+
+import pytest
+import requests
+from conftest import wait_for
+
+from workers.lifecycle import wait_ready
+from workers.runtimes import RUNTIMES, LaunchSpec, StartError
+from workers.runtimes.process import sandbox_argv
+
+pytestmark = pytest.mark.e2e
+
+
+def _workspace(base_dir, uid: int):
+    path = base_dir / f"ws-{uid}"
+    path.mkdir(mode=0o700)
+    os.chown(path, uid, uid)
+    return path
+
+
+@pytest.fixture
+def base_dir(settings):
+    # Not under /tmp: the sandbox has a private /tmp of its own.
+    path = settings.DATA_DIR / f"contract-{uuid.uuid4().hex[:8]}"
+    path.mkdir(mode=0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def make_spec(base_dir, conda_env, settings):
+    settings.DATA_DIR = base_dir
+
+    def make(**overrides) -> LaunchSpec:
+        notebook_id = str(uuid.uuid4())
+        uid = overrides.pop("uid", 210000 + int(notebook_id[:4], 16))
+        fields = {
+            "notebook_id": notebook_id,
+            "editor_id": "jupyterlab",
+            "env_dir": conda_env,
+            "workspace": _workspace(base_dir, uid),
+            "uid": uid,
+            "secret": uuid.uuid4().hex,
+            "base_url": f"/notebooks/{notebook_id}/",
+            "env_vars": {"GREETING": "hi"},
+        }
+        return LaunchSpec(**{**fields, **overrides})
+
+    return make
+
+
+@pytest.fixture(params=sorted(RUNTIMES))
+def runtime_cls(request):
+    return RUNTIMES[request.param]
+
+
+@pytest.fixture
+def started(runtime_cls, make_spec):
+    runtime = runtime_cls(make_spec())
+    runtime.start()
+    yield runtime
+    runtime.stop(5)
+
+
+def test_start_serves_the_editor_behind_its_secret(started):
+    wait_ready(started, 60)
+    assert started.poll() is None
+    status = started.endpoint.url + "api/status"
+    assert requests.get(status, timeout=5).status_code == 403
+    authorised = {"Authorization": f"token {started.spec.secret}"}
+    assert requests.get(status, headers=authorised, timeout=5).status_code == 200
+
+
+def test_start_twice_returns_the_same_endpoint(started):
+    first = started.endpoint
+    assert started.start() == first
+
+
+def test_fresh_runtime_takes_over_from_state_and_stops(started, runtime_cls):
+    wait_ready(started, 60)
+    successor = runtime_cls(started.spec, started.get_state())
+    assert successor.poll() is None
+    assert successor.stats()["running"] is True
+    assert successor.stats()["memory_bytes"] > 0
+    successor.stop(5)
+    assert successor.poll() is not None
+    assert started.poll() is not None
+    assert "Jupyter" in successor.logs(50)
+
+
+def test_stop_insists_when_asked_politely_is_not_enough(runtime_cls, make_spec):
+    spec = make_spec()
+    runtime = runtime_cls(spec)
+    runtime.start()
+    wait_ready(runtime, 60)
+    started = time.monotonic()
+    runtime.stop(0.1)
+    assert runtime.poll() is not None
+    assert time.monotonic() - started < 10
+
+
+def test_editor_that_dies_at_start_is_reported(runtime_cls, make_spec, base_dir):
+    broken_env = base_dir / "no-such-env"
+    runtime = runtime_cls(make_spec(env_dir=broken_env))
+    runtime.start()
+    with pytest.raises(StartError, match="exited during start-up"):
+        wait_ready(runtime, 30)
+    runtime.stop(1)
+
+
+def test_missing_code_server_is_a_clear_start_error(runtime_cls, make_spec, settings):
+    settings.NBCLOUD_CODE_SERVER = "/nonexistent/code-server"
+    with pytest.raises(StartError) as failure:
+        runtime_cls(make_spec(editor_id="vscode")).start()
+    assert "code-server" in failure.value.user_message
+
+
+def test_sandbox_keeps_notebooks_out_of_each_others_workspace(make_spec):
+    mine, theirs = make_spec(), make_spec()
+    secret = theirs.workspace / "private.txt"
+    secret.write_text("theirs")
+    os.chown(secret, theirs.uid, theirs.uid)
+
+    def run(spec, command: str):
+        return subprocess.run(
+            sandbox_argv(spec, ["sh", "-c", command]), capture_output=True, text=True, timeout=30
+        )
+
+    peek = run(mine, f"cat {secret}")
+    assert peek.returncode != 0 and "Permission denied" in peek.stderr
+    own = run(mine, "echo mine > /workspace/own.txt && id -u && cat /workspace/own.txt")
+    assert own.stdout.split() == [str(mine.uid), "mine"]
+    assert (mine.workspace / "own.txt").stat().st_uid == mine.uid
+    private_tmp = run(mine, "touch /tmp/x && ls /tmp")
+    assert private_tmp.stdout.split() == ["x"]
+
+
+def test_processes_left_behind_die_with_the_sandbox(runtime_cls, make_spec):
+    runtime = runtime_cls(make_spec())
+    runtime.start()
+    wait_ready(runtime, 60)
+    runtime.stop(5)
+    wait_for(lambda: runtime.poll() is not None, timeout=10, what="the editor to end")
+    leftovers = subprocess.run(
+        ["pgrep", "-f", runtime.spec.notebook_id], capture_output=True, text=True
+    )
+    assert leftovers.stdout.strip() == "", subprocess.run(
+        ["ps", "-o", "pid,ppid,stat,cmd", "-p", ",".join(leftovers.stdout.split())],
+        capture_output=True,
+        text=True,
+    ).stdout
