@@ -42,10 +42,14 @@ def _flatten(detail, prefix: str = "") -> dict[str, list[str]]:
     return {prefix or "request": [str(detail)]}
 
 
+# DRF's own codes that the API names differently.
+_RENAMED_CODES = {"permission_denied": "forbidden"}
+
+
 def _code(exc: exceptions.APIException) -> str:
     codes = exc.get_codes()
     if isinstance(codes, str):
-        return codes
+        return _RENAMED_CODES.get(codes, codes)
     return {
         400: "invalid",
         401: "not_authenticated",
