@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 
-.PHONY: run test install sysdeps envs migrate lint format clean
+.PHONY: run test bench install sysdeps envs migrate lint format clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ run: install sysdeps envs migrate
 
 test: install sysdeps envs
 	$(PY) -m pytest
+
+bench: install sysdeps envs
+	$(PY) bench/start_latency.py --runs 5
 
 lint: install
 	$(VENV)/bin/ruff check .

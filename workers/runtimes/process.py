@@ -11,6 +11,7 @@ time, against pid reuse) is the runtime state a fresh worker takes over.
 import contextlib
 import os
 import socket
+import time
 from pathlib import Path
 
 import psutil
@@ -50,6 +51,28 @@ def sandbox_argv(spec: LaunchSpec, argv: list[str]) -> list[str]:
     if os.geteuid() == 0:
         prefix += ["setpriv", f"--reuid={spec.uid}", f"--regid={spec.uid}", "--clear-groups"]
     return prefix + argv
+
+
+def _running(proc: psutil.Process) -> bool:
+    """Alive, not a zombie: a zombie has exited, whoever is to reap it."""
+    try:
+        if proc.status() != psutil.STATUS_ZOMBIE:
+            return True
+    except psutil.NoSuchProcess:
+        return False
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(proc.pid, os.WNOHANG)  # reap it when it is ours
+    return False
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every process has exited; return those still running."""
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if _running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if _running(p)]
+    return alive
 
 
 class ProcessRuntime(Runtime):
@@ -142,11 +165,11 @@ class ProcessRuntime(Runtime):
         for member in tree:
             with contextlib.suppress(psutil.Error):
                 member.terminate()
-        _, alive = psutil.wait_procs(tree, timeout=timeout)
+        alive = _wait_gone(tree, timeout)
         for member in alive:
             with contextlib.suppress(psutil.Error):
                 member.kill()
-        psutil.wait_procs(alive, timeout=5)
+        _wait_gone(alive, 5)
 
     def stats(self) -> dict:
         proc = self._process()

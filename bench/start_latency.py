@@ -1,0 +1,152 @@
+"""Seconds from POST to RUNNING, beside a bare JupyterLab start.
+
+Runs the platform as `make run` does (runplatform: web, worker, embedded
+broker) in its own data directory, then, interleaved N times:
+  - platform: POST a notebook, poll GET until RUNNING (and stop it, timing
+    stop -> STOPPED, which includes the workspace backup), delete it;
+  - baseline: start the same environment's JupyterLab directly (no platform,
+    no sandbox) and poll its /api/status until it answers.
+Prints medians and the ratio platform / baseline. Usage:
+
+    .venv/bin/python bench/start_latency.py [--runs 5]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait(predicate, timeout=120, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError
+
+
+def ok(url, **kw) -> bool:
+    try:
+        return requests.get(url, timeout=2, **kw).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def bare_jupyter(env_dir: Path) -> float:
+    workdir = Path(tempfile.mkdtemp(prefix="nbc-bench-"))
+    port, token = free_port(), uuid.uuid4().hex
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [str(env_dir / "bin" / "python"), "-m", "jupyter", "lab", "--no-browser", "--allow-root",
+         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", f"--ServerApp.root_dir={workdir}"],
+        env={**os.environ, "JUPYTER_TOKEN": token, "HOME": str(workdir)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait(lambda: ok(f"http://127.0.0.1:{port}/api/status",
+                        headers={"Authorization": f"token {token}"}))
+        return time.monotonic() - started
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+
+    data_dir = ROOT / "var" / "bench"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    env = {**os.environ, "NBCLOUD_DATA_DIR": str(data_dir)}
+    env.pop("CELERY_BROKER_URL", None)
+    env.pop("DATABASE_URL", None)
+    manage = [PY, str(ROOT / "manage.py")]
+    subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, cwd=ROOT)
+    token = subprocess.run(
+        [*manage, "createapitoken", "bench", "--project", "bench"],
+        env=env, check=True, capture_output=True, text=True, cwd=ROOT,
+    ).stdout.strip()
+    port = free_port()
+    platform = subprocess.Popen(
+        [*manage, "runplatform", "--port", str(port), "--no-beat", "--no-flower"],
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    api = f"http://127.0.0.1:{port}/api/v1/projects/bench/notebooks/"
+    headers = {"Authorization": f"Bearer {token}"}
+    sys.path[:0] = [str(ROOT / "platform"), str(ROOT)]
+    os.environ.update({"NBCLOUD_DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "nbcloud.settings"})
+    import django
+
+    django.setup()
+    from workers.environments import env_dir
+
+    conda = env_dir("conda", "py311")
+    results = {"platform_start_s": [], "platform_stop_s": [], "bare_jupyter_start_s": []}
+    try:
+        wait(lambda: ok(api, headers=headers), timeout=60)
+        for i in range(args.runs):
+            spec = {"name": f"bench-{i}", "env": {"framework_id": "conda", "editor_id": "jupyterlab"},
+                    "resources": {"cpu": 1}}
+            started = time.monotonic()
+            created = requests.post(api, json=spec, headers=headers, timeout=10).json()
+            url = f"{api}{created['id']}/"
+
+            def state_is(state, url=url):
+                body = requests.get(url, headers=headers, timeout=10).json()
+                if body["status"]["state"] == "FAILED":
+                    raise RuntimeError(body["status"])
+                return body["status"]["state"] == state
+
+            wait(lambda: state_is("RUNNING"))
+            results["platform_start_s"].append(time.monotonic() - started)
+            stopping = time.monotonic()
+            requests.post(url + "stop/", headers=headers, timeout=10)
+            wait(lambda: state_is("STOPPED"))
+            results["platform_stop_s"].append(time.monotonic() - stopping)
+            requests.delete(url, headers=headers, timeout=10)
+            results["bare_jupyter_start_s"].append(bare_jupyter(conda))
+    finally:
+        platform.terminate()
+        platform.wait(60)
+
+    medians = {k: statistics.median(v) for k, v in results.items()}
+    report = {
+        "runs": args.runs,
+        "samples": results,
+        "medians": medians,
+        "start_ratio_platform_over_bare": medians["platform_start_s"] / medians["bare_jupyter_start_s"],
+    }
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "start_latency.json").write_text(json.dumps(report, indent=2))
+    print(f"runs: {args.runs}")
+    for key, value in medians.items():
+        print(f"median {key:24s} {value:6.2f} s   samples {[round(v, 2) for v in results[key]]}")
+    print(f"start ratio platform / bare JupyterLab: {report['start_ratio_platform_over_bare']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
