@@ -18,3 +18,18 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
 ]
+
+
+def api_aware_404(request, exception=None):
+    """Unknown URLs under /api/ answer the API's error shape, not an HTML page."""
+    from django.http import JsonResponse
+    from django.views.defaults import page_not_found
+
+    if request.path.startswith("/api/"):
+        return JsonResponse(
+            {"code": "not_found", "message": f"No API endpoint at {request.path}."}, status=404
+        )
+    return page_not_found(request, exception)
+
+
+handler404 = api_aware_404

@@ -1,0 +1,228 @@
+"""Placing queued notebooks on hosts: regions, capacity, GPUs by UUID, packing, FIFO.
+
+Hosts are rows made here with a chosen inventory; `start_notebook` tasks are
+sent on commit and captured, never run.
+"""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from nbcloud.hosts.models import Host, HostState
+from nbcloud.hosts.services import place_queued
+from nbcloud.notebooks.models import Notebook
+from nbcloud.notebooks.states import State
+
+pytestmark = pytest.mark.django_db
+GIB = 1024**3
+T0 = timezone.now() - timedelta(hours=1)
+
+
+def make_host(name, *, region="GRA", cpus=8, memory_gib=64, gpus=0, state=HostState.READY):
+    return Host.objects.create(
+        name=name,
+        region=region,
+        state=state,
+        cpus=cpus,
+        memory_bytes=memory_gib * GIB,
+        disk_bytes=1000 * GIB,
+        gpus=[
+            {
+                "index": i,
+                "uuid": f"GPU-{name}-{i}",
+                "model": "Tesla V100S",
+                "memory_bytes": 32 * GIB,
+            }
+            for i in range(gpus)
+        ],
+    )
+
+
+_order = iter(range(1_000_000))
+
+
+def make_notebook(project, name, *, cpu=0, gpu=0, region="GRA", **fields):
+    """A QUEUED notebook; each one made later queues later."""
+    return Notebook.objects.create(
+        project=project,
+        name=name,
+        framework_id="conda",
+        framework_version="py311",
+        editor_id="jupyterlab",
+        flavor="ai1-1-gpu" if gpu else "ai1-1-cpu",
+        gpu=gpu,
+        cpu=cpu,
+        region=region,
+        state=fields.pop("state", State.QUEUED),
+        queued_at=T0 + timedelta(seconds=next(_order)),
+        **fields,
+    )
+
+
+def release(notebook: Notebook) -> None:
+    Notebook.objects.filter(pk=notebook.pk).update(state=State.STOPPED, host=None, gpu_uuids=[])
+
+
+def fresh(notebook: Notebook) -> Notebook:
+    notebook.refresh_from_db()
+    return notebook
+
+
+@pytest.fixture
+def place(django_capture_on_commit_callbacks):
+    """place_queued(), with its start tasks captured on commit instead of sent."""
+
+    def run():
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            placed = place_queued()
+        assert len(callbacks) == len(placed)  # one start task per placement
+        return placed
+
+    return run
+
+
+def test_cpu_notebook_is_placed_on_a_host_of_its_region(alpha, place):
+    make_host("bhs-1", region="BHS")
+    host = make_host("gra-1", region="GRA")
+    notebook = make_notebook(alpha, "nb", cpu=1)
+    assert place() == [(str(notebook.pk), "gra-1")]
+    notebook = fresh(notebook)
+    assert notebook.state == State.STARTING
+    assert notebook.host == host
+    assert notebook.gpu_uuids == []
+    assert "gra-1" in notebook.info_message
+    assert notebook.events.filter(from_state=State.QUEUED, to_state=State.STARTING).exists()
+
+
+def test_without_a_host_in_its_region_it_stays_queued_with_its_position(alpha, place):
+    make_host("gra-1", region="GRA")
+    notebook = make_notebook(alpha, "nb", cpu=1, region="BHS")
+    assert place() == []
+    notebook = fresh(notebook)
+    assert notebook.state == State.QUEUED and notebook.host is None
+    assert "position 1 in region BHS" in notebook.info_message
+    assert not notebook.events.exclude(to_state=State.QUEUED).exists()
+
+
+def test_cpus_are_reserved_and_a_released_one_lets_the_next_start(alpha, place):
+    make_host("small", cpus=2, memory_gib=16)
+    first, second, third = (make_notebook(alpha, f"nb{i}", cpu=1) for i in range(3))
+    placed = place()
+    assert [nb for nb, _ in placed] == [str(first.pk), str(second.pk)]
+    third = fresh(third)
+    assert third.state == State.QUEUED
+    assert "position 1 in region GRA" in third.info_message
+
+    # Placing again changes nothing while the host is full.
+    assert place() == []
+
+    release(fresh(first))
+    assert place() == [(str(third.pk), "small")]
+    assert fresh(third).state == State.STARTING
+
+
+def test_memory_is_reserved_too(alpha, place):
+    # 4 GiB per vCPU: two 1-CPU notebooks need 8 GiB, the host has 6.
+    make_host("lowmem", cpus=8, memory_gib=6)
+    first, second = make_notebook(alpha, "a", cpu=1), make_notebook(alpha, "b", cpu=1)
+    assert place() == [(str(first.pk), "lowmem")]
+    assert fresh(second).state == State.QUEUED
+
+
+def test_gpus_are_assigned_by_uuid_and_never_shared(alpha, place):
+    host = make_host("gpu4", cpus=52, memory_gib=160, gpus=4)
+    a, b = make_notebook(alpha, "a", gpu=2), make_notebook(alpha, "b", gpu=2)
+    assert len(place()) == 2
+    a, b = fresh(a), fresh(b)
+    assert len(a.gpu_uuids) == 2 and len(b.gpu_uuids) == 2
+    assert not set(a.gpu_uuids) & set(b.gpu_uuids)
+    assert set(a.gpu_uuids) | set(b.gpu_uuids) == set(host.gpu_uuids)
+
+
+def test_a_four_gpu_notebook_waits_while_one_gpu_is_used(alpha, place):
+    make_host("gpu4", cpus=52, memory_gib=160, gpus=4)
+    small = make_notebook(alpha, "small", gpu=1)
+    assert place() == [(str(small.pk), "gpu4")]
+    big = make_notebook(alpha, "big", gpu=4)
+    assert place() == []
+    big = fresh(big)
+    assert big.state == State.QUEUED
+    assert "position 1 in region GRA for 4 GPUs" in big.info_message
+
+    release(fresh(small))
+    assert place() == [(str(big.pk), "gpu4")]
+    assert len(fresh(big).gpu_uuids) == 4
+
+
+def test_packing_takes_the_fullest_host_that_fits(alpha, place):
+    make_host("a-empty", cpus=52, memory_gib=160, gpus=4)
+    busy = make_host("z-busy", cpus=52, memory_gib=160, gpus=4)
+    make_notebook(
+        alpha,
+        "running",
+        gpu=2,
+        state=State.RUNNING,
+        host=busy,
+        gpu_uuids=busy.gpu_uuids[:2],
+    )
+    two = make_notebook(alpha, "two", gpu=1)
+    assert place() == [(str(two.pk), "z-busy")]
+    assert fresh(two).gpu_uuids == [busy.gpu_uuids[2]]
+
+    # Now z-busy has 1 GPU left: a 2-GPU notebook goes to the empty host.
+    pair = make_notebook(alpha, "pair", gpu=2)
+    assert place() == [(str(pair.pk), "a-empty")]
+
+
+def test_packing_of_cpu_notebooks(alpha, place):
+    make_host("a-big", cpus=16, memory_gib=64)
+    small = make_host("z-small", cpus=4, memory_gib=64)
+    notebook = make_notebook(alpha, "nb", cpu=2)
+    assert place() == [(str(notebook.pk), "z-small")]
+    assert fresh(notebook).host == small
+
+
+def test_a_draining_host_gets_nothing(alpha, place):
+    make_host("draining", cpus=16, memory_gib=64, state=HostState.DRAINING)
+    make_host("lost", cpus=16, memory_gib=64, state=HostState.LOST)
+    notebook = make_notebook(alpha, "nb", cpu=1)
+    assert place() == []
+    assert fresh(notebook).state == State.QUEUED
+    assert "position 1 in region GRA" in fresh(notebook).info_message
+
+
+def test_fifo_within_a_kind_but_gpu_and_cpu_queues_are_independent(alpha, place):
+    make_host("cpu-host", cpus=2, memory_gib=16)
+    # Fits the GPU notebook (13 vCPU, 40 GiB per GPU); too little memory for 12 CPUs.
+    make_host("gpu-host", cpus=13, memory_gib=40, gpus=1)
+    big_cpu = make_notebook(alpha, "big-cpu", cpu=12)  # fits nowhere
+    small_cpu = make_notebook(alpha, "small-cpu", cpu=1)  # would fit cpu-host
+    gpu = make_notebook(alpha, "gpu", gpu=1)
+    assert place() == [(str(gpu.pk), "gpu-host")]
+    big_cpu, small_cpu = fresh(big_cpu), fresh(small_cpu)
+    assert big_cpu.state == small_cpu.state == State.QUEUED
+    assert "position 1 in region GRA" in big_cpu.info_message
+    assert "position 2 in region GRA" in small_cpu.info_message
+
+    # When the first in line goes away, the next one starts.
+    release(big_cpu)
+    assert place() == [(str(small_cpu.pk), "cpu-host")]
+
+
+def test_placement_is_in_queue_order(alpha, place):
+    make_host("one", cpus=1, memory_gib=4)
+    early = make_notebook(alpha, "early", cpu=1)
+    late = make_notebook(alpha, "late", cpu=1)
+    # Created in the other order: what counts is when they were queued.
+    Notebook.objects.filter(pk=late.pk).update(created_at=T0 - timedelta(days=1))
+    assert place() == [(str(early.pk), "one")]
+    assert "position 1" in fresh(late).info_message
+
+
+def test_notebooks_that_are_not_queued_are_left_alone(alpha, place):
+    make_host("host", cpus=8, memory_gib=64)
+    stopped = make_notebook(alpha, "stopped", cpu=1, state=State.STOPPED)
+    failed = make_notebook(alpha, "failed", cpu=1, state=State.FAILED)
+    assert place() == []
+    assert fresh(stopped).state == State.STOPPED and fresh(failed).state == State.FAILED
