@@ -21,6 +21,7 @@ ROUTES: dict[str, Queue] = {
     "notebooks.stop": Queue.HOST,
     "notebooks.delete": Queue.HOST,
     "hosts.check_notebooks": Queue.HOST,
+    "billing.tick": Queue.BILLING,
 }
 
 

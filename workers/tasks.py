@@ -39,6 +39,13 @@ def reconcile_all() -> None:
     reconcile.run()
 
 
+@shared_task(name="billing.tick", expires=60)
+def billing_tick() -> None:
+    from nbcloud.billing.services import tick
+
+    tick()
+
+
 @worker_ready.connect
 def register_this_host(sender=None, **kwargs) -> None:
     """A worker that consumes a host queue registers that host with its inventory."""

@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "nbcloud.catalog",
     "nbcloud.hosts",
     "nbcloud.notebooks",
+    "nbcloud.billing",
 ]
 
 MIDDLEWARE = [
@@ -207,6 +208,8 @@ NBCLOUD_RECONCILE_INTERVAL = envint("NBCLOUD_RECONCILE_INTERVAL", 30, minimum=1)
 # assumed to have lost its task, and reconcile sends it again.
 NBCLOUD_STUCK_AFTER = envint("NBCLOUD_STUCK_AFTER", 600, minimum=1)
 NBCLOUD_DEFAULT_REGION = envstr("NBCLOUD_DEFAULT_REGION", "GRA")
+# Currency of the catalogue's default prices (admins set others per flavor).
+NBCLOUD_CURRENCY = envstr("NBCLOUD_CURRENCY", "EUR")
 
 LOGGING = {
     "version": 1,
@@ -221,5 +224,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "notebooks.reconcile",
         "schedule": NBCLOUD_RECONCILE_INTERVAL,
         "options": {"expires": NBCLOUD_RECONCILE_INTERVAL},
+    },
+    "billing-tick": {
+        "task": "billing.tick",
+        "schedule": 60,
+        "options": {"expires": 60},
     },
 }

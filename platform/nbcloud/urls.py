@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 project_urls = [
     path("", include("nbcloud.notebooks.api.urls")),
     path("", include("nbcloud.projects.api.urls")),
+    path("", include("nbcloud.billing.api.urls")),
 ]
 
 api_v1 = [

@@ -62,6 +62,9 @@ class Flavor:
     default: bool = False
     gpu_model: str = ""
     gpu_memory_gib: int = 0
+    # Default price of one unit for one minute, in settings.NBCLOUD_CURRENCY;
+    # a string so it is read as an exact Decimal.
+    price_per_minute: str = "0"
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,10 @@ def load_catalog(root: Path) -> Catalog:
         )
         for e in data.get("editors", [])
     }
-    flavors = {f["id"]: Flavor(**f) for f in data.get("flavors", [])}
+    flavors = {
+        f["id"]: Flavor(**{**f, "price_per_minute": str(f.get("price_per_minute", "0"))})
+        for f in data.get("flavors", [])
+    }
     regions = {r["id"]: Region(**r) for r in data.get("regions", [])}
     for fw in frameworks.values():
         unknown = set(fw.editors) - set(editors)

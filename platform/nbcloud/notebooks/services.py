@@ -14,6 +14,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from nbcloud.api.errors import Conflict, QuotaExceeded
+from nbcloud.billing import services as billing
 from nbcloud.projects.models import Project
 
 from .models import Notebook, NotebookEvent
@@ -45,6 +46,8 @@ def transition(
     }
     with transaction.atomic():
         changed = Notebook.objects.filter(pk=notebook.pk, state=from_state).update(**updates)
+        if changed and "host" in fields:
+            _bill_capacity_change(notebook, reserved=fields["host"] is not None, at=now)
         if not changed:
             current = (
                 Notebook.objects.filter(pk=notebook.pk).values_list("state", flat=True).first()
@@ -65,6 +68,14 @@ def transition(
         setattr(notebook, name, value)
     log.info("notebook %s: %s -> %s (%s) %s", notebook.pk, from_state, to, code, message)
     return notebook
+
+
+def _bill_capacity_change(notebook: Notebook, *, reserved: bool, at) -> None:
+    """Capacity reserved opens a billable interval; capacity released closes it."""
+    if reserved and notebook.host_id is None:
+        billing.open_interval(notebook, at)
+    elif not reserved and notebook.host_id is not None:
+        billing.close_interval(notebook)
 
 
 def set_info(notebook: Notebook, code: InfoCode, message: str) -> None:
@@ -117,6 +128,7 @@ def create(project: Project, spec: dict, *, actor: str, user=None) -> Notebook:
     with transaction.atomic():
         project = _locked_project(project)
         _check_gpu_quota(project, spec.get("gpu", 0))
+        billing.check_budget(project)
         now = timezone.now()
         notebook = Notebook.objects.create(
             project=project,
@@ -147,6 +159,7 @@ def start(notebook: Notebook, *, actor: str) -> Notebook:
         notebook.refresh_from_db()
         target = _action_target(notebook, "start")
         _check_gpu_quota(project, notebook.gpu, exclude=notebook)
+        billing.check_budget(project)
         transition(
             notebook,
             target,
@@ -159,7 +172,13 @@ def start(notebook: Notebook, *, actor: str) -> Notebook:
     return notebook
 
 
-def stop(notebook: Notebook, *, actor: str) -> Notebook:
+def stop(
+    notebook: Notebook,
+    *,
+    actor: str,
+    code: InfoCode = InfoCode.USER_STOP,
+    message: str = "Stop requested; saving the workspace.",
+) -> Notebook:
     from workers.tasks import stop_notebook
 
     with transaction.atomic():
@@ -167,21 +186,11 @@ def stop(notebook: Notebook, *, actor: str) -> Notebook:
         target = _action_target(notebook, "stop")
         if target == State.STOPPED:  # still queued: nothing holds capacity
             transition(
-                notebook,
-                target,
-                actor=actor,
-                code=InfoCode.USER_STOP,
-                message="Stopped before it started.",
+                notebook, target, actor=actor, code=code, message="Stopped before it started."
             )
             _schedule_on_commit()
         else:
-            transition(
-                notebook,
-                target,
-                actor=actor,
-                code=InfoCode.USER_STOP,
-                message="Stop requested; saving the workspace.",
-            )
+            transition(notebook, target, actor=actor, code=code, message=message)
             stop_notebook.delay_on_commit(str(notebook.pk), host=notebook.host.name)
     return notebook
 

@@ -72,6 +72,7 @@ class InfoCode(models.TextChoices):
     EDITOR_DIED = "EDITOR_DIED"
     START_FAILED = "START_FAILED"
     BACKUP_FAILED = "BACKUP_FAILED"
+    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
 
 
 # A notebook stopped for one of these ends FAILED rather than STOPPED.

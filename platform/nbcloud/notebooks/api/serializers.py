@@ -1,6 +1,7 @@
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
+from nbcloud.billing.services import cost_to_date
 from nbcloud.catalog.services import catalog
 from nbcloud.notebooks import spec
 from nbcloud.notebooks.models import Backup, Notebook, NotebookEvent
@@ -260,6 +261,7 @@ class NotebookSerializer(serializers.ModelSerializer):
             "state_changed_at": nb.state_changed_at,
             "duration": _duration(nb),
             "workspace_size": nb.workspace_size,
+            "cost_to_date": [c.as_dict() for c in cost_to_date(notebook=nb)],
             "data_sync": [],
         }
 

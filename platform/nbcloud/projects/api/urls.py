@@ -1,5 +1,8 @@
 from django.urls import path
 
-from .views import QuotaView
+from .views import ProjectView, QuotaView
 
-urlpatterns = [path("quota/", QuotaView.as_view(), name="project-quota")]
+urlpatterns = [
+    path("", ProjectView.as_view(), name="project"),
+    path("quota/", QuotaView.as_view(), name="project-quota"),
+]

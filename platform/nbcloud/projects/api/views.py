@@ -39,3 +39,21 @@ class QuotaView(ProjectScopedMixin, APIView):
                 "notebooks": {"active": totals["count"]},
             }
         )
+
+
+class ProjectView(ProjectScopedMixin, APIView):
+    """The project: its quota, this month's cost to date and its budget."""
+
+    @extend_schema(responses={200: {"type": "object"}})
+    def get(self, request, project):
+        from nbcloud.billing.services import budget_status, cost_to_date
+
+        return Response(
+            {
+                "name": self.project.name,
+                "role": self.role,
+                "gpu_quota": self.project.gpu_quota,
+                "cost_to_date": [c.as_dict() for c in cost_to_date(project=self.project)],
+                "budget": budget_status(self.project),
+            }
+        )

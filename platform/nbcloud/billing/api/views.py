@@ -1,0 +1,49 @@
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from nbcloud.api.views import ProjectScopedMixin
+from nbcloud.billing import usage
+from nbcloud.notebooks.models import Notebook
+from nbcloud.notebooks.states import State
+
+from .renderers import CSVRenderer
+
+PARAMETERS = [
+    OpenApiParameter("from", str, description="date or datetime (default: start of the month)"),
+    OpenApiParameter("to", str, description="date or datetime, excluded (default: now)"),
+    OpenApiParameter("group_by", str, enum=list(usage.GROUPS)),
+    OpenApiParameter("format", str, enum=["json", "csv"]),
+]
+
+
+class UsageView(ProjectScopedMixin, APIView):
+    """Billed minutes, unit-minutes and cost, grouped by notebook, day or flavor."""
+
+    renderer_classes = [JSONRenderer, BrowsableAPIRenderer, CSVRenderer]
+
+    def notebook(self):
+        return None
+
+    @extend_schema(parameters=PARAMETERS, responses={200: {"type": "object"}})
+    def get(self, request, **kwargs):
+        try:
+            result = usage.report(
+                self.project, params=request.query_params, notebook=self.notebook()
+            )
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        return Response(result)
+
+
+class NotebookUsageView(UsageView):
+    def notebook(self):
+        from django.shortcuts import get_object_or_404
+
+        return get_object_or_404(
+            Notebook.objects.exclude(state=State.DELETED),
+            project=self.project,
+            pk=self.kwargs["pk"],
+        )

@@ -1,0 +1,259 @@
+"""Billing: opening and closing intervals, the per-minute tick, cost and budgets.
+
+The tick writes every commenced, not yet billed minute of every open
+interval in one statement (PostgreSQL: INSERT ... SELECT generate_series ...
+ON CONFLICT DO NOTHING); the unique (interval, minute) constraint makes a
+repeated or concurrent tick harmless, and a missed tick is made up by the
+next, which bills everything up to its `now`. Intervals are locked while
+billed, and an interval is closed under the same lock, so a tick never bills
+past the end of an interval closed meanwhile.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Sum
+from django.utils import timezone
+from rest_framework import exceptions, status
+
+from nbcloud.catalog.services import catalog
+from nbcloud.notebooks.models import Notebook
+from nbcloud.projects.models import Project
+
+from .models import BillableInterval, Budget, Price, UsageRecord
+
+log = logging.getLogger(__name__)
+MINUTE_US = 60_000_000
+
+
+class BudgetExceeded(exceptions.APIException):
+    status_code = status.HTTP_403_FORBIDDEN
+    default_code = "budget_exceeded"
+    default_detail = "The project's monthly budget is spent."
+
+
+def minutes_commenced(start: datetime, end: datetime) -> int:
+    """How many minutes of [start, end) have begun: ceil(duration / 60 s), exactly."""
+    micros = (end - start) // timedelta(microseconds=1)
+    return max(0, -(-micros // MINUTE_US))
+
+
+def price_for(flavor: str, at: datetime) -> tuple[Decimal, str]:
+    """The price in force at `at`: the admin's latest, else the catalogue's default."""
+    price = Price.objects.filter(flavor=flavor, valid_from__lte=at).order_by("-valid_from").first()
+    if price is not None:
+        return price.unit_price, price.currency
+    found = catalog().flavors.get(flavor)
+    return Decimal(found.price_per_minute if found else "0"), settings.NBCLOUD_CURRENCY
+
+
+def open_interval(notebook: Notebook, at: datetime) -> BillableInterval:
+    unit_price, currency = price_for(notebook.flavor, at)
+    return BillableInterval.objects.create(
+        notebook=notebook,
+        project_id=notebook.project_id,
+        flavor=notebook.flavor,
+        units=notebook.units,
+        unit_price=unit_price,
+        currency=currency,
+        started_at=at,
+    )
+
+
+def close_interval(notebook: Notebook, at: datetime | None = None) -> None:
+    """Close the notebook's open interval and bill its last minutes now.
+
+    Without `at`, the end is read after taking the interval's lock: a tick
+    that held the lock billed up to a `now` no later than that.
+    """
+    with transaction.atomic():
+        interval = (
+            BillableInterval.objects.select_for_update()
+            .filter(notebook=notebook, ended_at__isnull=True)
+            .first()
+        )
+        if interval is None:
+            return
+        interval.ended_at = at or timezone.now()
+        interval.save(update_fields=["ended_at"])
+        _bill(BillableInterval.objects.filter(pk=interval.pk), now=interval.ended_at)
+
+
+def tick(now: datetime | None = None) -> int:
+    """Bill every commenced minute of every open interval; returns records written."""
+    now = now or timezone.now()
+    written = _bill(BillableInterval.objects.filter(ended_at__isnull=True), now=now)
+    enforce_budgets(now)
+    return written
+
+
+def _bill(intervals, *, now: datetime) -> int:
+    if connection.vendor == "postgresql":
+        return _bill_postgresql(intervals, now)
+    return _bill_portable(intervals, now)
+
+
+_PG_BILL = """
+WITH due AS (
+    SELECT i.id, i.project_id, i.notebook_id, i.flavor, i.units, i.currency, i.started_at,
+           i.unit_price * i.units AS amount,
+           i.billed_minutes AS first_minute,
+           GREATEST(0, CEIL(EXTRACT(EPOCH FROM (COALESCE(i.ended_at, %s) - i.started_at)) / 60))::int
+               AS upto
+    FROM billing_billableinterval i
+    WHERE i.id IN ({ids})
+    FOR UPDATE
+), written AS (
+    INSERT INTO billing_usagerecord
+        (interval_id, minute, project_id, notebook_id, flavor, units, amount, currency, starts_at)
+    SELECT d.id, k, d.project_id, d.notebook_id, d.flavor, d.units, d.amount, d.currency,
+           d.started_at + k * INTERVAL '1 minute'
+    FROM due d CROSS JOIN LATERAL generate_series(d.first_minute, d.upto - 1) AS k
+    ON CONFLICT (interval_id, minute) DO NOTHING
+    RETURNING 1
+), advanced AS (
+    UPDATE billing_billableinterval i SET billed_minutes = d.upto
+    FROM due d WHERE i.id = d.id AND d.upto > i.billed_minutes
+)
+SELECT count(*) FROM written
+"""
+
+
+def _bill_postgresql(intervals, now: datetime) -> int:
+    ids_sql, ids_params = intervals.values("id").query.sql_with_params()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_PG_BILL.format(ids=ids_sql), [now, *ids_params])
+        return cursor.fetchone()[0]
+
+
+def _bill_portable(intervals, now: datetime) -> int:
+    """The same as the PostgreSQL statement, in Python, for SQLite and others."""
+    with transaction.atomic():
+        records, advanced = [], []
+        for interval in intervals.select_for_update():
+            upto = minutes_commenced(interval.started_at, interval.ended_at or now)
+            amount = interval.minute_amount
+            for minute in range(interval.billed_minutes, upto):
+                records.append(
+                    UsageRecord(
+                        interval=interval,
+                        minute=minute,
+                        project_id=interval.project_id,
+                        notebook_id=interval.notebook_id,
+                        flavor=interval.flavor,
+                        units=interval.units,
+                        amount=amount,
+                        currency=interval.currency,
+                        starts_at=interval.started_at + timedelta(minutes=minute),
+                    )
+                )
+            if upto > interval.billed_minutes:
+                interval.billed_minutes = upto
+                advanced.append(interval)
+        before = UsageRecord.objects.count()
+        UsageRecord.objects.bulk_create(records, ignore_conflicts=True, batch_size=2000)
+        BillableInterval.objects.bulk_update(advanced, ["billed_minutes"], batch_size=2000)
+        return UsageRecord.objects.count() - before
+
+
+# Cost to date and budgets.
+
+
+def month_start(now: datetime) -> datetime:
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+@dataclass(frozen=True)
+class Cost:
+    amount: Decimal
+    currency: str
+
+    def as_dict(self) -> dict:
+        return {"amount": str(self.amount), "currency": self.currency}
+
+
+def cost_to_date(
+    *, project: Project | None = None, notebook: Notebook | None = None, now: datetime | None = None
+) -> list[Cost]:
+    """This month's cost, live: billed records plus the commenced minutes not yet ticked."""
+    now = now or timezone.now()
+    scope = {"project": project} if project is not None else {"notebook": notebook}
+    totals: dict[str, Decimal] = {}
+    records = UsageRecord.objects.filter(starts_at__gte=month_start(now), **scope)
+    for row in records.values("currency").annotate(total=Sum("amount")):
+        totals[row["currency"]] = row["total"]
+    for interval in BillableInterval.objects.filter(ended_at__isnull=True, **scope):
+        pending = minutes_commenced(interval.started_at, now) - interval.billed_minutes
+        if pending > 0:
+            totals[interval.currency] = (
+                totals.get(interval.currency, Decimal(0)) + pending * interval.minute_amount
+            )
+    return [Cost(amount, currency) for currency, amount in sorted(totals.items())]
+
+
+def _spent(budget: Budget, now: datetime) -> Decimal:
+    costs = cost_to_date(project=budget.project, now=now)
+    return next((c.amount for c in costs if c.currency == budget.currency), Decimal(0))
+
+
+def budget_status(project: Project, now: datetime | None = None) -> dict | None:
+    budget = Budget.objects.filter(project=project).first()
+    if budget is None:
+        return None
+    spent = _spent(budget, now or timezone.now())
+    used = (spent / budget.monthly_amount * 100) if budget.monthly_amount else Decimal(100)
+    state = (
+        "exceeded"
+        if spent >= budget.monthly_amount
+        else ("warning" if used >= budget.warning_percent else "ok")
+    )
+    return {
+        "monthly_amount": str(budget.monthly_amount),
+        "currency": budget.currency,
+        "spent": str(spent),
+        "used_percent": round(float(used), 1),
+        "warning_percent": budget.warning_percent,
+        "stop_running": budget.stop_running,
+        "state": state,
+    }
+
+
+def check_budget(project: Project) -> None:
+    """Refuse new starts once the month's budget is spent."""
+    budget = Budget.objects.filter(project=project).first()
+    if budget is None:
+        return
+    spent = _spent(budget, timezone.now())
+    if spent >= budget.monthly_amount:
+        raise BudgetExceeded(
+            f"Project {project.name!r} has spent {spent} {budget.currency} of its monthly budget of "
+            f"{budget.monthly_amount} {budget.currency}: new starts are refused until next month "
+            "or until an administrator raises the budget."
+        )
+
+
+def enforce_budgets(now: datetime) -> None:
+    """Stop running notebooks of projects whose budget is spent, where asked to."""
+    from nbcloud.notebooks import services as notebook_services
+    from nbcloud.notebooks.states import InfoCode, State
+
+    for budget in Budget.objects.filter(stop_running=True).select_related("project"):
+        spent = _spent(budget, now)
+        if spent < budget.monthly_amount:
+            continue
+        running = Notebook.objects.filter(project=budget.project, state=State.RUNNING)
+        for notebook in running.select_related("host"):
+            try:
+                notebook_services.stop(
+                    notebook,
+                    actor=notebook_services.SYSTEM,
+                    code=InfoCode.BUDGET_EXCEEDED,
+                    message=f"Monthly budget of {budget.monthly_amount} {budget.currency} reached "
+                    f"({spent} {budget.currency} spent); stopping, the workspace is saved.",
+                )
+            except notebook_services.InvalidState:
+                continue

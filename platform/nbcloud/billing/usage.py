@@ -1,0 +1,62 @@
+"""Usage reports: billed minutes grouped by notebook, day or flavor."""
+
+from datetime import datetime, time
+
+from django.db.models import Count, Sum
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from .models import UsageRecord
+from .services import month_start
+
+GROUPS = {
+    "notebook": ("notebook_id", "notebook__name"),
+    "day": ("day",),
+    "flavor": ("flavor",),
+}
+
+
+def parse_instant(name: str, raw: str | None, default: datetime) -> datetime:
+    """A date (midnight UTC) or an ISO 8601 datetime; ValueError names the parameter."""
+    if not raw:
+        return default
+    value = parse_datetime(raw)
+    if value is None and (day := parse_date(raw)) is not None:
+        value = datetime.combine(day, time.min)
+    if value is None:
+        raise ValueError(f"{name}={raw!r} is not a date (2026-11-01) or an ISO 8601 datetime")
+    return value if timezone.is_aware(value) else timezone.make_aware(value, timezone.utc)
+
+
+def usage_rows(records, group_by: str) -> list[dict]:
+    records = records.annotate(day=TruncDate("starts_at")) if group_by == "day" else records
+    keys = GROUPS[group_by]
+    rows = (
+        records.values(*keys, "currency")
+        .annotate(minutes=Count("id"), units=Sum("units"), cost=Sum("amount"))
+        .order_by(*keys, "currency")
+    )
+    return [
+        {
+            **{("notebook_name" if k == "notebook__name" else k): row[k] for k in keys},
+            "minutes": row["minutes"],
+            "units": row["units"],
+            "cost": str(row["cost"]),
+            "currency": row["currency"],
+        }
+        for row in rows
+    ]
+
+
+def report(project, *, params: dict, notebook=None) -> dict:
+    now = timezone.now()
+    start = parse_instant("from", params.get("from"), month_start(now))
+    end = parse_instant("to", params.get("to"), now)
+    group_by = params.get("group_by") or "notebook"
+    if group_by not in GROUPS:
+        raise ValueError(f"group_by={group_by!r} is not one of: {', '.join(GROUPS)}")
+    records = UsageRecord.objects.filter(project=project, starts_at__gte=start, starts_at__lt=end)
+    if notebook is not None:
+        records = records.filter(notebook=notebook)
+    return {"from": start, "to": end, "group_by": group_by, "rows": usage_rows(records, group_by)}
