@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 
-.PHONY: run test bench install sysdeps envs migrate lint format clean
+.PHONY: run test bench bench-billing install sysdeps envs migrate lint format clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ test: install sysdeps envs
 
 bench: install sysdeps envs
 	$(PY) bench/start_latency.py --runs 5
+
+bench-billing: install
+	DATABASE_URL=$${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/nbcloud_bench} $(PY) bench/billing_tick.py --repeat 5
 
 lint: install
 	$(VENV)/bin/ruff check .

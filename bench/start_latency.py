@@ -58,14 +58,27 @@ def bare_jupyter(env_dir: Path) -> float:
     port, token = free_port(), uuid.uuid4().hex
     started = time.monotonic()
     proc = subprocess.Popen(
-        [str(env_dir / "bin" / "python"), "-m", "jupyter", "lab", "--no-browser", "--allow-root",
-         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", f"--ServerApp.root_dir={workdir}"],
+        [
+            str(env_dir / "bin" / "python"),
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            "--allow-root",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}",
+            f"--ServerApp.root_dir={workdir}",
+        ],
         env={**os.environ, "JUPYTER_TOKEN": token, "HOME": str(workdir)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
-        wait(lambda: ok(f"http://127.0.0.1:{port}/api/status",
-                        headers={"Authorization": f"token {token}"}))
+        wait(
+            lambda: ok(
+                f"http://127.0.0.1:{port}/api/status", headers={"Authorization": f"token {token}"}
+            )
+        )
         return time.monotonic() - started
     finally:
         proc.terminate()
@@ -87,17 +100,26 @@ def main() -> None:
     subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, cwd=ROOT)
     token = subprocess.run(
         [*manage, "createapitoken", "bench", "--project", "bench"],
-        env=env, check=True, capture_output=True, text=True, cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     ).stdout.strip()
     port = free_port()
     platform = subprocess.Popen(
         [*manage, "runplatform", "--port", str(port), "--no-beat", "--no-flower"],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     api = f"http://127.0.0.1:{port}/api/v1/projects/bench/notebooks/"
     headers = {"Authorization": f"Bearer {token}"}
     sys.path[:0] = [str(ROOT / "platform"), str(ROOT)]
-    os.environ.update({"NBCLOUD_DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "nbcloud.settings"})
+    os.environ.update(
+        {"NBCLOUD_DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "nbcloud.settings"}
+    )
     import django
 
     django.setup()
@@ -108,8 +130,11 @@ def main() -> None:
     try:
         wait(lambda: ok(api, headers=headers), timeout=60)
         for i in range(args.runs):
-            spec = {"name": f"bench-{i}", "env": {"framework_id": "conda", "editor_id": "jupyterlab"},
-                    "resources": {"cpu": 1}}
+            spec = {
+                "name": f"bench-{i}",
+                "env": {"framework_id": "conda", "editor_id": "jupyterlab"},
+                "resources": {"cpu": 1},
+            }
             started = time.monotonic()
             created = requests.post(api, json=spec, headers=headers, timeout=10).json()
             url = f"{api}{created['id']}/"
@@ -137,7 +162,8 @@ def main() -> None:
         "runs": args.runs,
         "samples": results,
         "medians": medians,
-        "start_ratio_platform_over_bare": medians["platform_start_s"] / medians["bare_jupyter_start_s"],
+        "start_ratio_platform_over_bare": medians["platform_start_s"]
+        / medians["bare_jupyter_start_s"],
     }
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)

@@ -36,7 +36,6 @@ class BillableIntervalAdmin(admin.ModelAdmin):
         "currency",
         "started_at",
         "ended_at",
-        "billed_minutes",
         "cost",
     ]
     list_filter = ["project", "flavor", "currency"]

@@ -43,9 +43,6 @@ class BillableInterval(models.Model):
     currency = models.CharField(max_length=3)
     started_at = models.DateTimeField()
     ended_at = models.DateTimeField(null=True, blank=True)
-    # Minutes 0 .. billed_minutes-1 have records: a tick starts from here
-    # instead of regenerating the whole series.
-    billed_minutes = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-started_at"]
@@ -66,11 +63,28 @@ class BillableInterval(models.Model):
 
 
 class UsageRecord(models.Model):
-    interval = models.ForeignKey(BillableInterval, on_delete=models.CASCADE, related_name="records")
+    """One billed minute. Written in bulk by the tick, never changed.
+
+    Records derive from their interval by construction, so the foreign keys
+    carry no database constraint (a per-row trigger each), and the indexes
+    are only those queries use: the tick's write speed is the goal here.
+    """
+
+    interval = models.ForeignKey(
+        BillableInterval,
+        on_delete=models.CASCADE,
+        related_name="records",
+        db_constraint=False,
+        db_index=False,  # the unique (interval, minute) index serves
+    )
     minute = models.PositiveIntegerField()
-    # Denormalised so usage queries need no join: a record never changes.
-    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="+")
-    notebook = models.ForeignKey(Notebook, on_delete=models.PROTECT, related_name="+")
+    # Denormalised so usage queries need no join.
+    project = models.ForeignKey(
+        Project, on_delete=models.PROTECT, related_name="+", db_constraint=False, db_index=False
+    )
+    notebook = models.ForeignKey(
+        Notebook, on_delete=models.PROTECT, related_name="+", db_constraint=False, db_index=False
+    )
     flavor = models.CharField(max_length=64)
     units = models.PositiveSmallIntegerField()
     amount = models.DecimalField(**MONEY)
@@ -81,7 +95,10 @@ class UsageRecord(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["interval", "minute"], name="one_record_per_minute")
         ]
-        indexes = [models.Index(fields=["project", "starts_at"])]
+        indexes = [
+            models.Index(fields=["project", "starts_at"], name="usage_by_project"),
+            models.Index(fields=["notebook", "starts_at"], name="usage_by_notebook"),
+        ]
 
     def __str__(self) -> str:
         return f"minute {self.minute} of {self.interval_id}: {self.amount} {self.currency}"

@@ -2,11 +2,15 @@
 
 The tick writes every commenced, not yet billed minute of every open
 interval in one statement (PostgreSQL: INSERT ... SELECT generate_series ...
-ON CONFLICT DO NOTHING); the unique (interval, minute) constraint makes a
-repeated or concurrent tick harmless, and a missed tick is made up by the
-next, which bills everything up to its `now`. Intervals are locked while
-billed, and an interval is closed under the same lock, so a tick never bills
-past the end of an interval closed meanwhile.
+ON CONFLICT DO NOTHING), starting after each interval's last billed minute
+(found in the unique (interval, minute) index). The unique constraint makes a
+repeated tick harmless, and a missed tick is made up by the next, which bills
+everything up to its `now`.
+
+Ticks hold the billing lock exclusively and closes hold it shared (a
+PostgreSQL advisory lock; SQLite serialises writers anyway): two ticks never
+interleave, and an interval is never closed while a tick bills it, so a tick
+never bills past the end of an interval closed meanwhile.
 """
 
 import logging
@@ -16,7 +20,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Sum
+from django.db.models import Count, Max
 from django.utils import timezone
 from rest_framework import exceptions, status
 
@@ -25,6 +29,7 @@ from nbcloud.notebooks.models import Notebook
 from nbcloud.projects.models import Project
 
 from .models import BillableInterval, Budget, Price, UsageRecord
+from .money import from_sum, money_sum
 
 log = logging.getLogger(__name__)
 MINUTE_US = 60_000_000
@@ -64,18 +69,27 @@ def open_interval(notebook: Notebook, at: datetime) -> BillableInterval:
     )
 
 
+BILLING_LOCK = 0x6E62_6331  # the advisory lock's key ("nbc1")
+
+
+def _billing_lock(*, exclusive: bool) -> None:
+    """Take the billing lock until the end of the current transaction."""
+    if connection.vendor != "postgresql":
+        return
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {function}(%s)", [BILLING_LOCK])
+
+
 def close_interval(notebook: Notebook, at: datetime | None = None) -> None:
     """Close the notebook's open interval and bill its last minutes now.
 
-    Without `at`, the end is read after taking the interval's lock: a tick
-    that held the lock billed up to a `now` no later than that.
+    Without `at`, the end is read after taking the billing lock: a tick that
+    held it billed up to a `now` no later than that.
     """
     with transaction.atomic():
-        interval = (
-            BillableInterval.objects.select_for_update()
-            .filter(notebook=notebook, ended_at__isnull=True)
-            .first()
-        )
+        _billing_lock(exclusive=False)
+        interval = BillableInterval.objects.filter(notebook=notebook, ended_at__isnull=True).first()
         if interval is None:
             return
         interval.ended_at = at or timezone.now()
@@ -85,8 +99,10 @@ def close_interval(notebook: Notebook, at: datetime | None = None) -> None:
 
 def tick(now: datetime | None = None) -> int:
     """Bill every commenced minute of every open interval; returns records written."""
-    now = now or timezone.now()
-    written = _bill(BillableInterval.objects.filter(ended_at__isnull=True), now=now)
+    with transaction.atomic():
+        _billing_lock(exclusive=True)
+        now = now or timezone.now()
+        written = _bill(BillableInterval.objects.filter(ended_at__isnull=True), now=now)
     enforce_budgets(now)
     return written
 
@@ -101,63 +117,51 @@ _PG_BILL = """
 WITH due AS (
     SELECT i.id, i.project_id, i.notebook_id, i.flavor, i.units, i.currency, i.started_at,
            i.unit_price * i.units AS amount,
-           i.billed_minutes AS first_minute,
+           COALESCE(
+               (SELECT max(r.minute) + 1 FROM billing_usagerecord r WHERE r.interval_id = i.id), 0
+           ) AS first_minute,
            GREATEST(0, CEIL(EXTRACT(EPOCH FROM (COALESCE(i.ended_at, %s) - i.started_at)) / 60))::int
                AS upto
     FROM billing_billableinterval i
     WHERE i.id IN ({ids})
-    FOR UPDATE
-), written AS (
-    INSERT INTO billing_usagerecord
-        (interval_id, minute, project_id, notebook_id, flavor, units, amount, currency, starts_at)
-    SELECT d.id, k, d.project_id, d.notebook_id, d.flavor, d.units, d.amount, d.currency,
-           d.started_at + k * INTERVAL '1 minute'
-    FROM due d CROSS JOIN LATERAL generate_series(d.first_minute, d.upto - 1) AS k
-    ON CONFLICT (interval_id, minute) DO NOTHING
-    RETURNING 1
-), advanced AS (
-    UPDATE billing_billableinterval i SET billed_minutes = d.upto
-    FROM due d WHERE i.id = d.id AND d.upto > i.billed_minutes
 )
-SELECT count(*) FROM written
+INSERT INTO billing_usagerecord
+    (interval_id, minute, project_id, notebook_id, flavor, units, amount, currency, starts_at)
+SELECT d.id, k, d.project_id, d.notebook_id, d.flavor, d.units, d.amount, d.currency,
+       d.started_at + k * INTERVAL '1 minute'
+FROM due d CROSS JOIN LATERAL generate_series(d.first_minute, d.upto - 1) AS k
+ON CONFLICT (interval_id, minute) DO NOTHING
 """
 
 
 def _bill_postgresql(intervals, now: datetime) -> int:
     ids_sql, ids_params = intervals.values("id").query.sql_with_params()
-    with transaction.atomic(), connection.cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(_PG_BILL.format(ids=ids_sql), [now, *ids_params])
-        return cursor.fetchone()[0]
+        return cursor.rowcount
 
 
 def _bill_portable(intervals, now: datetime) -> int:
     """The same as the PostgreSQL statement, in Python, for SQLite and others."""
-    with transaction.atomic():
-        records, advanced = [], []
-        for interval in intervals.select_for_update():
-            upto = minutes_commenced(interval.started_at, interval.ended_at or now)
-            amount = interval.minute_amount
-            for minute in range(interval.billed_minutes, upto):
-                records.append(
-                    UsageRecord(
-                        interval=interval,
-                        minute=minute,
-                        project_id=interval.project_id,
-                        notebook_id=interval.notebook_id,
-                        flavor=interval.flavor,
-                        units=interval.units,
-                        amount=amount,
-                        currency=interval.currency,
-                        starts_at=interval.started_at + timedelta(minutes=minute),
-                    )
-                )
-            if upto > interval.billed_minutes:
-                interval.billed_minutes = upto
-                advanced.append(interval)
-        before = UsageRecord.objects.count()
-        UsageRecord.objects.bulk_create(records, ignore_conflicts=True, batch_size=2000)
-        BillableInterval.objects.bulk_update(advanced, ["billed_minutes"], batch_size=2000)
-        return UsageRecord.objects.count() - before
+    records = []
+    for interval in intervals.annotate(last_billed=Max("records__minute")):
+        first = 0 if interval.last_billed is None else interval.last_billed + 1
+        upto = minutes_commenced(interval.started_at, interval.ended_at or now)
+        records += [
+            UsageRecord(
+                interval=interval,
+                minute=minute,
+                project_id=interval.project_id,
+                notebook_id=interval.notebook_id,
+                flavor=interval.flavor,
+                units=interval.units,
+                amount=interval.minute_amount,
+                currency=interval.currency,
+                starts_at=interval.started_at + timedelta(minutes=minute),
+            )
+            for minute in range(first, upto)
+        ]
+    return len(UsageRecord.objects.bulk_create(records, ignore_conflicts=True, batch_size=2000))
 
 
 # Cost to date and budgets.
@@ -184,10 +188,11 @@ def cost_to_date(
     scope = {"project": project} if project is not None else {"notebook": notebook}
     totals: dict[str, Decimal] = {}
     records = UsageRecord.objects.filter(starts_at__gte=month_start(now), **scope)
-    for row in records.values("currency").annotate(total=Sum("amount")):
-        totals[row["currency"]] = row["total"]
-    for interval in BillableInterval.objects.filter(ended_at__isnull=True, **scope):
-        pending = minutes_commenced(interval.started_at, now) - interval.billed_minutes
+    for row in records.values("currency").annotate(total=money_sum()):
+        totals[row["currency"]] = from_sum(row["total"])
+    open_intervals = BillableInterval.objects.filter(ended_at__isnull=True, **scope)
+    for interval in open_intervals.annotate(billed=Count("records")):
+        pending = minutes_commenced(interval.started_at, now) - interval.billed
         if pending > 0:
             totals[interval.currency] = (
                 totals.get(interval.currency, Decimal(0)) + pending * interval.minute_amount

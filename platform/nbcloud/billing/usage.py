@@ -1,6 +1,6 @@
 """Usage reports: billed minutes grouped by notebook, day or flavor."""
 
-from datetime import datetime, time
+from datetime import UTC, datetime, time
 
 from django.db.models import Count, Sum
 from django.db.models.functions import TruncDate
@@ -8,6 +8,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from .models import UsageRecord
+from .money import from_sum, money_sum
 from .services import month_start
 
 GROUPS = {
@@ -21,12 +22,21 @@ def parse_instant(name: str, raw: str | None, default: datetime) -> datetime:
     """A date (midnight UTC) or an ISO 8601 datetime; ValueError names the parameter."""
     if not raw:
         return default
-    value = parse_datetime(raw)
-    if value is None and (day := parse_date(raw)) is not None:
-        value = datetime.combine(day, time.min)
+    try:  # well-formed but impossible (2026-02-30, 25:00) raises ValueError too
+        value = parse_datetime(raw)
+        if value is None and (day := parse_date(raw)) is not None:
+            value = datetime.combine(day, time.min)
+    except ValueError:
+        value = None
     if value is None:
         raise ValueError(f"{name}={raw!r} is not a date (2026-11-01) or an ISO 8601 datetime")
-    return value if timezone.is_aware(value) else timezone.make_aware(value, timezone.utc)
+    return value if timezone.is_aware(value) else timezone.make_aware(value, UTC)
+
+
+def columns(group_by: str) -> list[str]:
+    """The fields of a row, in order (a CSV's header, even with no rows)."""
+    keys = ["notebook_name" if k == "notebook__name" else k for k in GROUPS[group_by]]
+    return [*keys, "minutes", "units", "cost", "currency"]
 
 
 def usage_rows(records, group_by: str) -> list[dict]:
@@ -34,7 +44,7 @@ def usage_rows(records, group_by: str) -> list[dict]:
     keys = GROUPS[group_by]
     rows = (
         records.values(*keys, "currency")
-        .annotate(minutes=Count("id"), units=Sum("units"), cost=Sum("amount"))
+        .annotate(minutes=Count("id"), units=Sum("units"), cost=money_sum())
         .order_by(*keys, "currency")
     )
     return [
@@ -42,7 +52,7 @@ def usage_rows(records, group_by: str) -> list[dict]:
             **{("notebook_name" if k == "notebook__name" else k): row[k] for k in keys},
             "minutes": row["minutes"],
             "units": row["units"],
-            "cost": str(row["cost"]),
+            "cost": str(from_sum(row["cost"])),
             "currency": row["currency"],
         }
         for row in rows
