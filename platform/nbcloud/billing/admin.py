@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.db.models import Sum
 
 from .models import BillableInterval, Budget, Price, UsageRecord
+from .money import from_sum, money_sum
 
 
 @admin.register(Price)
@@ -44,11 +45,11 @@ class BillableIntervalAdmin(admin.ModelAdmin):
     inlines = [UsageRecordInline]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(total=Sum("records__amount"))
+        return super().get_queryset(request).annotate(total=money_sum("records__amount"))
 
     @admin.display(description="cost", ordering="total")
     def cost(self, interval) -> str:
-        return f"{interval.total or 0} {interval.currency}"
+        return f"{from_sum(interval.total)} {interval.currency}"
 
     def has_add_permission(self, request) -> bool:
         return False
@@ -79,13 +80,17 @@ class UsageRecordAdmin(admin.ModelAdmin):
             queryset = response.context_data["cl"].queryset
         except (AttributeError, KeyError):
             return response
-        totals = queryset.values("currency").annotate(total=Sum("amount"), minutes=Sum("units"))
+        # order_by(): the changelist's ordering would split the groups, one per record.
+        totals = (
+            queryset.order_by().values("currency").annotate(total=money_sum(), minutes=Sum("units"))
+        )
         self.message_user(
             request,
             "Total of the selection: "
             + (
                 "; ".join(
-                    f"{t['total']} {t['currency']} ({t['minutes']} unit-minutes)" for t in totals
+                    f"{from_sum(t['total'])} {t['currency']} ({t['minutes']} unit-minutes)"
+                    for t in totals
                 )
                 or "nothing"
             ),

@@ -71,11 +71,15 @@ def transition(
 
 
 def _bill_capacity_change(notebook: Notebook, *, reserved: bool, at) -> None:
-    """Capacity reserved opens a billable interval; capacity released closes it."""
-    if reserved and notebook.host_id is None:
-        billing.open_interval(notebook, at)
-    elif not reserved and notebook.host_id is not None:
+    """Capacity reserved opens a billable interval; capacity released closes it.
+
+    Decided from the database, not from the caller's copy of the notebook:
+    one open interval per notebook at most, and a release always closes it.
+    """
+    if not reserved:
         billing.close_interval(notebook)
+    elif not notebook.intervals.filter(ended_at__isnull=True).exists():
+        billing.open_interval(notebook, at)
 
 
 def set_info(notebook: Notebook, code: InfoCode, message: str) -> None:
