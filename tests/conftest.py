@@ -130,20 +130,81 @@ def worker_host() -> str:
     return settings.NBCLOUD_HOST_NAME
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def celery_worker_process(django_db_setup, broker_url, worker_host):
-    """A real `celery worker` process on the test database and the real broker."""
-    queues = ["control", "billing", f"host.{worker_host}"]
-    _purge(broker_url, queues)
-    log_path = settings.DATA_DIR / "worker.log"
-    env = {
+def platform_port() -> int:
+    return _free_port()
+
+
+@pytest.fixture(scope="session")
+def public_url(platform_port) -> str:
+    return f"http://127.0.0.1:{platform_port}"
+
+
+def _service_env(broker_url: str, worker_host: str, public_url: str) -> dict[str, str]:
+    return {
         **os.environ,
         "DATABASE_URL": _database_url(),
         "CELERY_BROKER_URL": broker_url,
         "NBCLOUD_HOST_NAME": worker_host,
         "NBCLOUD_DATA_DIR": str(settings.DATA_DIR),
+        "NBCLOUD_PUBLIC_URL": public_url,
         "NBCLOUD_RECONCILE_INTERVAL": "2",
     }
+
+
+def _start_service(name: str, argv: list[str], env: dict, ready) -> subprocess.Popen:
+    log_path = settings.DATA_DIR / f"{name}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while not ready(log_path.read_bytes()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{name} did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return proc
+
+
+def _stop_service(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def platform_server(django_db_setup, broker_url, worker_host, platform_port, public_url):
+    """The platform's ASGI app (API + gateway) served by uvicorn on the test database."""
+    argv = [
+        str(Path(sys.executable).parent / "uvicorn"),
+        "nbcloud.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(platform_port),
+        "--app-dir",
+        str(ROOT / "platform"),
+    ]
+    env = _service_env(broker_url, worker_host, public_url)
+    proc = _start_service("web", argv, env, lambda out: b"Uvicorn running" in out)
+    yield public_url
+    _stop_service(proc)
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, broker_url, worker_host, public_url):
+    """A real `celery worker` process on the test database and the real broker."""
+    queues = ["control", "billing", f"host.{worker_host}"]
+    _purge(broker_url, queues)
     argv = [
         str(Path(sys.executable).parent / "celery"),
         "-A",
@@ -158,20 +219,10 @@ def celery_worker_process(django_db_setup, broker_url, worker_host):
         "--loglevel",
         "INFO",
     ]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while b"ready." not in log_path.read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the Celery worker did not start:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.2)
+    env = _service_env(broker_url, worker_host, public_url)
+    proc = _start_service("worker", argv, env, lambda out: b"ready." in out)
     yield proc
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    _stop_service(proc)
 
 
 @pytest.fixture
@@ -206,18 +257,17 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = 
 class Kernel:
     """A JupyterLab kernel driven over the Jupyter Server REST + websocket API."""
 
-    def __init__(self, base_url: str, token: str):
+    def __init__(self, base_url: str, headers: dict[str, str]):
         import requests
-
-        self.base_url = base_url
-        self.headers = {"Authorization": f"token {token}"}
-        reply = requests.post(f"{base_url}api/kernels", headers=self.headers, json={}, timeout=30)
-        reply.raise_for_status()
-        self.id = reply.json()["id"]
         import websocket
 
+        self.base_url = base_url
+        self.headers = headers
+        reply = requests.post(f"{base_url}api/kernels", headers=headers, json={}, timeout=30)
+        reply.raise_for_status()
+        self.id = reply.json()["id"]
         ws_url = base_url.replace("http://", "ws://", 1) + f"api/kernels/{self.id}/channels"
-        self.ws = websocket.create_connection(ws_url, header=self.headers, timeout=60)
+        self.ws = websocket.create_connection(ws_url, header=headers, timeout=60)
 
     def execute(self, code: str, timeout: float = 120) -> str:
         """Run code; return its stdout, or raise with the traceback."""

@@ -29,7 +29,7 @@ def test_schema_has_the_notebook_paths(schema):
     assert {"get", "patch", "delete"} <= set(paths[item])
     for action in ("start", "stop"):
         assert "post" in paths[f"{item}{action}/"]
-    for view in ("events", "backups", "secret", "logs"):
+    for view in ("events", "backups", "usage", "logs"):
         assert "get" in paths[f"{item}{view}/"]
     assert "get" in paths["/api/v1/projects/{project}/quota/"]
     for kind in ("frameworks", "editors", "flavors", "regions"):

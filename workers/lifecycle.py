@@ -114,7 +114,9 @@ def start(notebook_id: str, host: str) -> None:
         )
         services.fail_start(notebook, message)
         return
-    services.mark_running(notebook, url=runtime.endpoint.url, runtime_state=runtime.get_state())
+    services.mark_running(
+        notebook, editor_url=runtime.endpoint.origin, runtime_state=runtime.get_state()
+    )
 
 
 def stop(notebook_id: str, host: str) -> None:

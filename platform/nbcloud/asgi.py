@@ -1,6 +1,20 @@
+"""The platform's ASGI entry point: the gateway for /notebooks/<id>/..., Django for the rest."""
+
 import os
 
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nbcloud.settings")
-application = get_asgi_application()
+django_application = get_asgi_application()
+
+from nbcloud.gateway import routing  # noqa: E402  (needs Django set up)
+from nbcloud.gateway.proxy import gateway  # noqa: E402
+
+
+async def application(scope, receive, send):
+    if scope["type"] in ("http", "websocket") and routing.notebook_id_of(scope["path"]):
+        await gateway(scope, receive, send)
+    elif scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 4404})
+    else:
+        await django_application(scope, receive, send)

@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "nbcloud.hosts",
     "nbcloud.notebooks",
     "nbcloud.billing",
+    "nbcloud.gateway",
 ]
 
 MIDDLEWARE = [
@@ -207,6 +208,10 @@ NBCLOUD_RECONCILE_INTERVAL = envint("NBCLOUD_RECONCILE_INTERVAL", 30, minimum=1)
 # A transitional state (STARTING, STOPPING, DELETING) older than this is
 # assumed to have lost its task, and reconcile sends it again.
 NBCLOUD_STUCK_AFTER = envint("NBCLOUD_STUCK_AFTER", 600, minimum=1)
+# Where users reach the platform, and, optionally, a wildcard domain giving
+# each notebook an origin of its own (<id>.NBCLOUD_NOTEBOOK_DOMAIN).
+NBCLOUD_PUBLIC_URL = envstr("NBCLOUD_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+NBCLOUD_NOTEBOOK_DOMAIN = envstr("NBCLOUD_NOTEBOOK_DOMAIN", "")
 NBCLOUD_DEFAULT_REGION = envstr("NBCLOUD_DEFAULT_REGION", "GRA")
 # Currency of the catalogue's default prices (admins set others per flavor).
 NBCLOUD_CURRENCY = envstr("NBCLOUD_CURRENCY", "EUR")

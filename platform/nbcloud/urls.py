@@ -17,6 +17,7 @@ api_v1 = [
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("gateway/", include("nbcloud.gateway.urls")),
     path("api/v1/", include(api_v1)),
 ]
 

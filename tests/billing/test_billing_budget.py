@@ -224,7 +224,7 @@ def running(alpha, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=False):
         place_queued()
     notebook.refresh_from_db()
-    services.mark_running(notebook, url="http://editor", runtime_state={})
+    services.mark_running(notebook, editor_url="http://127.0.0.1:1", runtime_state={})
     return notebook
 
 

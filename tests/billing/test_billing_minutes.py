@@ -313,7 +313,7 @@ def test_placement_opens_an_interval_and_stopping_closes_it_with_its_minutes(alp
     assert interval.unit_price == V100 and interval.units == 2 and interval.currency == "EUR"
     assert interval.started_at == notebook.state_changed_at
 
-    services.mark_running(notebook, url="http://editor", runtime_state={})
+    services.mark_running(notebook, editor_url="http://127.0.0.1:1", runtime_state={})
     assert open_intervals(notebook).count() == 1  # RUNNING: the same interval runs on
     # Backdate it: it has run 5 minutes and 1 second, never ticked.
     started = interval.started_at - 5 * M - S
@@ -366,7 +366,7 @@ def test_deleting_a_running_notebook_closes_its_interval(alpha, captured):
     notebook = make_notebook(alpha, gpu=1, state=State.QUEUED)
     place_queued()
     notebook = fresh(notebook)
-    services.mark_running(notebook, url="http://editor", runtime_state={})
+    services.mark_running(notebook, editor_url="http://127.0.0.1:1", runtime_state={})
     services.delete(fresh(notebook), actor="alice")
     notebook = fresh(notebook)
     assert notebook.state == State.DELETING and open_intervals(notebook).count() == 1

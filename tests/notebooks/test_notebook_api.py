@@ -297,17 +297,14 @@ def test_backups_list_is_empty_for_a_new_notebook(alice_api):
     assert reply.json()["results"] == []
 
 
-def test_secret_is_given_to_members(alice_api, bob_api):
+def test_editor_secret_never_leaves_the_platform(alice_api, bob_api):
     notebook = create(alice_api)
     secret = Notebook.objects.get(pk=notebook["id"]).editor_secret
     assert secret
     for api in (alice_api, bob_api):
-        reply = api.get(url(notebook, "secret/"))
-        assert reply.status_code == 200, reply.content
-        assert reply.json()["token"] == secret
-    # The secret is not part of the notebook's representation.
-    assert secret not in alice_api.get(url(notebook)).content.decode()
-    assert secret not in alice_api.get(BASE).content.decode()
+        assert secret not in api.get(url(notebook)).content.decode()
+        assert secret not in api.get(BASE).content.decode()
+        assert api.get(url(notebook, "secret/")).status_code == 404
 
 
 # Tenancy and roles.
@@ -324,7 +321,7 @@ def test_another_projects_token_gets_404_on_everything(alice_api, charlie_api):
         charlie_api.post(url(notebook, "start/")),
         charlie_api.delete(url(notebook)),
         charlie_api.get(url(notebook, "events/")),
-        charlie_api.get(url(notebook, "secret/")),
+        charlie_api.get(url(notebook, "backups/")),
         charlie_api.get("/api/v1/projects/alpha/quota/"),
     ):
         assert_error(reply, 404, "not_found")

@@ -53,7 +53,7 @@ def _wait_state(api, url, state, timeout=90):
 
 
 @pytest.fixture
-def running_notebook(celery_worker_process, conda_env, this_host, alice_api):
+def running_notebook(platform_server, celery_worker_process, conda_env, this_host, alice_api):
     created = alice_api.post("/api/v1/projects/alpha/notebooks/", SPEC, format="json")
     assert created.status_code == 201, created.content
     body = created.json()
@@ -69,15 +69,17 @@ def running_notebook(celery_worker_process, conda_env, this_host, alice_api):
         runtime_for(notebook).stop(5)
 
 
-def _kernel(api, url) -> Kernel:
-    secret = api.get(url + "secret/").json()
-    return Kernel(secret["url"], secret["token"])
+def _kernel(api, url, token: str) -> Kernel:
+    """A kernel reached through the gateway, with the platform token (never the editor's)."""
+    return Kernel(_status(api, url)["url"], {"Authorization": f"Bearer {token}"})
 
 
-def test_notebook_runs_code_and_keeps_workspace_across_stop_and_start(running_notebook, alice_api):
+def test_notebook_runs_code_and_keeps_workspace_across_stop_and_start(
+    running_notebook, alice_api, alice, platform_server
+):
     notebook_id, url, status = running_notebook
-    assert status["url"].startswith("http://127.0.0.1:")
-    kernel = _kernel(alice_api, url)
+    assert status["url"] == f"{platform_server}/notebooks/{notebook_id}/"
+    kernel = _kernel(alice_api, url, alice[1])
     assert kernel.execute("print(6 * 7)").strip() == "42"
     assert kernel.execute("import os; print(os.getcwd(), os.getuid() != 0)").split() == [
         "/workspace",
@@ -99,7 +101,7 @@ def test_notebook_runs_code_and_keeps_workspace_across_stop_and_start(running_no
 
     assert alice_api.post(url + "start/").status_code == 202
     restarted = _wait_state(alice_api, url, "RUNNING")
-    kernel = _kernel(alice_api, url)
+    kernel = _kernel(alice_api, url, alice[1])
     assert (
         kernel.execute("print(open('/workspace/notes.txt').read())").strip()
         == "kept across restarts"
@@ -129,11 +131,11 @@ def test_notebook_runs_code_and_keeps_workspace_across_stop_and_start(running_no
     ]
 
 
-def test_dead_editor_is_noticed_saved_and_failed(running_notebook, alice_api):
+def test_dead_editor_is_noticed_saved_and_failed(running_notebook, alice_api, alice):
     from workers.tasks import reconcile_all
 
     notebook_id, url, _ = running_notebook
-    kernel = _kernel(alice_api, url)
+    kernel = _kernel(alice_api, url, alice[1])
     kernel.execute("open('/workspace/work.txt', 'w').write('unsaved work')")
     kernel.close()
     pid = Notebook.objects.get(pk=notebook_id).runtime_state["pid"]
@@ -151,7 +153,7 @@ def test_dead_editor_is_noticed_saved_and_failed(running_notebook, alice_api):
 
     assert alice_api.post(url + "start/").status_code == 202
     _wait_state(alice_api, url, "RUNNING")
-    kernel = _kernel(alice_api, url)
+    kernel = _kernel(alice_api, url, alice[1])
     assert kernel.execute("print(open('/workspace/work.txt').read())").strip() == "unsaved work"
     kernel.close()
     alice_api.post(url + "stop/")

@@ -45,8 +45,12 @@ class Endpoint:
     base_url: str
 
     @property
+    def origin(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}{self.base_url}"
+        return self.origin + self.base_url
 
 
 class Runtime(ABC):

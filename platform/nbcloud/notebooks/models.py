@@ -50,7 +50,10 @@ class Notebook(models.Model):
         Host, null=True, blank=True, on_delete=models.PROTECT, related_name="notebooks"
     )
     gpu_uuids = models.JSONField(default=list, blank=True)
+    # Where users open it (through the gateway), and where the gateway finds
+    # the editor; the second never leaves the platform.
     url = models.URLField(blank=True)
+    editor_url = models.URLField(blank=True, editable=False)
     # The editor's own secret; the platform passes it, users never need it
     # once the gateway fronts editors.
     editor_secret = models.CharField(max_length=64, blank=True, editable=False)

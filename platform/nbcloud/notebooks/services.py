@@ -238,14 +238,17 @@ def update(notebook: Notebook, changes: dict, *, actor: str) -> Notebook:
 # Host-side outcomes, called by the workers.
 
 
-def mark_running(notebook: Notebook, *, url: str, runtime_state: dict) -> None:
+def mark_running(notebook: Notebook, *, editor_url: str, runtime_state: dict) -> None:
+    from nbcloud.gateway.routing import public_url
+
     transition(
         notebook,
         State.RUNNING,
         actor=SYSTEM,
         code=InfoCode.RUNNING,
         message="The editor is up.",
-        url=url,
+        url=public_url(notebook.pk),
+        editor_url=editor_url,
         runtime_state=runtime_state,
         last_started_at=timezone.now(),
     )
@@ -256,6 +259,7 @@ def _release_fields() -> dict:
         "host": None,
         "gpu_uuids": [],
         "url": "",
+        "editor_url": "",
         "runtime_state": {},
         "last_stopped_at": timezone.now(),
     }

@@ -25,17 +25,18 @@ class ApiTokenAdmin(admin.ModelAdmin):
         "project",
         "user",
         "role",
+        "label_selector",
         "key_prefix",
         "created_at",
         "expires_at",
         "last_used_at",
     ]
     list_filter = ["role", "project"]
-    search_fields = ["name", "project__name", "user__username", "key_prefix"]
+    search_fields = ["name", "project__name", "user__username", "key_prefix", "label_selector"]
     readonly_fields = ["key_prefix", "created_at", "last_used_at"]
-    fields = ["name", "project", "user", "role", "expires_at", *readonly_fields]
+    fields = ["name", "project", "user", "role", "label_selector", "expires_at", *readonly_fields]
 
     def has_add_permission(self, request) -> bool:
         # A token's value must be shown once to whoever creates it: use the
-        # createapitoken command or the API.
+        # createapitoken command or the API (POST /api/v1/projects/{p}/tokens/).
         return False

@@ -2,9 +2,12 @@ import hashlib
 import secrets
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
+
+from nbcloud.notebooks import spec
 
 slug_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9-]{0,62}$",
@@ -64,12 +67,64 @@ def hash_token(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+Terms = list[tuple[str, str, str]]
+
+
+def parse_token_selector(selector: str) -> Terms:
+    """A token's label selector -> its terms; raises ValidationError if unusable.
+
+    Beyond the selector syntax: a key may have one `=` term only (two would
+    match nothing and could not both be given to a new notebook), and `=`
+    terms may not use the platform's reserved keys (notebooks created with the
+    token receive them as labels).
+    """
+    terms = spec.parse_label_selector(selector or "")
+    equal: dict[str, str] = {}
+    for key, op, value in terms:
+        if op != "=":
+            continue
+        if key.startswith(spec.PLATFORM_LABEL_PREFIX):
+            raise ValidationError(
+                f"label selector term {key}={value}: keys starting "
+                f"{spec.PLATFORM_LABEL_PREFIX!r} are reserved"
+            )
+        if key in equal and equal[key] != value:
+            raise ValidationError(
+                f"label selector sets {key!r} twice ({key}={equal[key]}, {key}={value}): "
+                "it would match nothing"
+            )
+        equal[key] = value
+    return terms
+
+
+def format_selector(terms: Terms) -> str:
+    """Terms -> the selector's canonical text: 'k=v,k2!=v2', duplicates dropped."""
+    return ",".join(dict.fromkeys(f"{k}{op}{v}" for k, op, v in terms))
+
+
+def validate_label_selector(selector: str) -> None:
+    parse_token_selector(selector)
+
+
+class _Keep:
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = _Keep()
+
+
 class ApiToken(models.Model):
     """A bearer token for the API, bound to one project and one role.
 
-    Only a SHA-256 of the value is stored; the value is shown once, at creation.
-    Tokens are long random strings, so a fast hash is enough (as for GitHub's
-    tokens); a slow password hash would only slow every request.
+    Only a SHA-256 of the value is stored; the value is shown once, at creation
+    (and at each renewal). Tokens are long random strings, so a fast hash is
+    enough (as for GitHub's tokens); a slow password hash would only slow every
+    request.
+
+    A token with a label selector reaches only the notebooks whose labels
+    match it (`allows`); notebooks it creates receive the selector's `=` terms
+    as labels.
     """
 
     PREFIX = "nbc_"
@@ -80,6 +135,13 @@ class ApiToken(models.Model):
     )
     name = models.CharField(max_length=100)
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.OPERATOR)
+    label_selector = models.CharField(
+        max_length=1000,
+        blank=True,
+        validators=[validate_label_selector],
+        help_text="e.g. team=vision,env!=prod: the token reaches only the notebooks whose "
+        "labels match. Empty: every notebook of the project.",
+    )
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
     key_prefix = models.CharField(max_length=12, editable=False, help_text="To recognise it.")
     created_at = models.DateTimeField(default=timezone.now)
@@ -93,12 +155,49 @@ class ApiToken(models.Model):
         return f"{self.name} ({self.key_prefix}…)"
 
     @classmethod
+    def _new_value(cls) -> str:
+        return cls.PREFIX + secrets.token_urlsafe(32)
+
+    @classmethod
     def issue(cls, **fields) -> tuple["ApiToken", str]:
         """Create a token and return it with its value, which is not stored."""
-        value = cls.PREFIX + secrets.token_urlsafe(32)
+        if fields.get("label_selector"):
+            fields["label_selector"] = format_selector(
+                parse_token_selector(fields["label_selector"])
+            )
+        value = cls._new_value()
         token = cls.objects.create(key_hash=hash_token(value), key_prefix=value[:8], **fields)
         return token, value
+
+    def renew(self, *, expires_at=KEEP) -> str:
+        """Replace the key and return the new value, which is not stored.
+
+        The old value stops working at once. `expires_at` sets a new expiry
+        (None: never); left out, the expiry stays as it is.
+        """
+        value = self._new_value()
+        self.key_hash, self.key_prefix = hash_token(value), value[:8]
+        fields = ["key_hash", "key_prefix"]
+        if expires_at is not KEEP:
+            self.expires_at = expires_at
+            fields.append("expires_at")
+        self.save(update_fields=fields)
+        return value
 
     @property
     def is_expired(self) -> bool:
         return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    @property
+    def selector_terms(self) -> Terms:
+        return spec.parse_label_selector(self.label_selector) if self.label_selector else []
+
+    def selector_labels(self) -> dict[str, str]:
+        """The labels the selector requires (its `=` terms)."""
+        return {k: v for k, op, v in self.selector_terms if op == "="}
+
+    def allows(self, labels: dict) -> bool:
+        """Whether this token may reach a notebook with these labels."""
+        if not self.label_selector:
+            return True
+        return spec.labels_match(labels or {}, self.selector_terms)

@@ -42,8 +42,7 @@ class NotebookUsageView(UsageView):
     def notebook(self):
         from django.shortcuts import get_object_or_404
 
-        return get_object_or_404(
-            Notebook.objects.exclude(state=State.DELETED),
-            project=self.project,
-            pk=self.kwargs["pk"],
-        )
+        from nbcloud.api.access import visible_notebooks
+
+        notebooks = Notebook.objects.filter(project=self.project).exclude(state=State.DELETED)
+        return get_object_or_404(visible_notebooks(self.request, notebooks), pk=self.kwargs["pk"])

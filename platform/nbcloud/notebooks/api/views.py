@@ -4,6 +4,7 @@ from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from nbcloud.api import access
 from nbcloud.api.actors import actor_of
 from nbcloud.api.views import ProjectScopedViewSet
 from nbcloud.notebooks import services, spec
@@ -24,10 +25,10 @@ class NotebookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectS
     lookup_value_regex = "[0-9a-f-]{36}"
 
     def get_queryset(self):
-        return (
-            Notebook.objects.filter(project=self.project)
-            .exclude(state=State.DELETED)
-            .select_related("project", "host", "created_by")
+        # What a label-scoped token may not reach is absent: 404, and not listed.
+        notebooks = Notebook.objects.filter(project=self.project).exclude(state=State.DELETED)
+        return access.visible_notebooks(self.request, notebooks).select_related(
+            "project", "host", "created_by"
         )
 
     @extend_schema(
@@ -61,9 +62,11 @@ class NotebookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectS
     def create(self, request, *args, **kwargs):
         spec_serializer = NotebookSpecSerializer(data=request.data)
         spec_serializer.is_valid(raise_exception=True)
+        fields = spec_serializer.to_model_fields()
+        fields["labels"] = access.labels_for_new_notebook(request.auth, fields["labels"])
         notebook = services.create(
             self.project,
-            spec_serializer.to_model_fields(),
+            fields,
             actor=actor_of(request),
             user=request.user,
         )
@@ -73,9 +76,10 @@ class NotebookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectS
     def partial_update(self, request, *args, **kwargs):
         changes = NotebookUpdateSerializer(data=request.data)
         changes.is_valid(raise_exception=True)
-        notebook = services.update(
-            self.get_object(), changes.validated_data, actor=actor_of(request)
-        )
+        notebook = self.get_object()
+        if "labels" in changes.validated_data:
+            access.check_labels_change(request.auth, changes.validated_data["labels"])
+        notebook = services.update(notebook, changes.validated_data, actor=actor_of(request))
         return Response(self.get_serializer(notebook).data)
 
     def destroy(self, request, *args, **kwargs):
@@ -107,13 +111,6 @@ class NotebookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectS
         notebook = self.get_object()
         page = self.paginate_queryset(notebook.backups.all())
         return self.get_paginated_response(BackupSerializer(page, many=True).data)
-
-    @extend_schema(responses={200: {"type": "object", "properties": {"token": {"type": "string"}}}})
-    @action(detail=True, methods=["get"])
-    def secret(self, request, *args, **kwargs):
-        """The editor's token, for project members, until the gateway fronts editors."""
-        notebook = self.get_object()
-        return Response({"token": notebook.editor_secret, "url": notebook.url or None})
 
     @extend_schema(responses={200: {"type": "object"}})
     @action(detail=True, methods=["get"])

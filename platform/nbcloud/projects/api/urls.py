@@ -1,8 +1,14 @@
 from django.urls import path
+from rest_framework.routers import SimpleRouter
 
+from .tokens import ApiTokenViewSet
 from .views import ProjectView, QuotaView
+
+router = SimpleRouter()
+router.register("tokens", ApiTokenViewSet, basename="token")
 
 urlpatterns = [
     path("", ProjectView.as_view(), name="project"),
     path("quota/", QuotaView.as_view(), name="project-quota"),
+    *router.urls,
 ]

@@ -1,0 +1,169 @@
+"""The one decision: may this request enter this notebook's editor?
+
+Every request to an editor, HTTP or WebSocket, is decided here, and nowhere
+else. Whoever may not see the notebook gets 404, as in the API; nobody
+identified gets 401 (browsers are sent to the token login page); an
+identified caller without the right gets 403.
+"""
+
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+from importlib import import_module
+from urllib.parse import quote, urlsplit
+
+from django.conf import settings
+from django.contrib.auth import get_user
+from django.core import signing
+
+from nbcloud.api.access import token_allows
+from nbcloud.api.authentication import token_for_value
+from nbcloud.notebooks.models import Notebook
+from nbcloud.notebooks.states import State
+from nbcloud.projects.models import ApiToken
+
+from . import routing
+
+TOKEN_COOKIE = "nbcloud_gateway"
+TOKEN_COOKIE_SALT = "nbcloud.gateway.token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: int  # 200: enter; otherwise the answer to give
+    message: str = ""
+    upstream: str = ""  # the editor's own base URL
+    editor_id: str = ""
+    secret: str = ""
+    location: str = ""  # for 302
+
+    @property
+    def allowed(self) -> bool:
+        return self.status == 200
+
+
+@dataclass(frozen=True)
+class Caller:
+    token: ApiToken | None = None
+    user: object | None = None
+    ambient: bool = False  # identified by a cookie the browser sends by itself
+
+
+def sign_token_cookie(token: ApiToken) -> str:
+    return signing.dumps({"t": token.pk, "h": token.key_hash[:16]}, salt=TOKEN_COOKIE_SALT)
+
+
+def _token_from_cookie(value: str) -> ApiToken | None:
+    try:
+        data = signing.loads(value, salt=TOKEN_COOKIE_SALT, max_age=settings.SESSION_COOKIE_AGE)
+    except signing.BadSignature:
+        return None
+    token = ApiToken.objects.select_related("user", "project").filter(pk=data.get("t")).first()
+    # A renewed or deleted token no longer opens anything.
+    if token is None or token.key_hash[:16] != data.get("h") or token.is_expired:
+        return None
+    return token
+
+
+class _SessionRequest:
+    def __init__(self, session):
+        self.session = session
+
+
+def _session_user(session_key: str):
+    engine = import_module(settings.SESSION_ENGINE)
+    user = get_user(_SessionRequest(engine.SessionStore(session_key)))
+    return user if user.is_authenticated else None
+
+
+def identify(authorization: str, cookies: dict[str, str]) -> Caller | Decision:
+    scheme, _, value = authorization.partition(" ")
+    if scheme == "Bearer":
+        try:
+            return Caller(token=token_for_value(value.strip()))
+        except Exception as exc:  # AuthenticationFailed: unknown, expired
+            return Decision(401, str(getattr(exc, "detail", exc)))
+    if TOKEN_COOKIE in cookies:
+        token = _token_from_cookie(cookies[TOKEN_COOKIE])
+        if token is not None:
+            return Caller(token=token, ambient=True)
+    if settings.SESSION_COOKIE_NAME in cookies:
+        user = _session_user(cookies[settings.SESSION_COOKIE_NAME])
+        if user is not None:
+            return Caller(user=user, ambient=True)
+    return Caller()
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    return bool(origin) and urlsplit(origin).netloc.lower() == host.lower()
+
+
+def parse_cookies(header: str) -> dict[str, str]:
+    jar = SimpleCookie()
+    try:
+        jar.load(header)
+    except Exception:
+        return {}
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+def authorize(
+    notebook_id: str,
+    *,
+    method: str,
+    host: str,
+    authorization: str = "",
+    cookies: dict[str, str] | None = None,
+    origin: str = "",
+    websocket: bool = False,
+    wants_html: bool = False,
+    path: str = "",
+) -> Decision:
+    cookies = cookies or {}
+    notebook = (
+        Notebook.objects.select_related("project")
+        .exclude(state=State.DELETED)
+        .filter(pk=notebook_id)
+        .first()
+    )
+    if notebook is None or not routing.host_allowed(notebook_id, host):
+        return Decision(404, "No such notebook.")
+    if not notebook.unsecure_http:
+        caller = identify(authorization, cookies)
+        if isinstance(caller, Decision):
+            return caller
+        if caller.token is None and caller.user is None:
+            if wants_html and not websocket:
+                login = (
+                    f"{settings.NBCLOUD_PUBLIC_URL.rstrip('/')}/gateway/login/?next={quote(path)}"
+                )
+                return Decision(302, "Sign in to open this notebook.", location=login)
+            return Decision(401, "Sign in or send an API token (Authorization: Bearer ...).")
+        if not _caller_sees(caller, notebook):
+            return Decision(404, "No such notebook.")
+        # Cookies travel with cross-site requests: a change, or a WebSocket,
+        # authenticated only by a cookie must come from this very origin.
+        if (
+            caller.ambient
+            and (websocket or method not in SAFE_METHODS)
+            and not _same_origin(origin, host)
+        ):
+            return Decision(403, "Cross-site request refused: open the notebook from its own page.")
+    if notebook.state != State.RUNNING or not notebook.editor_url:
+        return Decision(503, f"The notebook is {notebook.state}, not RUNNING: start it first.")
+    return Decision(
+        200,
+        upstream=notebook.editor_url,
+        editor_id=notebook.editor_id,
+        secret=notebook.editor_secret,
+    )
+
+
+def _caller_sees(caller: Caller, notebook: Notebook) -> bool:
+    if caller.token is not None:
+        return caller.token.project_id == notebook.project_id and token_allows(
+            caller.token, notebook.labels
+        )
+    if caller.user.is_superuser:
+        return True
+    return notebook.project.role_of(caller.user) is not None

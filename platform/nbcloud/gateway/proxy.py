@@ -1,0 +1,254 @@
+"""The gateway: an ASGI app that proxies HTTP and WebSocket to editors.
+
+Bodies stream both ways (uploads are read from the client as they arrive and
+downloads are sent as they come); nothing is buffered whole. The platform's
+credentials (its Authorization header and cookies) never reach the editor;
+the editor's own secret is added instead, so it never reaches the browser.
+"""
+
+import asyncio
+import json
+import logging
+from urllib.parse import urlsplit
+
+import httpx
+import websockets
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from . import routing
+from .authorize import TOKEN_COOKIE, Decision, authorize, parse_cookies
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "authorization",
+        "cookie",
+        "origin",
+        "referer",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "sec-websocket-accept",
+    }
+)
+PLATFORM_COOKIES = frozenset(
+    {TOKEN_COOKIE, settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME}
+)
+_client: httpx.AsyncClient | None = None
+
+
+def client() -> httpx.AsyncClient:
+    global _client
+    if _client is None:
+        _client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=10, read=300, write=300, pool=30),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+            follow_redirects=False,
+        )
+    return _client
+
+
+def _headers(scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+def _forwarded_headers(
+    headers: dict[str, str], decision: Decision, upstream_netloc: str
+) -> list[tuple[str, str]]:
+    out = [(k, v) for k, v in headers.items() if k not in HOP_BY_HOP]
+    out.append(("host", upstream_netloc))
+    kept = "; ".join(
+        f"{name}={value}"
+        for name, value in parse_cookies(headers.get("cookie", "")).items()
+        if name not in PLATFORM_COOKIES
+    )
+    if decision.editor_id == "vscode":
+        kept = "; ".join(filter(None, [kept, f"code-server-session={decision.secret}"]))
+    elif decision.secret:
+        out.append(("authorization", f"token {decision.secret}"))
+    if kept:
+        out.append(("cookie", kept))
+    return out
+
+
+async def _decide(scope, headers: dict[str, str]) -> tuple[str, Decision]:
+    notebook_id = routing.notebook_id_of(scope["path"])
+    decision = await sync_to_async(authorize)(
+        notebook_id,
+        method=scope.get("method", "GET"),
+        host=headers.get("host", ""),
+        authorization=headers.get("authorization", ""),
+        cookies=parse_cookies(headers.get("cookie", "")),
+        origin=headers.get("origin", "") or headers.get("referer", ""),
+        websocket=scope["type"] == "websocket",
+        wants_html="text/html" in headers.get("accept", ""),
+        path=scope["path"],
+    )
+    return notebook_id, decision
+
+
+def _target(decision: Decision, scope) -> str:
+    query = scope.get("query_string", b"").decode("latin-1")
+    return decision.upstream.rstrip("/") + scope["path"] + (f"?{query}" if query else "")
+
+
+async def _refuse_http(send, decision: Decision) -> None:
+    headers = [(b"content-type", b"application/json")]
+    if decision.location:
+        headers.append((b"location", decision.location.encode()))
+    if decision.status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    code = {
+        401: "not_authenticated",
+        403: "forbidden",
+        404: "not_found",
+        503: "not_running",
+        302: "login",
+    }
+    body = json.dumps(
+        {"code": code.get(decision.status, "error"), "message": decision.message}
+    ).encode()
+    await send({"type": "http.response.start", "status": decision.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def proxy_http(scope, receive, send) -> None:
+    headers = _headers(scope)
+    _, decision = await _decide(scope, headers)
+    if not decision.allowed:
+        await _refuse_http(send, decision)
+        return
+
+    async def request_body():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            if message.get("body"):
+                yield message["body"]
+            if not message.get("more_body"):
+                return
+
+    method = scope["method"]
+    has_body = method not in ("GET", "HEAD") or "content-length" in headers
+    request = client().build_request(
+        method,
+        _target(decision, scope),
+        headers=_forwarded_headers(headers, decision, urlsplit(decision.upstream).netloc),
+        content=request_body() if has_body else None,
+    )
+    try:
+        response = await client().send(request, stream=True)
+    except httpx.HTTPError as exc:
+        log.warning("gateway: editor at %s unreachable: %s", decision.upstream, exc)
+        await _refuse_http(send, Decision(502, "The editor did not answer."))
+        return
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": [
+                    (k.encode("latin-1"), v.encode("latin-1"))
+                    for k, v in response.headers.multi_items()
+                    if k.lower() not in HOP_BY_HOP
+                ],
+            }
+        )
+        async for chunk in response.aiter_raw():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        await response.aclose()
+
+
+async def proxy_websocket(scope, receive, send) -> None:
+    headers = _headers(scope)
+    _, decision = await _decide(scope, headers)
+    if not decision.allowed:
+        await receive()  # websocket.connect
+        await send(
+            {
+                "type": "websocket.close",
+                "code": 4000 + decision.status,
+                "reason": decision.message[:120],
+            }
+        )
+        return
+    url = _target(decision, scope).replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+    subprotocols = [
+        p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()
+    ]
+    try:
+        upstream = await websockets.connect(
+            url,
+            additional_headers=[
+                h
+                for h in _forwarded_headers(headers, decision, urlsplit(url).netloc)
+                if h[0] != "host"
+            ],
+            subprotocols=subprotocols or None,
+            max_size=None,
+            open_timeout=10,
+            ping_interval=None,
+            compression=None,
+        )
+    except (TimeoutError, OSError, websockets.InvalidHandshake) as exc:
+        log.warning("gateway: editor websocket at %s refused: %s", url, exc)
+        await receive()
+        await send({"type": "websocket.close", "code": 1011})
+        return
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        await upstream.close()
+        return
+    await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+
+    async def client_to_editor():
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                await upstream.close()
+                return
+            if message.get("text") is not None:
+                await upstream.send(message["text"])
+            elif message.get("bytes") is not None:
+                await upstream.send(message["bytes"])
+
+    async def editor_to_client():
+        try:
+            async for data in upstream:
+                if isinstance(data, str):
+                    await send({"type": "websocket.send", "text": data})
+                else:
+                    await send({"type": "websocket.send", "bytes": data})
+        except websockets.ConnectionClosed:
+            pass
+        await send({"type": "websocket.close", "code": upstream.close_code or 1000})
+
+    tasks = [asyncio.ensure_future(client_to_editor()), asyncio.ensure_future(editor_to_client())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await upstream.close()
+
+
+async def gateway(scope, receive, send) -> None:
+    if scope["type"] == "websocket":
+        await proxy_websocket(scope, receive, send)
+    else:
+        await proxy_http(scope, receive, send)
