@@ -59,8 +59,14 @@ def _token_from_cookie(value: str) -> ApiToken | None:
     except signing.BadSignature:
         return None
     token = ApiToken.objects.select_related("user", "project").filter(pk=data.get("t")).first()
-    # A renewed or deleted token no longer opens anything.
-    if token is None or token.key_hash[:16] != data.get("h") or token.is_expired:
+    # A renewed or deleted token no longer opens anything, nor one whose user
+    # is disabled (as with the token itself: token_for_value).
+    if (
+        token is None
+        or token.key_hash[:16] != data.get("h")
+        or token.is_expired
+        or not token.user.is_active
+    ):
         return None
     return token
 

@@ -3,7 +3,9 @@
 Bodies stream both ways (uploads are read from the client as they arrive and
 downloads are sent as they come); nothing is buffered whole. The platform's
 credentials (its Authorization header and cookies) never reach the editor;
-the editor's own secret is added instead, so it never reaches the browser.
+the editor's own secret is added instead. (JupyterLab writes that secret
+into its pages; it only opens the editor its holder already reached through
+the gateway, and it changes at every start.)
 """
 
 import asyncio
@@ -11,10 +13,10 @@ import json
 import logging
 from urllib.parse import urlsplit
 
-import httpx
-import websockets
+import aiohttp
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import close_old_connections
 
 from . import routing
 from .authorize import TOKEN_COOKIE, Decision, authorize, parse_cookies
@@ -43,21 +45,25 @@ HOP_BY_HOP = frozenset(
         "sec-websocket-accept",
     }
 )
+# The gateway's own server answers with these.
+RESPONSE_DROPPED = HOP_BY_HOP | {"date", "server"}
 PLATFORM_COOKIES = frozenset(
     {TOKEN_COOKIE, settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME}
 )
-_client: httpx.AsyncClient | None = None
+_session: aiohttp.ClientSession | None = None
 
 
-def client() -> httpx.AsyncClient:
-    global _client
-    if _client is None:
-        _client = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=10, read=300, write=300, pool=30),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
-            follow_redirects=False,
+def session() -> aiohttp.ClientSession:
+    """One connection pool per process (aiohttp's C parser: downloads at editor speed)."""
+    global _session
+    if _session is None or _session.closed:
+        _session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=300),
+            connector=aiohttp.TCPConnector(limit=1000),
+            auto_decompress=False,
+            skip_auto_headers=("Accept-Encoding", "User-Agent"),
         )
-    return _client
+    return _session
 
 
 def _headers(scope) -> dict[str, str]:
@@ -83,9 +89,24 @@ def _forwarded_headers(
     return out
 
 
+def _authorize(notebook_id: str, **kwargs) -> Decision:
+    """authorize(), with the care Django's request cycle gives database connections.
+
+    The gateway bypasses Django's handler, whose request_started and
+    request_finished signals close broken and expired connections; without
+    this, one dropped connection (a database restart) fails every later
+    gateway request, and CONN_MAX_AGE is never honoured.
+    """
+    close_old_connections()
+    try:
+        return authorize(notebook_id, **kwargs)
+    finally:
+        close_old_connections()
+
+
 async def _decide(scope, headers: dict[str, str]) -> tuple[str, Decision]:
     notebook_id = routing.notebook_id_of(scope["path"])
-    decision = await sync_to_async(authorize)(
+    decision = await sync_to_async(_authorize)(
         notebook_id,
         method=scope.get("method", "GET"),
         host=headers.get("host", ""),
@@ -143,15 +164,15 @@ async def proxy_http(scope, receive, send) -> None:
 
     method = scope["method"]
     has_body = method not in ("GET", "HEAD") or "content-length" in headers
-    request = client().build_request(
-        method,
-        _target(decision, scope),
-        headers=_forwarded_headers(headers, decision, urlsplit(decision.upstream).netloc),
-        content=request_body() if has_body else None,
-    )
     try:
-        response = await client().send(request, stream=True)
-    except httpx.HTTPError as exc:
+        response = await session().request(
+            method,
+            _target(decision, scope),
+            headers=_forwarded_headers(headers, decision, urlsplit(decision.upstream).netloc),
+            data=request_body() if has_body else None,
+            allow_redirects=False,
+        )
+    except (aiohttp.ClientError, TimeoutError) as exc:
         log.warning("gateway: editor at %s unreachable: %s", decision.upstream, exc)
         await _refuse_http(send, Decision(502, "The editor did not answer."))
         return
@@ -159,19 +180,19 @@ async def proxy_http(scope, receive, send) -> None:
         await send(
             {
                 "type": "http.response.start",
-                "status": response.status_code,
+                "status": response.status,
                 "headers": [
-                    (k.encode("latin-1"), v.encode("latin-1"))
-                    for k, v in response.headers.multi_items()
-                    if k.lower() not in HOP_BY_HOP
+                    (name, value)
+                    for name, value in response.raw_headers
+                    if name.decode("latin-1").lower() not in RESPONSE_DROPPED
                 ],
             }
         )
-        async for chunk in response.aiter_raw():
+        async for chunk in response.content.iter_any():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
-        await response.aclose()
+        response.release()
 
 
 async def proxy_websocket(scope, receive, send) -> None:
@@ -192,20 +213,19 @@ async def proxy_websocket(scope, receive, send) -> None:
         p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()
     ]
     try:
-        upstream = await websockets.connect(
+        upstream = await session().ws_connect(
             url,
-            additional_headers=[
+            headers=[
                 h
                 for h in _forwarded_headers(headers, decision, urlsplit(url).netloc)
                 if h[0] != "host"
             ],
-            subprotocols=subprotocols or None,
-            max_size=None,
-            open_timeout=10,
-            ping_interval=None,
-            compression=None,
+            protocols=subprotocols,
+            max_msg_size=0,
+            autoping=True,
+            compress=0,
         )
-    except (TimeoutError, OSError, websockets.InvalidHandshake) as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         log.warning("gateway: editor websocket at %s refused: %s", url, exc)
         await receive()
         await send({"type": "websocket.close", "code": 1011})
@@ -214,28 +234,26 @@ async def proxy_websocket(scope, receive, send) -> None:
     if message["type"] != "websocket.connect":
         await upstream.close()
         return
-    await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+    await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
 
     async def client_to_editor():
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
-                await upstream.close()
                 return
             if message.get("text") is not None:
-                await upstream.send(message["text"])
+                await upstream.send_str(message["text"])
             elif message.get("bytes") is not None:
-                await upstream.send(message["bytes"])
+                await upstream.send_bytes(message["bytes"])
 
     async def editor_to_client():
-        try:
-            async for data in upstream:
-                if isinstance(data, str):
-                    await send({"type": "websocket.send", "text": data})
-                else:
-                    await send({"type": "websocket.send", "bytes": data})
-        except websockets.ConnectionClosed:
-            pass
+        async for data in upstream:
+            if data.type == aiohttp.WSMsgType.TEXT:
+                await send({"type": "websocket.send", "text": data.data})
+            elif data.type == aiohttp.WSMsgType.BINARY:
+                await send({"type": "websocket.send", "bytes": data.data})
+            else:
+                break
         await send({"type": "websocket.close", "code": upstream.close_code or 1000})
 
     tasks = [asyncio.ensure_future(client_to_editor()), asyncio.ensure_future(editor_to_client())]

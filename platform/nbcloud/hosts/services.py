@@ -8,6 +8,7 @@ vCPUs and its memory; local storage is a limit, not a reservation.
 """
 
 import logging
+import secrets
 from dataclasses import dataclass, field
 
 from django.db import transaction
@@ -110,6 +111,9 @@ def place_queued() -> list[tuple[str, str]]:
                     message=f"Placed on host {best.host.name}.",
                     host=best.host,
                     gpu_uuids=gpu_uuids,
+                    # A new secret for every run: whoever could open the
+                    # editor before loses it when the notebook restarts.
+                    editor_secret=secrets.token_hex(24),
                 )
                 start_notebook.delay_on_commit(str(notebook.pk), host=best.host.name)
                 placed.append((str(notebook.pk), best.host.name))
