@@ -203,7 +203,16 @@ def platform_server(django_db_setup, broker_url, worker_host, platform_port, pub
 @pytest.fixture(scope="session")
 def celery_worker_process(django_db_setup, broker_url, worker_host, public_url):
     """A real `celery worker` process on the test database and the real broker."""
-    queues = ["control", "billing", f"host.{worker_host}"]
+    proc = start_worker(broker_url, worker_host, public_url, queues=["control", "billing"])
+    yield proc
+    _stop_service(proc)
+
+
+def start_worker(
+    broker_url: str, host: str, public_url: str, *, queues=(), env=None, name: str = ""
+) -> subprocess.Popen:
+    """A `celery worker` for `host` (its queue, plus `queues`), ready to take tasks."""
+    queues = [*queues, f"host.{host}"]
     _purge(broker_url, queues)
     argv = [
         str(Path(sys.executable).parent / "celery"),
@@ -215,14 +224,12 @@ def celery_worker_process(django_db_setup, broker_url, worker_host, public_url):
         "-c",
         "2",
         "-n",
-        f"test-{worker_host}@%h",
+        f"{name or 'test'}-{host}@%h",
         "--loglevel",
         "INFO",
     ]
-    env = _service_env(broker_url, worker_host, public_url)
-    proc = _start_service("worker", argv, env, lambda out: b"ready." in out)
-    yield proc
-    _stop_service(proc)
+    service_env = {**_service_env(broker_url, host, public_url), **(env or {})}
+    return _start_service(name or "worker", argv, service_env, lambda out: b"ready." in out)
 
 
 @pytest.fixture

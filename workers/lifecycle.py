@@ -102,6 +102,9 @@ def start(notebook_id: str, host: str) -> None:
         workspace.prepare(notebook)
         services.set_info(notebook, InfoCode.STARTING_EDITOR, "Starting the editor.")
         runtime.start()
+        # Recorded before waiting: a worker killed now leaves a successor the
+        # editor to adopt, not an orphan to duplicate.
+        services.save_runtime_state(notebook, runtime.get_state())
         wait_ready(runtime, settings.NBCLOUD_EDITOR_READY_TIMEOUT)
     except Exception as exc:
         log.exception("notebook %s failed to start on %s", notebook_id, host)

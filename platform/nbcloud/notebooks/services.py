@@ -238,6 +238,11 @@ def update(notebook: Notebook, changes: dict, *, actor: str) -> Notebook:
 # Host-side outcomes, called by the workers.
 
 
+def save_runtime_state(notebook: Notebook, state: dict) -> None:
+    Notebook.objects.filter(pk=notebook.pk).update(runtime_state=state)
+    notebook.runtime_state = state
+
+
 def mark_running(notebook: Notebook, *, editor_url: str, runtime_state: dict) -> None:
     from nbcloud.gateway.routing import public_url
 

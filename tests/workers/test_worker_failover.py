@@ -1,0 +1,133 @@
+"""A host's worker killed with SIGKILL: running editors survive it, and a
+new worker takes over, also a start the dead one left half done."""
+
+import contextlib
+import os
+import signal
+import time
+
+import psutil
+import pytest
+import requests
+from conftest import _stop_service, start_worker, wait_for
+from django.conf import settings
+
+from nbcloud.hosts import services as host_services
+from nbcloud.hosts.inventory import read_inventory
+from nbcloud.notebooks.models import Notebook
+from workers import reconcile
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+HOST = "failover"
+SPEC = {
+    "name": "survivor",
+    "env": {"framework_id": "conda", "editor_id": "jupyterlab"},
+    "resources": {"cpu": 1},
+    "region": "BHS",  # only the failover host serves this region here
+}
+
+
+@pytest.fixture
+def failover_host(transactional_db):
+    return host_services.register(
+        HOST, "BHS", read_inventory(settings.NBCLOUD_WORKSPACES_DIR), "process"
+    )
+
+
+@pytest.fixture
+def workers(broker_url, public_url):
+    started = []
+
+    def start(**env):
+        proc = start_worker(
+            broker_url,
+            HOST,
+            public_url,
+            name=f"failover{len(started)}",
+            env={"NBCLOUD_HOST_REGION": "BHS", **env},
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            _stop_service(proc)
+
+
+def _kill(proc) -> None:
+    """SIGKILL the worker and its pool processes (not the editors they launched)."""
+    pool = [c for c in psutil.Process(proc.pid).children() if "celery" in " ".join(c.cmdline())]
+    for pid in [proc.pid, *(c.pid for c in pool)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def _notebook(pk) -> Notebook:
+    return Notebook.objects.get(pk=pk)
+
+
+def test_running_editor_survives_its_worker_and_a_new_one_stops_it(
+    platform_server, celery_worker_process, conda_env, failover_host, workers, alice_api, alice
+):
+    first = workers()
+    created = alice_api.post("/api/v1/projects/alpha/notebooks/", SPEC, format="json").json()
+    notebook = wait_for(
+        lambda: (nb := _notebook(created["id"])).state == "RUNNING" and nb, what="RUNNING"
+    )
+    assert notebook.host.name == HOST
+    editor_pid = notebook.runtime_state["pid"]
+    _kill(first)
+
+    auth = {"Authorization": f"Bearer {alice[1]}"}
+    assert requests.get(f"{notebook.url}api/status", headers=auth, timeout=10).status_code == 200
+    assert psutil.pid_exists(editor_pid)
+
+    workers()
+    assert (
+        alice_api.post(f"/api/v1/projects/alpha/notebooks/{notebook.pk}/stop/").status_code == 202
+    )
+    wait_for(lambda: _notebook(notebook.pk).state == "STOPPED", what="STOPPED")
+    gone = not psutil.pid_exists(editor_pid) or psutil.Process(editor_pid).status() == "zombie"
+    assert gone
+    assert _notebook(notebook.pk).backups.count() == 1
+
+
+def test_start_cut_short_by_a_dead_worker_is_finished_by_the_next(
+    platform_server, celery_worker_process, conda_env, failover_host, workers, alice_api, settings
+):
+    # The first worker dies just after launching the editor, before it answers.
+    first = workers(NBCLOUD_EDITOR_READY_TIMEOUT="120")
+    created = alice_api.post("/api/v1/projects/alpha/notebooks/", SPEC, format="json").json()
+    wait_for(
+        lambda: _notebook(created["id"]).runtime_state.get("pid"),
+        interval=0.02,
+        what="the editor to be launched",
+    )
+    _kill(first)
+    launched = _notebook(created["id"])
+    assert launched.state == "STARTING"
+
+    workers()
+    # Beat's sweep finds it STARTING for longer than NBCLOUD_STUCK_AFTER and
+    # sends its start again.
+    settings.NBCLOUD_STUCK_AFTER = 1
+    time.sleep(1.5)
+    reconcile.run()
+    wait_for(lambda: _notebook(created["id"]).state == "RUNNING", what="RUNNING", timeout=90)
+    running = _notebook(created["id"])
+    # The new worker adopted the editor the dead one launched: no second editor.
+    assert running.runtime_state["pid"] == launched.runtime_state["pid"]
+    editors = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if str(running.pk) in " ".join(p.info["cmdline"] or [])
+        and "bwrap" in (p.info["cmdline"] or [""])[0]
+    ]
+    assert (
+        len({p.pid for p in editors if p.ppid() == 1 or p.pid == running.runtime_state["pid"]}) <= 1
+    )
+    alice_api.post(f"/api/v1/projects/alpha/notebooks/{running.pk}/stop/")
+    wait_for(lambda: _notebook(running.pk).state == "STOPPED", what="STOPPED")
