@@ -45,6 +45,16 @@ class HashingReader:
         self.size += len(data)
         return data
 
+    def seekable(self) -> bool:
+        return False  # a stream: storages must not rewind it
+
+    @property
+    def closed(self) -> bool:
+        return self.raw.closed
+
+    def close(self) -> None:
+        self.raw.close()
+
     def drain(self) -> None:
         while self.read(CHUNK):
             pass

@@ -129,13 +129,37 @@ STORAGES = {
         "OPTIONS": {"location": str(DATA_DIR / "media")},
     },
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
-    # Workspace backups: a local directory by default; the object-storage
-    # backend plugs in here with the same Storage interface.
-    "backups": {
+}
+# Workspace backups: a local directory, or an S3-compatible object store (OVH
+# Object Storage, AWS S3, MinIO, ...) through django-storages; everything
+# above the Storage interface is the same for both.
+NBCLOUD_BACKUP_STORAGE = envchoice("NBCLOUD_BACKUP_STORAGE", "local", ("local", "s3"))
+if NBCLOUD_BACKUP_STORAGE == "s3":
+    from botocore.config import Config as BotocoreConfig
+
+    if not envstr("NBCLOUD_S3_BUCKET"):
+        raise ImproperlyConfigured("NBCLOUD_BACKUP_STORAGE=s3 needs NBCLOUD_S3_BUCKET")
+    STORAGES["backups"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": envstr("NBCLOUD_S3_BUCKET"),
+            "endpoint_url": envstr("NBCLOUD_S3_ENDPOINT_URL") or None,
+            "region_name": envstr("NBCLOUD_S3_REGION") or None,
+            "access_key": envstr("NBCLOUD_S3_ACCESS_KEY") or None,
+            "secret_key": envstr("NBCLOUD_S3_SECRET_KEY") or None,
+            "location": envstr("NBCLOUD_S3_PREFIX", "backups"),
+            "default_acl": None,
+            "file_overwrite": False,
+            "client_config": BotocoreConfig(
+                connect_timeout=10, read_timeout=60, retries={"max_attempts": 5, "mode": "standard"}
+            ),
+        },
+    }
+else:
+    STORAGES["backups"] = {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
         "OPTIONS": {"location": str(envpath("NBCLOUD_BACKUP_DIR", DATA_DIR / "backups"))},
-    },
-}
+    }
 WHITENOISE_USE_FINDERS = True
 
 REST_FRAMEWORK = {

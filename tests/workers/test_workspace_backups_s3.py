@@ -1,0 +1,210 @@
+"""Workspace backups on an S3-compatible object store (a real moto_server on loopback).
+
+The same code as the local-directory backend, behind Django's Storage
+interface: streamed multipart uploads, checksums, retention, and a network
+failure in the middle of an upload that leaves nothing behind.
+"""
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from boto3.exceptions import S3UploadFailedError
+from botocore.exceptions import BotoCoreError, ClientError
+
+from nbcloud.notebooks.models import Backup, Notebook
+from nbcloud.projects.models import Project
+from workers import workspace
+
+BUCKET = "nbcloud-backups"
+KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("moto_server did not start")
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def s3(s3_endpoint):
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **KEYS)
+    client.create_bucket(Bucket=BUCKET)
+    yield client
+    for item in client.list_objects_v2(Bucket=BUCKET).get("Contents", []):
+        client.delete_object(Bucket=BUCKET, Key=item["Key"])
+    client.delete_bucket(Bucket=BUCKET)
+
+
+def _use_s3(settings, endpoint: str, tmp_path) -> None:
+    from botocore.config import Config
+
+    settings.NBCLOUD_WORKSPACES_DIR = tmp_path / "workspaces"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "backups": {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {
+                "bucket_name": BUCKET,
+                "endpoint_url": endpoint,
+                "region_name": "us-east-1",
+                "access_key": "testing",
+                "secret_key": "testing",
+                "location": "backups",
+                "file_overwrite": False,
+                "client_config": Config(
+                    connect_timeout=5, read_timeout=10, retries={"max_attempts": 2}
+                ),
+            },
+        },
+    }
+
+
+@pytest.fixture
+def notebook(db):
+    project = Project.objects.create(name="s3")
+    return Notebook.objects.create(
+        project=project,
+        name="n",
+        framework_id="conda",
+        framework_version="py311",
+        editor_id="jupyterlab",
+        flavor="ai1-1-cpu",
+        cpu=1,
+        region="GRA",
+    )
+
+
+def _objects(s3) -> dict[str, int]:
+    return {o["Key"]: o["Size"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
+
+
+def test_backup_streams_to_s3_and_restores(notebook, s3, s3_endpoint, settings, tmp_path):
+    _use_s3(settings, s3_endpoint, tmp_path)
+    path = workspace.prepare(notebook)
+    payload = os.urandom(12 * 1024 * 1024)  # incompressible: a multipart upload
+    (path / "data.bin").write_bytes(payload)
+    (path / ".local" / "lib").mkdir(parents=True)
+    (path / ".local" / "lib" / "pkg.py").write_text("X = 1\n")
+
+    record = workspace.backup(notebook)
+    assert _objects(s3) == {f"backups/{record.storage_name}": record.size}
+    assert record.size > 12 * 1024 * 1024
+
+    workspace.remove_local(notebook)
+    restored = workspace.prepare(notebook)
+    assert (restored / "data.bin").read_bytes() == payload
+    assert (restored / ".local" / "lib" / "pkg.py").read_text() == "X = 1\n"
+
+
+def test_corrupt_object_is_refused(notebook, s3, s3_endpoint, settings, tmp_path):
+    _use_s3(settings, s3_endpoint, tmp_path)
+    path = workspace.prepare(notebook)
+    (path / "f.txt").write_text("x" * 1000)
+    record = workspace.backup(notebook)
+    workspace.remove_local(notebook)
+    key = f"backups/{record.storage_name}"
+    body = bytearray(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    body[-20] ^= 0xFF
+    s3.put_object(Bucket=BUCKET, Key=key, Body=bytes(body))
+    with pytest.raises((OSError, EOFError, workspace.ChecksumMismatch)):
+        workspace.prepare(notebook)
+    assert not path.exists()
+
+
+def test_retention_deletes_old_objects(notebook, s3, s3_endpoint, settings, tmp_path):
+    _use_s3(settings, s3_endpoint, tmp_path)
+    settings.NBCLOUD_BACKUP_RETENTION = 2
+    path = workspace.prepare(notebook)
+    for i in range(4):
+        (path / "n.txt").write_text(str(i))
+        workspace.backup(notebook)
+    kept = {f"backups/{b.storage_name}" for b in notebook.backups.all()}
+    assert set(_objects(s3)) == kept and len(kept) == 2
+
+
+class CuttingProxy:
+    """Forwards TCP to the object store, cutting any connection after `limit` bytes up."""
+
+    def __init__(self, target_port: int, limit: int):
+        self.target_port, self.limit = target_port, limit
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(
+                target=self._pipe, args=(client, upstream, self.limit), daemon=True
+            ).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, None), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, target, limit):
+        sent = 0
+        try:
+            while data := source.recv(65536):
+                sent += len(data)
+                if limit is not None and sent > limit:
+                    break
+                target.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, target):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self):
+        self.server.close()
+
+
+def test_network_failure_mid_upload_leaves_nothing(notebook, s3, s3_endpoint, settings, tmp_path):
+    proxy = CuttingProxy(int(s3_endpoint.rsplit(":", 1)[1]), limit=3 * 1024 * 1024)
+    try:
+        _use_s3(settings, f"http://127.0.0.1:{proxy.port}", tmp_path)
+        path = workspace.prepare(notebook)
+        (path / "data.bin").write_bytes(os.urandom(20 * 1024 * 1024))
+        with pytest.raises((S3UploadFailedError, BotoCoreError, ClientError)):
+            workspace.backup(notebook)
+    finally:
+        proxy.close()
+    assert Backup.objects.count() == 0
+    assert _objects(s3) == {}
+    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    assert (path / "data.bin").stat().st_size == 20 * 1024 * 1024  # the workspace is untouched
