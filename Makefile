@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 
-.PHONY: run test bench bench-billing install sysdeps envs migrate lint format clean
+.PHONY: run test bench bench-billing install sysdeps envs code-server migrate lint format clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,7 +41,15 @@ migrate: install
 run: install sysdeps envs migrate
 	$(PY) manage.py runplatform --port $(PORT)
 
-test: install sysdeps envs
+# code-server for the vscode editor, installed once under /var/lib/nbcloud/code-server
+# (NBCLOUD_CODE_SERVER_DIR). Needs Node.js 20; `make run` does not need it (the first
+# vscode notebook on a host installs it).
+code-server: install
+	@if command -v node >/dev/null && node --version | grep -q '^v20\.'; then \
+	  $(PY) manage.py installcodeserver; \
+	else echo "code-server: skipped (needs Node.js 20); the vscode tests will be skipped"; fi
+
+test: install sysdeps envs code-server
 	$(PY) -m pytest
 
 bench: install sysdeps envs

@@ -17,7 +17,7 @@ from nbcloud.notebooks import services
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import InfoCode, State
 
-from . import environments, workspace
+from . import code_server, environments, workspace
 from .runtimes import LaunchSpec, Runtime, StartError, get_runtime
 from .runtimes.editors import readiness_headers, readiness_path
 
@@ -100,7 +100,12 @@ def start(notebook_id: str, host: str) -> None:
             )
         services.set_info(notebook, InfoCode.RESTORING_WORKSPACE, "Restoring the workspace.")
         workspace.prepare(notebook)
-        services.set_info(notebook, InfoCode.STARTING_EDITOR, "Starting the editor.")
+        if notebook.editor_id == "vscode" and not code_server.is_installed():
+            services.set_info(
+                notebook, InfoCode.STARTING_EDITOR, "Installing VS Code on this host (once)."
+            )
+        else:
+            services.set_info(notebook, InfoCode.STARTING_EDITOR, "Starting the editor.")
         runtime.start()
         # Recorded before waiting: a worker killed now leaves a successor the
         # editor to adopt, not an orphan to duplicate.

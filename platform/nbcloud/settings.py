@@ -219,6 +219,8 @@ NBCLOUD_ENVS_DIR = envpath(
     "NBCLOUD_ENVS_DIR",
     Path("/var/lib/nbcloud/envs") if os.geteuid() == 0 else DATA_DIR / "envs",
 )
+# code-server (the vscode editor), installed on first use; world-readable.
+NBCLOUD_CODE_SERVER_DIR = envpath("NBCLOUD_CODE_SERVER_DIR", Path("/var/lib/nbcloud/code-server"))
 NBCLOUD_WORKSPACES_DIR = envpath("NBCLOUD_WORKSPACES_DIR", DATA_DIR / "workspaces")
 NBCLOUD_RUNTIME = envchoice("NBCLOUD_RUNTIME", "process", ("process",))
 NBCLOUD_HOST_NAME = envstr("NBCLOUD_HOST_NAME", "local")

@@ -1,11 +1,15 @@
 """How each editor is started inside a notebook's environment."""
 
-import shutil
+import hashlib
+import logging
 from pathlib import Path
 
 from django.conf import settings
 
 from .base import LaunchSpec, StartError
+
+log = logging.getLogger(__name__)
+CODE_SERVER_DATA = "/workspace/.local/share/code-server"
 
 
 def editor_command(spec: LaunchSpec, port: int) -> tuple[list[str], dict[str, str]]:
@@ -26,23 +30,7 @@ def editor_command(spec: LaunchSpec, port: int) -> tuple[list[str], dict[str, st
         ]
         return argv, {"JUPYTER_TOKEN": spec.secret}
     if spec.editor_id == "vscode":
-        code_server = getattr(settings, "NBCLOUD_CODE_SERVER", "") or shutil.which("code-server")
-        if not code_server or not Path(code_server).exists():
-            raise StartError(
-                "VS Code (code-server) is not installed on this host; choose the jupyterlab "
-                "editor or ask an administrator to install code-server."
-            )
-        argv = [
-            code_server,
-            "--bind-addr",
-            f"127.0.0.1:{port}",
-            "--auth",
-            "password",
-            "--disable-telemetry",
-            "--disable-update-check",
-            "/workspace",
-        ]
-        return argv, {"PASSWORD": spec.secret}
+        return _code_server_command(spec, port)
     raise StartError(f"Unknown editor {spec.editor_id!r}.")
 
 
@@ -52,3 +40,61 @@ def readiness_path(editor_id: str) -> str:
 
 def readiness_headers(spec: LaunchSpec) -> dict[str, str]:
     return {"Authorization": f"token {spec.secret}"} if spec.editor_id == "jupyterlab" else {}
+
+
+def code_server_session(secret: str) -> str:
+    """The `code-server-session` cookie value that code-server accepts for this secret.
+
+    code-server started with HASHED_PASSWORD=H that is not an argon2 hash uses
+    its legacy SHA-256 method: the session cookie must equal H (safe-compare,
+    out/node/util.js isCookieValid), and its login form accepts a password
+    whose sha256 hex is H, i.e. the secret. The gateway sends this cookie.
+    """
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _code_server_command(spec: LaunchSpec, port: int) -> tuple[list[str], dict[str, str]]:
+    from workers import code_server
+
+    env = {"HASHED_PASSWORD": code_server_session(spec.secret), "NBCLOUD_BASE_PATH": spec.base_url}
+    explicit = getattr(settings, "NBCLOUD_CODE_SERVER", "")
+    if explicit:  # an operator's own code-server
+        if not Path(explicit).exists():
+            raise StartError(
+                "VS Code (code-server) is not installed on this host; choose the jupyterlab "
+                "editor or ask an administrator to install code-server.",
+                f"NBCLOUD_CODE_SERVER={explicit} does not exist",
+            )
+        prefix = [explicit]
+        env["NODE_OPTIONS"] = f"--require={code_server.write_preload()}"
+    else:
+        try:  # a no-op once installed: the first vscode notebook on a host installs it
+            entry = code_server.ensure_code_server(log=log.info)
+        except Exception as exc:
+            raise StartError(
+                "VS Code (code-server) could not be installed on this host; choose the "
+                "jupyterlab editor or ask an administrator to run `manage.py installcodeserver`.",
+                str(exc),
+            ) from exc
+        node = code_server.installed_node() or "node"
+        # --require: code-server forks its server process with the same node options.
+        prefix = [node, "--require", str(code_server.preload_script()), str(entry)]
+    argv = [
+        *prefix,
+        "--bind-addr",
+        f"127.0.0.1:{port}",
+        "--auth",
+        "password",
+        "--disable-telemetry",
+        "--disable-update-check",
+        "--disable-workspace-trust",
+        "--disable-getting-started-override",
+        "--user-data-dir",
+        CODE_SERVER_DATA,
+        "--extensions-dir",
+        f"{CODE_SERVER_DATA}/extensions",
+        "--config",
+        f"{CODE_SERVER_DATA}/config.yaml",
+        "/workspace",
+    ]
+    return argv, env

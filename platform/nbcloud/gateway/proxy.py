@@ -9,6 +9,7 @@ the gateway, and it changes at every start.)
 """
 
 import asyncio
+import hashlib
 import json
 import logging
 from urllib.parse import urlsplit
@@ -81,7 +82,12 @@ def _forwarded_headers(
         if name not in PLATFORM_COOKIES
     )
     if decision.editor_id == "vscode":
-        kept = "; ".join(filter(None, [kept, f"code-server-session={decision.secret}"]))
+        # code-server runs with HASHED_PASSWORD=sha256(secret) (workers/runtimes/
+        # editors.py) and takes a session cookie equal to that hash; the client's
+        # own code-server-session, if any, would be read first: it is dropped.
+        session = hashlib.sha256(decision.secret.encode()).hexdigest()
+        cookies = [c for c in kept.split("; ") if c and not c.startswith("code-server-session=")]
+        kept = "; ".join([*cookies, f"code-server-session={session}"])
     elif decision.secret:
         out.append(("authorization", f"token {decision.secret}"))
     if kept:
