@@ -5,7 +5,6 @@ see the project (a token of another project, a user who is not a member) gets
 404, as if it did not exist; members with the `read` role may only read.
 """
 
-from django.shortcuts import get_object_or_404
 from rest_framework import exceptions, permissions, viewsets
 
 from nbcloud.projects.models import WRITE_ROLES, ApiToken, Project, Role
@@ -38,10 +37,13 @@ class ProjectScopedMixin:
         self.perform_authentication(request)
         if not request.user or not request.user.is_authenticated:
             raise exceptions.NotAuthenticated()
-        self.project = get_object_or_404(Project, name=kwargs["project"])
-        role = project_role(request, self.project)
+        # The same answer whether the project does not exist or is someone
+        # else's: a 404 must not tell which.
+        project = Project.objects.filter(name=kwargs["project"]).first()
+        role = project_role(request, project) if project is not None else None
         if role is None:
             raise exceptions.NotFound(f"No project named {kwargs['project']!r}.")
+        self.project = project
         self.role = role
         super().initial(request, *args, **kwargs)
 

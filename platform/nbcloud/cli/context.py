@@ -1,0 +1,52 @@
+"""The invocation's settings and API client, made once per command from the root options."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+from . import config
+from .client import ApiClient
+
+
+@dataclass
+class Invocation:
+    profile: str | None = None
+    project: str | None = None
+    _client: ApiClient | None = field(default=None, repr=False)
+
+    def settings(self) -> config.Settings:
+        return config.resolve(self.profile, self.project)
+
+    def client(self) -> ApiClient:
+        if self._client is None:
+            s = self.settings()
+            missing = [k for k in ("url", "token") if not getattr(s, k)]
+            if missing:
+                raise config.ConfigError(
+                    f"no platform {' or '.join(missing)} for profile {s.profile!r}: run "
+                    "`nbc login --url URL --token TOKEN`, or set NBC_URL and NBC_TOKEN"
+                )
+            self._client = ApiClient(s.url, s.token, s.project)
+        return self._client
+
+
+# Set by the root callback at the start of each invocation.
+_current: ContextVar[Invocation | None] = ContextVar("nbc_invocation", default=None)
+
+
+def begin(profile: str | None, project: str | None) -> Invocation:
+    inv = Invocation(profile=profile, project=project)
+    _current.set(inv)
+    return inv
+
+
+def invocation() -> Invocation:
+    inv = _current.get()
+    if inv is None:
+        inv = begin(None, None)
+    return inv
+
+
+def api() -> ApiClient:
+    return invocation().client()
