@@ -17,12 +17,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# What pip cannot bring: bubblewrap (the editors' sandbox) and Debian's
+# What pip cannot bring: bubblewrap (the editors' sandbox), Debian's
 # python3-venv (environments are built from /usr/bin/python3, which the
-# unprivileged sandbox users can run).
+# unprivileged sandbox users can run) and chromium (the browser tests).
 sysdeps:
 	@missing=""; \
 	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \

@@ -34,4 +34,18 @@ def api_aware_404(request, exception=None):
     return page_not_found(request, exception)
 
 
+def api_aware_500(request):
+    """A crash under /api/ still answers the API's error shape."""
+    from django.http import JsonResponse
+    from django.views.defaults import server_error
+
+    if request.path.startswith("/api/"):
+        return JsonResponse(
+            {"code": "server_error", "message": "Internal error; the operator has the details."},
+            status=500,
+        )
+    return server_error(request)
+
+
 handler404 = api_aware_404
+handler500 = api_aware_500

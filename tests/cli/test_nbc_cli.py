@@ -163,7 +163,7 @@ def test_capabilities_usage_project_and_tokens(as_alice):
     quota = nbc(["quota"], env)
     assert quota.exit_code == 0 and "0 of 4" in quota.stdout
     elsewhere = nbc(["--project", "bravo", "quota"], env)  # the flag wins over NBC_PROJECT
-    assert elsewhere.exit_code == 1 and "Not found." in elsewhere.stderr
+    assert elsewhere.exit_code == 1 and "No project named 'bravo'." in elsewhere.stderr
 
     value = nbc(["token", "create", "ci", "--role", "read", "-q"], env).stdout.strip()
     assert value.startswith("nbc_")

@@ -39,10 +39,12 @@ class ProjectScopedMixin:
             raise exceptions.NotAuthenticated()
         # The same answer whether the project does not exist or is someone
         # else's: a 404 must not tell which.
-        project = Project.objects.filter(name=kwargs["project"]).first()
+        name = kwargs["project"]
+        # (PostgreSQL refuses NUL in text: such a name cannot exist.)
+        project = Project.objects.filter(name=name).first() if "\x00" not in name else None
         role = project_role(request, project) if project is not None else None
         if role is None:
-            raise exceptions.NotFound(f"No project named {kwargs['project']!r}.")
+            raise exceptions.NotFound(f"No project named {name!r}.")
         self.project = project
         self.role = role
         super().initial(request, *args, **kwargs)
