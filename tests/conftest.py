@@ -251,6 +251,23 @@ def conda_env():
     return environments.build("conda")
 
 
+@pytest.fixture(scope="session")
+def code_server():
+    """code-server installed on this machine (once; a no-op when it is there).
+
+    Skipped only where Node.js 20, which no reachable registry provides, is
+    missing; any other install failure is an error.
+    """
+    from workers import code_server as cs
+
+    if not cs.is_installed():
+        try:
+            cs.check_node()
+        except cs.CodeServerInstallError as exc:
+            pytest.skip(str(exc))
+    return cs.ensure_code_server()
+
+
 def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -73,9 +73,8 @@ NOTEBOOK = {
 }
 
 
-@pytest.fixture
-def running_notebook(platform_server, celery_worker_process, conda_env, this_host, alice_api):
-    created = alice_api.post("/api/v1/projects/alpha/notebooks/", SPEC, format="json")
+def _run_notebook(alice_api, spec):
+    created = alice_api.post("/api/v1/projects/alpha/notebooks/", spec, format="json")
     assert created.status_code == 201, created.content
     notebook_id = created.json()["id"]
     api_url = f"/api/v1/projects/alpha/notebooks/{notebook_id}/"
@@ -85,13 +84,37 @@ def running_notebook(platform_server, celery_worker_process, conda_env, this_hos
         assert status["state"] not in ("FAILED", "DELETED"), status
         return status["state"] == "RUNNING" and status
 
-    status = wait_for(running, timeout=90, what="the notebook to be RUNNING")
+    status = wait_for(running, timeout=120, what="the notebook to be RUNNING")
     yield notebook_id, status["url"]
     from workers.lifecycle import runtime_for
 
     notebook = Notebook.objects.filter(pk=notebook_id).first()
     if notebook is not None and notebook.runtime_state:
         runtime_for(notebook).stop(5)
+
+
+@pytest.fixture
+def running_notebook(platform_server, celery_worker_process, conda_env, this_host, alice_api):
+    yield from _run_notebook(alice_api, SPEC)
+
+
+@pytest.fixture
+def running_vscode(
+    platform_server, celery_worker_process, conda_env, this_host, alice_api, code_server
+):
+    yield from _run_notebook(
+        alice_api, {**SPEC, "name": "browser-vscode", "env": {**SPEC["env"], "editor_id": "vscode"}}
+    )
+
+
+def _token_login(page, url: str, notebook_id: str, token: str) -> None:
+    """An unauthenticated browser is sent to the gateway's login page; sign in there."""
+    page.goto(url)
+    page.wait_for_url(lambda current: "/gateway/login/" in current)
+    assert parse_qs(urlsplit(page.url).query)["next"] == [f"/notebooks/{notebook_id}/"]
+    assert page.locator("input[name=csrfmiddlewaretoken]").count() == 1
+    page.fill("input[name=token]", token)
+    page.get_by_role("button", name="Open").click()
 
 
 @pytest.fixture
@@ -133,13 +156,7 @@ def test_browser_logs_in_with_a_token_and_runs_a_cell(running_notebook, browser,
     page.set_default_timeout(30_000)
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     try:
-        # An unauthenticated browser is sent to the gateway's login page.
-        page.goto(url)
-        page.wait_for_url(lambda current: "/gateway/login/" in current)
-        assert parse_qs(urlsplit(page.url).query)["next"] == [f"/notebooks/{notebook_id}/"]
-        assert page.locator("input[name=csrfmiddlewaretoken]").count() == 1
-        page.fill("input[name=token]", token)
-        page.get_by_role("button", name="Open").click()
+        _token_login(page, url, notebook_id, token)
 
         # Back at the notebook: JupyterLab, through the gateway's cookie.
         page.wait_for_url(lambda current: current.startswith(f"{url}lab"))
@@ -170,3 +187,24 @@ def test_browser_logs_in_with_a_token_and_runs_a_cell(running_notebook, browser,
         raise
     page.screenshot(path=str(SCREENSHOT))
     assert SCREENSHOT.stat().st_size > 0
+
+
+def test_browser_opens_the_vscode_workbench(running_vscode, browser, alice):
+    from playwright.sync_api import expect
+
+    notebook_id, url = running_vscode
+    page = browser.pages[0] if browser.pages else browser.new_page()
+    page.set_default_timeout(60_000)
+    shot = SCREENSHOT.with_name("vscode.png")
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _token_login(page, url, notebook_id, alice[1])
+        page.wait_for_url(lambda current: current.startswith(url))
+        # The workbench is up once its explorer shows the workspace folder.
+        expect(page.locator(".monaco-workbench")).to_be_visible()
+        expect(page.locator(".explorer-folders-view, .explorer-viewlet").first).to_be_visible()
+    except Exception:
+        page.screenshot(path=str(shot.with_name("vscode-failed.png")))
+        raise
+    page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 0

@@ -28,21 +28,6 @@ pytestmark = pytest.mark.e2e
 COOKIE = "code-server-session"
 
 
-@pytest.fixture(scope="session")
-def code_server():
-    """code-server installed on this machine (once; a no-op when it is there).
-
-    Skipped only where Node.js 20, which no reachable registry provides, is
-    missing; any other install failure is an error.
-    """
-    if not cs.is_installed():
-        try:
-            cs.check_node()
-        except cs.CodeServerInstallError as exc:
-            pytest.skip(str(exc))
-    return cs.ensure_code_server()
-
-
 @pytest.fixture
 def base_dir(settings):
     # Not under /tmp: the sandbox has a private /tmp of its own.
