@@ -131,6 +131,8 @@ def test_labels_can_be_edited_in_the_admin(admin_client, notebook):
             "events-0-notebook": str(notebook.pk),
             "backups-TOTAL_FORMS": "0",
             "backups-INITIAL_FORMS": "0",
+            "grants-TOTAL_FORMS": "0",
+            "grants-INITIAL_FORMS": "0",
         },
     )
     assert reply.status_code == 302, reply.content.decode()[-3000:]

@@ -30,6 +30,21 @@ def token_allows(auth, labels: dict) -> bool:
     return True
 
 
+def grant_role(request, notebook) -> str | None:
+    """The role a person signed in holds on this one notebook by a grant, if any."""
+    if isinstance(request.auth, ApiToken) or not request.user.is_authenticated:
+        return None
+    grant = notebook.grants.filter(user=request.user).first()
+    return grant.role if grant else None
+
+
+def granted_notebooks(request, queryset: QuerySet) -> QuerySet:
+    """Of `queryset`, the notebooks shared with the person signed in."""
+    if isinstance(request.auth, ApiToken) or not request.user.is_authenticated:
+        return queryset.none()
+    return queryset.filter(grants__user=request.user)
+
+
 def _terms(auth) -> list[tuple[str, str, str]]:
     return auth.selector_terms if isinstance(auth, ApiToken) else []
 

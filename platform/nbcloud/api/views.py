@@ -3,6 +3,8 @@
 A project's resources live under /api/v1/projects/{project}/. Whoever cannot
 see the project (a token of another project, a user who is not a member) gets
 404, as if it did not exist; members with the `read` role may only read.
+Views that admit notebook guests also let in people with whom one notebook
+was shared (a grant), for that notebook only, with the granted role.
 """
 
 from rest_framework import exceptions, permissions, viewsets
@@ -18,17 +20,31 @@ def project_role(request, project: Project) -> str | None:
     return project.role_of(request.user)
 
 
+GUEST = "guest"  # no role on the project, a grant on some of its notebooks
+
+
 class ProjectRolePermission(permissions.BasePermission):
     message = "This action needs the operator role; your role on this project is read-only."
 
     def has_permission(self, request, view) -> bool:
-        return request.method in permissions.SAFE_METHODS or view.role in WRITE_ROLES
+        if request.method in permissions.SAFE_METHODS or view.role in WRITE_ROLES:
+            return True
+        # A grant on the one notebook may allow it: decided on the object.
+        return view.admits_notebook_guests and bool(getattr(view, "detail", False))
+
+    def has_object_permission(self, request, view, obj) -> bool:
+        from nbcloud.api.access import grant_role
+
+        if request.method in permissions.SAFE_METHODS or view.role in WRITE_ROLES:
+            return True
+        return grant_role(request, obj) in WRITE_ROLES
 
 
 class ProjectScopedMixin:
     """Resolves `project` from the URL and the caller's role on it."""
 
     permission_classes = [permissions.IsAuthenticated, ProjectRolePermission]
+    admits_notebook_guests = False
     project: Project
     role: str
 
@@ -43,11 +59,19 @@ class ProjectScopedMixin:
         # (PostgreSQL refuses NUL in text: such a name cannot exist.)
         project = Project.objects.filter(name=name).first() if "\x00" not in name else None
         role = project_role(request, project) if project is not None else None
+        if role is None and project is not None and self.admits_notebook_guests:
+            role = GUEST if _has_grant_in(request, project) else None
         if role is None:
             raise exceptions.NotFound(f"No project named {name!r}.")
         self.project = project
         self.role = role
         super().initial(request, *args, **kwargs)
+
+
+def _has_grant_in(request, project: Project) -> bool:
+    if isinstance(request.auth, ApiToken):
+        return False
+    return request.user.notebook_grants.filter(notebook__project=project).exists()
 
 
 class ProjectScopedViewSet(ProjectScopedMixin, viewsets.GenericViewSet):

@@ -172,4 +172,6 @@ def _caller_sees(caller: Caller, notebook: Notebook) -> bool:
         )
     if caller.user.is_superuser:
         return True
-    return notebook.project.role_of(caller.user) is not None
+    if notebook.project.role_of(caller.user) is not None:
+        return True
+    return notebook.grants.filter(user=caller.user).exists()

@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 
 from . import services
-from .models import Backup, Notebook, NotebookEvent
+from .models import Backup, Notebook, NotebookEvent, NotebookGrant
 
 
 class NotebookEventInline(admin.TabularInline):
@@ -24,6 +24,15 @@ class BackupInline(admin.TabularInline):
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
+
+
+class NotebookGrantInline(admin.TabularInline):
+    model = NotebookGrant
+    fk_name = "notebook"
+    extra = 0
+    fields = ["user", "role", "granted_by", "created_at"]
+    readonly_fields = ["granted_by", "created_at"]
+    autocomplete_fields = ["user"]
 
 
 def _run_action(modeladmin, request, queryset, func, verb: str) -> None:
@@ -81,7 +90,7 @@ class NotebookAdmin(admin.ModelAdmin):
     ]
     search_fields = ["id", "name", "project__name", "labels"]
     actions = [start_notebooks, stop_notebooks, delete_notebooks]
-    inlines = [NotebookEventInline, BackupInline]
+    inlines = [NotebookEventInline, BackupInline, NotebookGrantInline]
     exclude = ["editor_secret"]
     readonly_fields = [
         f.name for f in Notebook._meta.fields if f.name not in ("labels", "editor_secret")

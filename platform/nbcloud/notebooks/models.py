@@ -114,3 +114,29 @@ class Backup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.notebook_id} @ {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class NotebookGrant(models.Model):
+    """A role on one notebook for one person, given by its owner (sharing).
+
+    Grants are for people signed in to the platform: API tokens keep their
+    own project, role and label selector.
+    """
+
+    notebook = models.ForeignKey(Notebook, on_delete=models.CASCADE, related_name="grants")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notebook_grants"
+    )
+    role = models.CharField(max_length=16, choices=[("read", "read"), ("operator", "operator")])
+    granted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["notebook", "user"], name="one_grant_per_person")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} may {self.role} {self.notebook}"

@@ -1,10 +1,11 @@
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from nbcloud.billing.services import cost_to_date
 from nbcloud.catalog.services import catalog
 from nbcloud.notebooks import spec
-from nbcloud.notebooks.models import Backup, Notebook, NotebookEvent
+from nbcloud.notebooks.models import Backup, Notebook, NotebookEvent, NotebookGrant
 
 MAX_GPUS = 4
 MAX_CPUS = 12
@@ -285,3 +286,19 @@ class BackupSerializer(serializers.ModelSerializer):
     class Meta:
         model = Backup
         fields = ["id", "created_at", "size", "sha256", "workspace_size"]
+
+
+class GrantSerializer(serializers.ModelSerializer):
+    username = serializers.SlugRelatedField(
+        source="user",
+        slug_field="username",
+        queryset=get_user_model().objects.filter(is_active=True),
+        error_messages={"does_not_exist": "no user named {value!r}: they must sign up first"},
+    )
+    role = serializers.ChoiceField(choices=["read", "operator"])
+    granted_by = serializers.CharField(source="granted_by.username", read_only=True, default=None)
+
+    class Meta:
+        model = NotebookGrant
+        fields = ["username", "role", "granted_by", "created_at"]
+        read_only_fields = ["created_at"]

@@ -1,18 +1,20 @@
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import mixins, serializers, status
+from rest_framework import exceptions, mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from nbcloud.api import access
 from nbcloud.api.actors import actor_of
-from nbcloud.api.views import ProjectScopedViewSet
+from nbcloud.api.views import GUEST, ProjectScopedViewSet
 from nbcloud.notebooks import services, spec
-from nbcloud.notebooks.models import Notebook
+from nbcloud.notebooks.models import Notebook, NotebookGrant
 from nbcloud.notebooks.states import State
+from nbcloud.projects.models import WRITE_ROLES
 
 from .serializers import (
     BackupSerializer,
+    GrantSerializer,
     NotebookEventSerializer,
     NotebookSerializer,
     NotebookSpecSerializer,
@@ -23,10 +25,14 @@ from .serializers import (
 class NotebookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScopedViewSet):
     serializer_class = NotebookSerializer
     lookup_value_regex = "[0-9a-f-]{36}"
+    admits_notebook_guests = True
 
     def get_queryset(self):
-        # What a label-scoped token may not reach is absent: 404, and not listed.
+        # What a label-scoped token may not reach is absent: 404, and not listed;
+        # someone with grants only sees the notebooks shared with them.
         notebooks = Notebook.objects.filter(project=self.project).exclude(state=State.DELETED)
+        if self.role == GUEST:
+            notebooks = access.granted_notebooks(self.request, notebooks)
         return access.visible_notebooks(self.request, notebooks).select_related(
             "project", "host", "created_by"
         )
@@ -111,6 +117,48 @@ class NotebookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectS
         notebook = self.get_object()
         page = self.paginate_queryset(notebook.backups.all())
         return self.get_paginated_response(BackupSerializer(page, many=True).data)
+
+    @extend_schema(request=GrantSerializer, responses=GrantSerializer(many=True))
+    @action(detail=True, methods=["get", "post"])
+    def grants(self, request, *args, **kwargs):
+        """Share this notebook: give a person a read or operator role on it."""
+        notebook = self.get_object()
+        if request.method == "POST":
+            self._check_owner(notebook)
+            grant = GrantSerializer(data=request.data)
+            grant.is_valid(raise_exception=True)
+            NotebookGrant.objects.update_or_create(
+                notebook=notebook,
+                user=grant.validated_data["user"],
+                defaults={"role": grant.validated_data["role"], "granted_by": request.user},
+            )
+        grants = notebook.grants.select_related("user").order_by("user__username")
+        status_code = status.HTTP_201_CREATED if request.method == "POST" else status.HTTP_200_OK
+        return Response(GrantSerializer(grants, many=True).data, status=status_code)
+
+    @extend_schema(
+        request=None,
+        responses={204: None},
+        parameters=[OpenApiParameter("username", str, OpenApiParameter.PATH)],
+    )
+    @action(detail=True, methods=["delete"], url_path=r"grants/(?P<username>[^/]+)")
+    def revoke(self, request, username, *args, **kwargs):
+        notebook = self.get_object()
+        self._check_owner(notebook)
+        deleted, _ = notebook.grants.filter(user__username=username).delete()
+        if not deleted:
+            raise exceptions.NotFound(f"{username!r} has no grant on this notebook.")
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    def _check_owner(self, notebook) -> None:
+        """Sharing is for the notebook's owner and the project's operators."""
+        if self.role in WRITE_ROLES or (
+            notebook.created_by_id == self.request.user.pk and self.role != GUEST
+        ):
+            return
+        raise exceptions.PermissionDenied(
+            "Only the notebook's owner or an operator of its project can share it."
+        )
 
     @extend_schema(responses={200: {"type": "object"}})
     @action(detail=True, methods=["get"])
