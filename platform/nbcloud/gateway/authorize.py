@@ -6,6 +6,7 @@ identified gets 401 (browsers are sent to the token login page); an
 identified caller without the right gets 403.
 """
 
+import hashlib
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from importlib import import_module
@@ -40,6 +41,12 @@ class Decision:
     @property
     def allowed(self) -> bool:
         return self.status == 200
+
+    @property
+    def code_server_session(self) -> str:
+        """code-server runs with HASHED_PASSWORD=sha256(secret) (workers/runtimes/
+        editors.py) and takes a session cookie equal to that hash."""
+        return hashlib.sha256(self.secret.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

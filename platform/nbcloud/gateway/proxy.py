@@ -9,7 +9,6 @@ the gateway, and it changes at every start.)
 """
 
 import asyncio
-import hashlib
 import json
 import logging
 from urllib.parse import urlsplit
@@ -82,12 +81,9 @@ def _forwarded_headers(
         if name not in PLATFORM_COOKIES
     )
     if decision.editor_id == "vscode":
-        # code-server runs with HASHED_PASSWORD=sha256(secret) (workers/runtimes/
-        # editors.py) and takes a session cookie equal to that hash; the client's
-        # own code-server-session, if any, would be read first: it is dropped.
-        session = hashlib.sha256(decision.secret.encode()).hexdigest()
+        # The client's own code-server-session, if any, would be read first.
         cookies = [c for c in kept.split("; ") if c and not c.startswith("code-server-session=")]
-        kept = "; ".join([*cookies, f"code-server-session={session}"])
+        kept = "; ".join([*cookies, f"code-server-session={decision.code_server_session}"])
     elif decision.secret:
         out.append(("authorization", f"token {decision.secret}"))
     if kept:

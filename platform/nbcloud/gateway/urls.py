@@ -5,4 +5,5 @@ from . import views
 urlpatterns = [
     path("login/", views.login, name="gateway-login"),
     path("logout/", views.logout, name="gateway-logout"),
+    path("auth/", views.forward_auth, name="gateway-forward-auth"),
 ]

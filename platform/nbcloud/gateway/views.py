@@ -1,14 +1,23 @@
-"""The token login page: a browser trades an API token for a gateway cookie."""
+"""The token login page, and the same authorization decision for a front proxy.
+
+`login`: a browser trades an API token for the gateway's cookie.
+`forward_auth`: for nginx `auth_request` or Caddy `forward_auth` in front of
+the editors in production: it asks `authorize` (the one decision) about the
+original request and answers 200 with where the editor is and the header that
+opens it, or the refusal's status.
+"""
 
 from django import forms
 from django.conf import settings
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from rest_framework.exceptions import AuthenticationFailed
 
 from nbcloud.api.authentication import token_for_value
 
-from .authorize import TOKEN_COOKIE, sign_token_cookie
+from . import routing
+from .authorize import TOKEN_COOKIE, authorize, parse_cookies, sign_token_cookie
 
 
 class TokenLoginForm(forms.Form):
@@ -46,4 +55,39 @@ def login(request):
 def logout(request):
     response = redirect("/gateway/login/")
     response.delete_cookie(TOKEN_COOKIE)
+    return response
+
+
+def forward_auth(request):
+    uri = request.headers.get("X-Original-URI") or request.headers.get("X-Forwarded-Uri") or ""
+    notebook_id = routing.notebook_id_of(uri.split("?", 1)[0])
+    if notebook_id is None:
+        return JsonResponse({"code": "not_found", "message": "Not a notebook URL."}, status=404)
+    method = (
+        request.headers.get("X-Original-Method")
+        or request.headers.get("X-Forwarded-Method")
+        or "GET"
+    )
+    decision = authorize(
+        notebook_id,
+        method=method.upper(),
+        host=request.headers.get("X-Forwarded-Host") or request.get_host(),
+        authorization=request.headers.get("Authorization", ""),
+        cookies=parse_cookies(request.headers.get("Cookie", "")),
+        origin=request.headers.get("Origin", "") or request.headers.get("Referer", ""),
+        websocket=request.headers.get("Upgrade", "").lower() == "websocket",
+        wants_html="text/html" in request.headers.get("Accept", ""),
+        path=uri,
+    )
+    if not decision.allowed:
+        response = JsonResponse({"message": decision.message}, status=decision.status)
+        if decision.location:
+            response["Location"] = decision.location
+        return response
+    response = HttpResponse(status=200)
+    response["X-Nbcloud-Upstream"] = decision.upstream
+    if decision.editor_id == "vscode":
+        response["X-Nbcloud-Editor-Cookie"] = f"code-server-session={decision.code_server_session}"
+    else:
+        response["X-Nbcloud-Editor-Authorization"] = f"token {decision.secret}"
     return response

@@ -1,0 +1,77 @@
+"""The front-proxy endpoint (nginx auth_request, Caddy forward_auth) and
+per-notebook origins: both ask the same `authorize` as the ASGI gateway."""
+
+import pytest
+
+from nbcloud.gateway import routing
+from nbcloud.notebooks.models import Notebook
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def running(alpha):
+    return Notebook.objects.create(
+        project=alpha,
+        name="n",
+        framework_id="conda",
+        framework_version="py311",
+        editor_id="jupyterlab",
+        flavor="ai1-1-cpu",
+        cpu=1,
+        region="GRA",
+        state="RUNNING",
+        editor_secret="s3cret",
+        editor_url="http://127.0.0.1:40000",
+        labels={"team": "vision"},
+    )
+
+
+def _ask(client, notebook, **headers):
+    return client.get(
+        "/gateway/auth/",
+        HTTP_X_ORIGINAL_URI=f"/notebooks/{notebook.pk}/api/status",
+        **{f"HTTP_{k.upper()}": v for k, v in headers.items()},
+    )
+
+
+def test_forward_auth_admits_a_member_token_with_the_editor_credentials(client, running, alice):
+    reply = _ask(client, running, authorization=f"Bearer {alice[1]}")
+    assert reply.status_code == 200
+    assert reply["X-Nbcloud-Upstream"] == "http://127.0.0.1:40000"
+    assert reply["X-Nbcloud-Editor-Authorization"] == "token s3cret"
+
+
+def test_forward_auth_refuses_like_the_gateway(client, running, charlie):
+    assert _ask(client, running).status_code == 401
+    assert _ask(client, running, authorization=f"Bearer {charlie[1]}").status_code == 404
+    assert _ask(client, running, authorization="Bearer nbc_wrong").status_code == 401
+    not_a_notebook = client.get("/gateway/auth/", HTTP_X_ORIGINAL_URI="/admin/")
+    assert not_a_notebook.status_code == 404
+
+
+def test_forward_auth_gives_vscode_its_session_cookie(client, running, alice):
+    Notebook.objects.filter(pk=running.pk).update(editor_id="vscode")
+    reply = _ask(client, running, authorization=f"Bearer {alice[1]}")
+    assert reply.status_code == 200
+    assert reply["X-Nbcloud-Editor-Cookie"].startswith("code-server-session=")
+    assert "s3cret" not in reply["X-Nbcloud-Editor-Cookie"]
+
+
+def test_per_notebook_origins(settings, running, alice, client):
+    settings.NBCLOUD_PUBLIC_URL = "https://nb.example.org"
+    settings.NBCLOUD_NOTEBOOK_DOMAIN = "nb.example.org"
+    own = f"{running.pk}.nb.example.org"
+    assert routing.public_url(running.pk) == f"https://{own}/notebooks/{running.pk}/"
+    assert routing.host_allowed(str(running.pk), own)
+    assert not routing.host_allowed(str(running.pk), "other.nb.example.org")
+    # A notebook asked for on another notebook's origin does not exist there.
+    wrong_host = _ask(
+        client,
+        running,
+        authorization=f"Bearer {alice[1]}",
+        x_forwarded_host="00000000-0000-0000-0000-000000000000.nb.example.org",
+    )
+    assert wrong_host.status_code == 404
+    right_host = _ask(client, running, authorization=f"Bearer {alice[1]}", x_forwarded_host=own)
+    assert right_host.status_code == 200
