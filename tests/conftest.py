@@ -30,6 +30,22 @@ def _isolated_catalog():
     catalog.cache_clear()
 
 
+def make_notebook(project: Project, **fields):
+    """A notebook row as the API would create it (a CPU conda/JupyterLab one)."""
+    from nbcloud.notebooks.models import Notebook
+
+    spec = {
+        "name": "n",
+        "framework_id": "conda",
+        "framework_version": "py311",
+        "editor_id": "jupyterlab",
+        "flavor": "ai1-1-cpu",
+        "cpu": 1,
+        "region": "GRA",
+    }
+    return Notebook.objects.create(project=project, **{**spec, **fields})
+
+
 def _client(token: str) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")

@@ -2,6 +2,7 @@
 per-notebook origins: both ask the same `authorize` as the ASGI gateway."""
 
 import pytest
+from conftest import make_notebook
 
 from nbcloud.gateway import routing
 from nbcloud.notebooks.models import Notebook
@@ -11,15 +12,8 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def running(alpha):
-    return Notebook.objects.create(
-        project=alpha,
-        name="n",
-        framework_id="conda",
-        framework_version="py311",
-        editor_id="jupyterlab",
-        flavor="ai1-1-cpu",
-        cpu=1,
-        region="GRA",
+    return make_notebook(
+        alpha,
         state="RUNNING",
         editor_secret="s3cret",
         editor_url="http://127.0.0.1:40000",

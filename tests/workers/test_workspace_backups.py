@@ -4,26 +4,17 @@ import os
 import tarfile
 
 import pytest
+from conftest import make_notebook
 from django.core.files.storage import FileSystemStorage, storages
 
-from nbcloud.notebooks.models import Backup, Notebook
+from nbcloud.notebooks.models import Backup
 from nbcloud.projects.models import Project
 from workers import workspace
 
 
 @pytest.fixture
 def notebook(db):
-    project = Project.objects.create(name="ws")
-    return Notebook.objects.create(
-        project=project,
-        name="n",
-        framework_id="conda",
-        framework_version="py311",
-        editor_id="jupyterlab",
-        flavor="ai1-1-cpu",
-        cpu=1,
-        region="GRA",
-    )
+    return make_notebook(Project.objects.create(name="ws"))
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ import boto3
 import pytest
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
+from conftest import make_notebook
 
-from nbcloud.notebooks.models import Backup, Notebook
+from nbcloud.notebooks.models import Backup
 from nbcloud.projects.models import Project
 from workers import workspace
 
@@ -92,17 +93,7 @@ def _use_s3(settings, endpoint: str, tmp_path) -> None:
 
 @pytest.fixture
 def notebook(db):
-    project = Project.objects.create(name="s3")
-    return Notebook.objects.create(
-        project=project,
-        name="n",
-        framework_id="conda",
-        framework_version="py311",
-        editor_id="jupyterlab",
-        flavor="ai1-1-cpu",
-        cpu=1,
-        region="GRA",
-    )
+    return make_notebook(Project.objects.create(name="s3"))
 
 
 def _objects(s3) -> dict[str, int]:
