@@ -210,6 +210,8 @@ def test_project_name_with_a_nul_byte_is_not_found(path, method, bearer):
         parameters["id"] = "1" if "/tokens/" in path else "00000000-0000-0000-0000-000000000000"
     if "{username}" in path:
         parameters["username"] = "dave"
+    if "{alias}" in path:
+        parameters["alias"] = "data"
     case = schema[path][method].Case(path_parameters=parameters)
     with _rolled_back():
         response = case.call_and_validate(headers=bearer, checks=CHECKS)

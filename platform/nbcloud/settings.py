@@ -238,6 +238,9 @@ NBCLOUD_STUCK_AFTER = envint("NBCLOUD_STUCK_AFTER", 600, minimum=1)
 # each notebook an origin of its own (<id>.NBCLOUD_NOTEBOOK_DOMAIN).
 NBCLOUD_PUBLIC_URL = envstr("NBCLOUD_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
 NBCLOUD_NOTEBOOK_DOMAIN = envstr("NBCLOUD_NOTEBOOK_DOMAIN", "")
+# Encrypts datastore credentials at rest (a Fernet key); derived from
+# SECRET_KEY when unset.
+NBCLOUD_SECRETS_KEY = envstr("NBCLOUD_SECRETS_KEY", "")
 NBCLOUD_DEFAULT_REGION = envstr("NBCLOUD_DEFAULT_REGION", "GRA")
 # Currency of the catalogue's default prices (admins set others per flavor).
 NBCLOUD_CURRENCY = envstr("NBCLOUD_CURRENCY", "EUR")

@@ -201,3 +201,46 @@ class ApiToken(models.Model):
         if not self.label_selector:
             return True
         return spec.labels_match(labels or {}, self.selector_terms)
+
+
+class Datastore(models.Model):
+    """Where a project's volumes come from: an S3-compatible object store or a git host.
+
+    Credentials are sealed (`projects.secrets`) and never returned by the API.
+    """
+
+    class Type(models.TextChoices):
+        S3 = "s3", "S3-compatible object storage"
+        GIT = "git", "git"
+
+    SECRET_FIELDS = {"s3": ("secret_key",), "git": ("password", "ssh_private_key")}
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="datastores")
+    alias = models.CharField(max_length=63, validators=[slug_validator])
+    type = models.CharField(max_length=8, choices=Type.choices)
+    endpoint = models.URLField(blank=True, help_text="S3: the endpoint URL (empty: AWS).")
+    region = models.CharField(max_length=64, blank=True)
+    access_key = models.CharField(max_length=256, blank=True)
+    host = models.CharField(max_length=255, blank=True, help_text="git: the host name.")
+    username = models.CharField(max_length=255, blank=True)
+    sealed_secrets = models.TextField(editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["project", "alias"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "alias"], name="unique_datastore_alias")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.alias} ({self.type}) in {self.project}"
+
+    def set_secrets(self, values: dict[str, str]) -> None:
+        from .secrets import seal
+
+        self.sealed_secrets = seal({k: v for k, v in values.items() if v})
+
+    def secrets(self) -> dict[str, str]:
+        from .secrets import unseal
+
+        return unseal(self.sealed_secrets)

@@ -169,14 +169,18 @@ class NotebookSpecSerializer(serializers.Serializer):
 
     def validate_volumes(self, value):
         _django_to_drf(spec.check_volume_set, value)
+        project = self.context.get("project")
+        aliases = set(project.datastores.values_list("alias", flat=True)) if project else set()
         for volume in value:
-            if volume["type"] == "object":
+            if volume["type"] == "object" and volume["alias"] not in aliases:
                 raise serializers.ValidationError(
                     f"volume {volume['spec']!r}: unknown datastore alias {volume['alias']!r}; "
-                    "no object-storage datastores are configured for this project"
+                    f"known: {', '.join(sorted(aliases)) or 'none'} (add one with POST "
+                    ".../datastores/)"
                 )
+            kind = "object-storage" if volume["type"] == "object" else "git"
             raise serializers.ValidationError(
-                f"volume {volume['spec']!r}: git volumes are not available on this platform yet"
+                f"volume {volume['spec']!r}: {kind} volumes are not available on this platform yet"
             )
         return value
 

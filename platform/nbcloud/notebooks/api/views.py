@@ -66,7 +66,9 @@ class NotebookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectS
 
     @extend_schema(request=NotebookSpecSerializer, responses={201: NotebookSerializer})
     def create(self, request, *args, **kwargs):
-        spec_serializer = NotebookSpecSerializer(data=request.data)
+        spec_serializer = NotebookSpecSerializer(
+            data=request.data, context={"project": self.project}
+        )
         spec_serializer.is_valid(raise_exception=True)
         fields = spec_serializer.to_model_fields()
         fields["labels"] = access.labels_for_new_notebook(request.auth, fields["labels"])

@@ -1,11 +1,13 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from .datastores import DatastoreViewSet
 from .tokens import ApiTokenViewSet
 from .views import ProjectView, QuotaView
 
 router = SimpleRouter()
 router.register("tokens", ApiTokenViewSet, basename="token")
+router.register("datastores", DatastoreViewSet, basename="datastore")
 
 urlpatterns = [
     path("", ProjectView.as_view(), name="project"),
