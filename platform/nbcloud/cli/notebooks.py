@@ -298,10 +298,7 @@ def start(
     fmt: OutputOption = Format.table,
 ):
     """Start a stopped (or failed) notebook; its workspace comes back from its last backup."""
-    client = api()
-    nb_id = _resolve(notebook)
-    nb = client.post(client.notebook_path(nb_id, "start/"))
-    _finish(nb_id, nb, fmt, wait, "RUNNING", timeout)
+    _act(notebook, "start/", "RUNNING", wait, timeout, fmt)
 
 
 @app.command("stop")
@@ -312,10 +309,13 @@ def stop(
     fmt: OutputOption = Format.table,
 ):
     """Stop a notebook; its workspace is saved as a backup first."""
+    _act(notebook, "stop/", "STOPPED", wait, timeout, fmt)
+
+
+def _act(notebook: str, action: str, target: str, wait: bool, timeout: int, fmt) -> None:
     client = api()
     nb_id = _resolve(notebook)
-    nb = client.post(client.notebook_path(nb_id, "stop/"))
-    _finish(nb_id, nb, fmt, wait, "STOPPED", timeout)
+    _finish(nb_id, client.post(client.notebook_path(nb_id, action)), fmt, wait, target, timeout)
 
 
 @app.command("delete")
