@@ -17,6 +17,7 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from nbcloud.projects.models import ApiToken, Membership, Project, Role
+from workers.runtimes.process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -146,17 +147,9 @@ def worker_host() -> str:
     return settings.NBCLOUD_HOST_NAME
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def platform_port() -> int:
-    return _free_port()
+    return free_port()
 
 
 @pytest.fixture(scope="session")

@@ -23,20 +23,15 @@ from conftest import make_notebook
 from nbcloud.notebooks.models import Backup
 from nbcloud.projects.models import Project
 from workers import workspace
+from workers.runtimes.process import free_port
 
 BUCKET = "nbcloud-backups"
 KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

@@ -60,18 +60,7 @@ def notebook_visible(request, notebook) -> bool:
 
 def visible_notebooks(request, queryset: QuerySet) -> QuerySet:
     """`queryset` (of one project's notebooks) narrowed to what the request may reach."""
-    terms = _terms(request.auth)
-    if not terms:
-        return queryset
-    # Matched in Python, like the list's label_selector filter: a JSON key
-    # lookup that treats a missing key as `!=` alike on SQLite and PostgreSQL
-    # is not worth its subtlety for one project's notebooks.
-    matching = [
-        pk
-        for pk, labels in queryset.values_list("pk", "labels")
-        if spec.labels_match(labels or {}, terms)
-    ]
-    return queryset.filter(pk__in=matching)
+    return spec.filter_by_labels(queryset, _terms(request.auth))
 
 
 def labels_for_new_notebook(auth, labels: dict) -> dict:

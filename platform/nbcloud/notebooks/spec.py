@@ -102,6 +102,23 @@ def labels_match(labels: dict, terms: list[tuple[str, str, str]]) -> bool:
     return all((labels.get(k) == v) == (op == "=") for k, op, v in terms)
 
 
+def filter_by_labels(queryset, terms: list[tuple[str, str, str]]):
+    """The rows of `queryset` whose labels match `terms`.
+
+    Matched in Python on (pk, labels) pairs: a JSON key lookup that treats a
+    missing key as `!=` alike on SQLite and PostgreSQL is not worth its
+    subtlety for one project's notebooks.
+    """
+    if not terms:
+        return queryset
+    matching = [
+        pk
+        for pk, labels in queryset.values_list("pk", "labels")
+        if labels_match(labels or {}, terms)
+    ]
+    return queryset.filter(pk__in=matching)
+
+
 def _check_mount(mount: str) -> str:
     clean = normpath(mount)
     if not mount.startswith("/") or clean != mount.rstrip("/") and mount != "/":

@@ -60,8 +60,7 @@ class NotebookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectS
                 terms = spec.parse_label_selector(selector)
             except DjangoValidationError as exc:
                 raise serializers.ValidationError({"label_selector": exc.messages}) from None
-            matching = [nb.pk for nb in queryset if spec.labels_match(nb.labels, terms)]
-            queryset = queryset.filter(pk__in=matching)
+            queryset = spec.filter_by_labels(queryset, terms)
         return queryset
 
     @extend_schema(request=NotebookSpecSerializer, responses={201: NotebookSerializer})
