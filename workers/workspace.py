@@ -169,8 +169,11 @@ def backup(notebook: Notebook) -> Backup:
 def prune(notebook: Notebook) -> None:
     keep = settings.NBCLOUD_BACKUP_RETENTION
     for old in notebook.backups.all()[keep:]:
-        backup_storage().delete(old.storage_name)
+        name = old.storage_name
         old.delete()
+        # A fork shares its source's archive: the last row naming it deletes it.
+        if not Backup.objects.filter(storage_name=name).exists():
+            backup_storage().delete(name)
 
 
 def remove_local(notebook: Notebook) -> None:

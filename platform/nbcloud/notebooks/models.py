@@ -34,6 +34,13 @@ class Notebook(models.Model):
     unsecure_http = models.BooleanField(default=False)
     ssh_public_keys = models.JSONField(default=list, blank=True)
     timeout_auto_restart = models.BooleanField(default=False)
+    # Limits in seconds; None: the project's default (None there: off).
+    idle_timeout = models.PositiveIntegerField(null=True, blank=True)
+    max_runtime = models.PositiveIntegerField(null=True, blank=True)
+    # The backup this notebook was forked from, if any.
+    forked_from = models.ForeignKey(
+        "Backup", null=True, blank=True, on_delete=models.SET_NULL, related_name="forks"
+    )
 
     # The status.
     state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
@@ -44,6 +51,11 @@ class Notebook(models.Model):
     last_started_at = models.DateTimeField(null=True, blank=True)
     last_stopped_at = models.DateTimeField(null=True, blank=True)
     workspace_size = models.BigIntegerField(null=True, blank=True)
+    # Per volume while syncing: [{"volume", "direction": "pull"|"push", "state",
+    # "files_done", "files_total", "bytes_done", "bytes_total", "message"}].
+    data_sync = models.JSONField(default=list, blank=True)
+    # Last sign of use (kernel busy, terminal, gateway traffic, GPU use).
+    last_activity_at = models.DateTimeField(null=True, blank=True)
 
     # Placement: a notebook holds capacity on `host` exactly while host is set.
     host = models.ForeignKey(
@@ -104,7 +116,9 @@ class Backup(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     notebook = models.ForeignKey(Notebook, on_delete=models.CASCADE, related_name="backups")
     created_at = models.DateTimeField(default=timezone.now)
-    storage_name = models.CharField(max_length=255, unique=True)
+    # Several rows may name one archive: a fork shares its source's archive,
+    # which is deleted from the storage with the last row naming it.
+    storage_name = models.CharField(max_length=255, db_index=True)
     size = models.BigIntegerField(help_text="Archive size in bytes.")
     sha256 = models.CharField(max_length=64)
     workspace_size = models.BigIntegerField(help_text="Bytes of files in the workspace.")

@@ -34,6 +34,12 @@ class Project(models.Model):
         default=default_gpu_quota,
         help_text="GPUs the project may use at once (queued, starting, running, stopping).",
     )
+    default_idle_timeout = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Seconds; notebooks idle this long are stopped."
+    )
+    default_max_runtime = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Seconds a notebook may run before it is stopped."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -244,3 +250,25 @@ class Datastore(models.Model):
         from .secrets import unseal
 
         return unseal(self.sealed_secrets)
+
+    def s3_client(self, **config):
+        """A boto3 S3 client for this datastore (type s3), as production would build it."""
+        import boto3
+        from botocore.config import Config
+
+        if self.type != self.Type.S3:
+            raise ValueError(f"datastore {self.alias!r} is a {self.type} datastore, not s3")
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint or None,
+            region_name=self.region or None,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secrets().get("secret_key", ""),
+            config=Config(
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=60,
+                s3={"addressing_style": "path"},
+                **config,
+            ),
+        )
