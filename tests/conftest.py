@@ -6,6 +6,7 @@ project `bravo` and must never see anything of `alpha`.
 """
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -239,6 +240,29 @@ def start_worker(
     ]
     service_env = {**_service_env(broker_url, host, public_url), **(env or {})}
     return _start_service(name or "worker", argv, service_env, lambda out: b"ready." in out)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 API (moto_server) on loopback; any keys are accepted."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("moto_server did not start")
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    _stop_service(proc)
 
 
 @pytest.fixture

@@ -8,11 +8,7 @@ failure in the middle of an upload that leaves nothing behind.
 import contextlib
 import os
 import socket
-import subprocess
-import sys
 import threading
-import time
-from pathlib import Path
 
 import boto3
 import pytest
@@ -23,33 +19,9 @@ from conftest import make_notebook
 from nbcloud.notebooks.models import Backup
 from nbcloud.projects.models import Project
 from workers import workspace
-from workers.runtimes.process import free_port
 
 BUCKET = "nbcloud-backups"
 KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("moto_server did not start")
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
 
 
 @pytest.fixture
