@@ -96,7 +96,7 @@ def _creatable(spec: dict) -> dict:
     spec = {**spec, "env": {"framework_id": "conda", "editor_id": "jupyterlab"}}
     spec["resources"] = {"cpu": 1}
     spec.pop("region", None)
-    spec.pop("volumes", None)  # refused until object-storage datastores exist
+    spec.pop("volumes", None)  # volumes need datastores of the project
     spec.pop("ssh_public_keys", None)
     labels = spec.get("labels")
     if isinstance(labels, dict):

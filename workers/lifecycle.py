@@ -5,6 +5,7 @@ returns at once when the work is already done or not this host's (a
 redelivered task changes nothing).
 """
 
+import dataclasses
 import logging
 import time
 
@@ -17,7 +18,7 @@ from nbcloud.notebooks import services
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import InfoCode, State
 
-from . import code_server, environments, workspace
+from . import code_server, environments, volumes, workspace
 from .runtimes import LaunchSpec, Runtime, StartError, get_runtime
 from .runtimes.editors import readiness_headers, readiness_path
 
@@ -99,7 +100,13 @@ def start(notebook_id: str, host: str) -> None:
                 f"run: manage.py buildenvs {notebook.framework_id}:{notebook.framework_version}",
             )
         services.set_info(notebook, InfoCode.RESTORING_WORKSPACE, "Restoring the workspace.")
-        workspace.prepare(notebook)
+        path = workspace.prepare(notebook)
+        if notebook.volumes:
+            services.set_info(notebook, InfoCode.PULLING_DATA, "Pulling the volumes' data.")
+            mounts = volumes.prepare(notebook, path)
+            runtime = get_runtime(
+                dataclasses.replace(runtime.spec, mounts=tuple(mounts)), notebook.runtime_state
+            )
         if notebook.editor_id == "vscode" and not code_server.is_installed():
             services.set_info(
                 notebook, InfoCode.STARTING_EDITOR, "Installing VS Code on this host (once)."
@@ -117,6 +124,9 @@ def start(notebook_id: str, host: str) -> None:
             runtime.stop(settings.NBCLOUD_EDITOR_STOP_TIMEOUT)
         except Exception:
             log.exception("notebook %s: stop after a failed start failed too", notebook_id)
+        if isinstance(exc, volumes.VolumeError):
+            services.fail_start(notebook, str(exc), InfoCode.DATA_SYNC_FAILED)
+            return
         message = (
             exc.user_message if isinstance(exc, StartError) else "Internal error while starting."
         )
@@ -136,6 +146,15 @@ def stop(notebook_id: str, host: str) -> None:
     if not path.exists():  # a redelivery after the workspace was already saved
         services.finish_stop(notebook, workspace_size=None)
         return
+    push_failure = ""
+    if notebook.volumes:
+        services.set_info(notebook, InfoCode.PUSHING_DATA, "Pushing the volumes' data.")
+        try:
+            volumes.push(notebook)
+        except volumes.VolumeError as exc:
+            # The workspace is still saved; the volume's data stays on this
+            # host and is pushed before the next start pulls anything.
+            push_failure = f"{exc}. The data is kept on host {host} and pushed at the next start."
     services.set_info(notebook, InfoCode.SAVING_WORKSPACE, "Saving the workspace.")
     try:
         saved = workspace.backup(notebook)
@@ -149,7 +168,29 @@ def stop(notebook_id: str, host: str) -> None:
         )
         return
     workspace.remove_local(notebook)
+    if push_failure:
+        services.finish_stop(
+            notebook,
+            workspace_size=saved.workspace_size,
+            failure=push_failure,
+            failure_code=InfoCode.DATA_SYNC_FAILED,
+        )
+        return
+    volumes.remove_local(notebook)
     services.finish_stop(notebook, workspace_size=saved.workspace_size)
+
+
+def push_volumes(notebook_id: str, host: str) -> None:
+    """A user's datasync: push the RW volumes of a running notebook."""
+    notebook = _load(notebook_id, host, State.RUNNING)
+    if notebook is None:
+        return
+    try:
+        volumes.push(notebook)
+    except volumes.VolumeError as exc:
+        services.record_event(notebook, InfoCode.DATA_SYNC_FAILED, str(exc))
+        return
+    services.record_event(notebook, InfoCode.PUSHING_DATA, "Data sync done.")
 
 
 def delete(notebook_id: str, host: str) -> None:
@@ -158,11 +199,13 @@ def delete(notebook_id: str, host: str) -> None:
         return
     runtime_for(notebook).stop(settings.NBCLOUD_EDITOR_STOP_TIMEOUT)
     workspace.remove_local(notebook)
+    volumes.remove_local(notebook)
     services.finish_delete(notebook)
 
 
 def check_host(host: str) -> None:
     """Notice editors that died: save their workspace and mark them FAILED."""
+    volumes.prune_cache()
     running = Notebook.objects.select_related("project", "host").filter(
         host__name=host, state=State.RUNNING
     )

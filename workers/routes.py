@@ -20,6 +20,7 @@ ROUTES: dict[str, Queue] = {
     "notebooks.start": Queue.HOST,
     "notebooks.stop": Queue.HOST,
     "notebooks.delete": Queue.HOST,
+    "notebooks.push_volumes": Queue.HOST,
     "hosts.check_notebooks": Queue.HOST,
     "billing.tick": Queue.BILLING,
 }

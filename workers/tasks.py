@@ -29,6 +29,11 @@ def delete_notebook(notebook_id: str, *, host: str) -> None:
     lifecycle.delete(notebook_id, host)
 
 
+@shared_task(name="notebooks.push_volumes")
+def push_volumes(notebook_id: str, *, host: str) -> None:
+    lifecycle.push_volumes(notebook_id, host)
+
+
 @shared_task(name="hosts.check_notebooks")
 def check_notebooks(*, host: str) -> None:
     lifecycle.check_host(host)

@@ -33,6 +33,34 @@ def envint(name: str, default: int, minimum: int | None = None) -> int:
     return value
 
 
+def envfloat(name: str, default: float, minimum: float | None = None) -> float:
+    raw = envstr(name, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def envnetworks(name: str, default: str) -> tuple:
+    """Comma-separated CIDRs (10.0.0.0/8,::1/128) as ip_network objects."""
+    import ipaddress
+
+    networks = []
+    for item in envstr(name, default).split(","):
+        if not item.strip():
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError as exc:
+            raise ImproperlyConfigured(
+                f"{name}: {item.strip()!r} is not a network ({exc}); use CIDRs like 10.0.0.0/8"
+            ) from None
+    return tuple(networks)
+
+
 def envbool(name: str, default: bool) -> bool:
     raw = envstr(name, "true" if default else "false").strip().lower()
     if raw in ("1", "true", "yes", "on"):

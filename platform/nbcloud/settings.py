@@ -12,7 +12,15 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from nbcloud.envconf import envbool, envchoice, envint, envpath, envstr
+from nbcloud.envconf import (
+    envbool,
+    envchoice,
+    envfloat,
+    envint,
+    envnetworks,
+    envpath,
+    envstr,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 DATA_DIR = envpath("NBCLOUD_DATA_DIR", BASE_DIR / "var")
@@ -57,6 +65,7 @@ INSTALLED_APPS = [
     "nbcloud.notebooks",
     "nbcloud.billing",
     "nbcloud.gateway",
+    "nbcloud.monitoring",
 ]
 
 MIDDLEWARE = [
@@ -204,7 +213,17 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
+# No task runs longer than CELERY_TASK_TIME_LIMIT, and the broker redelivers
+# an unacknowledged task only after the visibility timeout: longer than the
+# longest task, so a slow task is never run twice at once.
+CELERY_TASK_TIME_LIMIT = envint("NBCLOUD_TASK_TIME_LIMIT", 3000, minimum=60)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": envint("NBCLOUD_VISIBILITY_TIMEOUT", 3600)}
+if CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] <= CELERY_TASK_TIME_LIMIT:
+    raise ImproperlyConfigured(
+        f"NBCLOUD_VISIBILITY_TIMEOUT={CELERY_BROKER_TRANSPORT_OPTIONS['visibility_timeout']} "
+        f"must be longer than NBCLOUD_TASK_TIME_LIMIT={CELERY_TASK_TIME_LIMIT}, or a task "
+        "still running would be delivered again"
+    )
 
 # Flower (worker ops), behind basic auth.
 FLOWER_USER = envstr("NBCLOUD_FLOWER_USER", "admin")
@@ -225,11 +244,40 @@ NBCLOUD_WORKSPACES_DIR = envpath("NBCLOUD_WORKSPACES_DIR", DATA_DIR / "workspace
 NBCLOUD_RUNTIME = envchoice("NBCLOUD_RUNTIME", "process", ("process",))
 NBCLOUD_HOST_NAME = envstr("NBCLOUD_HOST_NAME", "local")
 NBCLOUD_HOST_REGION = envstr("NBCLOUD_HOST_REGION", "GRA")
+# A host worker's labels (k=v,k=v), and what it offers notebooks when not all
+# it has (0: all its vCPUs, memory, disk); `celery worker --host-name ...
+# --region ...` overrides the name and region.
+NBCLOUD_HOST_LABELS = envstr("NBCLOUD_HOST_LABELS", "")
+NBCLOUD_HOST_CPUS = envint("NBCLOUD_HOST_CPUS", 0, minimum=0)
+NBCLOUD_HOST_MEMORY_GIB = envint("NBCLOUD_HOST_MEMORY_GIB", 0, minimum=0)
+NBCLOUD_HOST_DISK_GIB = envint("NBCLOUD_HOST_DISK_GIB", 0, minimum=0)
+# Each host worker heart-beats every NBCLOUD_HEARTBEAT_INTERVAL seconds;
+# reconcile marks a host silent for NBCLOUD_HOST_LOST_AFTER seconds LOST and
+# starts its notebooks elsewhere.
+NBCLOUD_HEARTBEAT_INTERVAL = envint("NBCLOUD_HEARTBEAT_INTERVAL", 10, minimum=1)
+NBCLOUD_HOST_LOST_AFTER = envint("NBCLOUD_HOST_LOST_AFTER", 60, minimum=1)
+if NBCLOUD_HOST_LOST_AFTER <= 2 * NBCLOUD_HEARTBEAT_INTERVAL:
+    raise ImproperlyConfigured(
+        f"NBCLOUD_HOST_LOST_AFTER={NBCLOUD_HOST_LOST_AFTER} must be more than twice "
+        f"NBCLOUD_HEARTBEAT_INTERVAL={NBCLOUD_HEARTBEAT_INTERVAL}, or one late heartbeat "
+        "would mark a healthy host lost"
+    )
 NBCLOUD_SANDBOX_UID_BASE = envint("NBCLOUD_SANDBOX_UID_BASE", 200000, minimum=1000)
 NBCLOUD_EDITOR_READY_TIMEOUT = envint("NBCLOUD_EDITOR_READY_TIMEOUT", 120, minimum=1)
 NBCLOUD_EDITOR_STOP_TIMEOUT = envint("NBCLOUD_EDITOR_STOP_TIMEOUT", 10, minimum=1)
 NBCLOUD_PROJECT_GPU_QUOTA = envint("NBCLOUD_PROJECT_GPU_QUOTA", 4, minimum=0)
-NBCLOUD_BACKUP_RETENTION = envint("NBCLOUD_BACKUP_RETENTION", 5, minimum=1)
+NBCLOUD_BACKUP_RETENTION = envint("NBCLOUD_BACKUP_RETENTION", 10, minimum=1)
+# Volumes: object-storage prefixes are pulled into NBCLOUD_VOLUMES_DIR (or,
+# for `:cache` volumes, into the project's cache on the host, kept at least
+# NBCLOUD_VOLUME_CACHE_TTL seconds after last use); git repositories are
+# cloned into the workspace, shallow unless NBCLOUD_GIT_CLONE_DEPTH is 0.
+NBCLOUD_VOLUMES_DIR = envpath("NBCLOUD_VOLUMES_DIR", DATA_DIR / "volumes")
+NBCLOUD_VOLUME_CACHE_DIR = envpath("NBCLOUD_VOLUME_CACHE_DIR", DATA_DIR / "volume-cache")
+NBCLOUD_VOLUME_CACHE_TTL = envint("NBCLOUD_VOLUME_CACHE_TTL", 72 * 3600, minimum=0)
+NBCLOUD_GIT_CLONE_DEPTH = envint("NBCLOUD_GIT_CLONE_DEPTH", 1, minimum=0)
+# Object transfers: parts of this size (multipart above it), this many at once.
+NBCLOUD_S3_PART_SIZE = envint("NBCLOUD_S3_PART_SIZE", 16 * 1024 * 1024, minimum=5 * 1024 * 1024)
+NBCLOUD_S3_CONCURRENCY = envint("NBCLOUD_S3_CONCURRENCY", 8, minimum=1)
 NBCLOUD_RECONCILE_INTERVAL = envint("NBCLOUD_RECONCILE_INTERVAL", 30, minimum=1)
 # A transitional state (STARTING, STOPPING, DELETING) older than this is
 # assumed to have lost its task, and reconcile sends it again.
@@ -244,6 +292,33 @@ NBCLOUD_SECRETS_KEY = envstr("NBCLOUD_SECRETS_KEY", "")
 NBCLOUD_DEFAULT_REGION = envstr("NBCLOUD_DEFAULT_REGION", "GRA")
 # Currency of the catalogue's default prices (admins set others per flavor).
 NBCLOUD_CURRENCY = envstr("NBCLOUD_CURRENCY", "EUR")
+
+# Monitoring. `/metrics` answers a bearer NBCLOUD_METRICS_TOKEN or clients in
+# NBCLOUD_METRICS_ALLOWED_NETWORKS (comma-separated CIDRs; empty: token only).
+NBCLOUD_METRICS_TOKEN = envstr("NBCLOUD_METRICS_TOKEN", "")
+NBCLOUD_METRICS_ALLOWED_NETWORKS = envnetworks(
+    "NBCLOUD_METRICS_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128"
+)
+# Each host's worker samples its notebooks every NBCLOUD_SAMPLE_INTERVAL
+# seconds, serves them on NBCLOUD_WORKER_METRICS_ADDR:PORT (0: not served) and
+# keeps NBCLOUD_SAMPLE_RETENTION seconds of samples for the JSON metrics API.
+NBCLOUD_SAMPLE_INTERVAL = envint("NBCLOUD_SAMPLE_INTERVAL", 5, minimum=1)
+NBCLOUD_SAMPLE_RETENTION = envint("NBCLOUD_SAMPLE_RETENTION", 3600, minimum=60)
+NBCLOUD_WORKER_METRICS_PORT = envint("NBCLOUD_WORKER_METRICS_PORT", 9101, minimum=0)
+NBCLOUD_WORKER_METRICS_ADDR = envstr("NBCLOUD_WORKER_METRICS_ADDR", "127.0.0.1")
+# Grafana's base URL; when set, each notebook's status.monitoring_url opens its dashboard.
+NBCLOUD_GRAFANA_URL = envstr("NBCLOUD_GRAFANA_URL", "").rstrip("/")
+# Idle and runtime limits, checked every NBCLOUD_LIMITS_CHECK_INTERVAL seconds.
+# A notebook is idle when no kernel or terminal is busy, its GPUs are under
+# NBCLOUD_IDLE_GPU_PERCENT, its CPU use under NBCLOUD_IDLE_CPU_CORES and no client
+# reached it through the gateway; NBCLOUD_IDLE_WARNING seconds before the stop
+# an IDLE_WARNING event is written. The gateway records traffic at most every
+# NBCLOUD_ACTIVITY_WRITE_INTERVAL seconds per notebook.
+NBCLOUD_LIMITS_CHECK_INTERVAL = envint("NBCLOUD_LIMITS_CHECK_INTERVAL", 60, minimum=1)
+NBCLOUD_IDLE_WARNING = envint("NBCLOUD_IDLE_WARNING", 600, minimum=0)
+NBCLOUD_IDLE_GPU_PERCENT = envint("NBCLOUD_IDLE_GPU_PERCENT", 5, minimum=0)
+NBCLOUD_IDLE_CPU_CORES = envfloat("NBCLOUD_IDLE_CPU_CORES", 0.2, minimum=0)
+NBCLOUD_ACTIVITY_WRITE_INTERVAL = envint("NBCLOUD_ACTIVITY_WRITE_INTERVAL", 30, minimum=1)
 
 LOGGING = {
     "version": 1,
@@ -263,5 +338,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "billing.tick",
         "schedule": 60,
         "options": {"expires": 60},
+    },
+    "check-limits": {
+        "task": "notebooks.check_limits",
+        "schedule": NBCLOUD_LIMITS_CHECK_INTERVAL,
+        "options": {"expires": NBCLOUD_LIMITS_CHECK_INTERVAL},
     },
 }

@@ -74,7 +74,7 @@ def test_roles_and_tenancy(alice_api, bob_api, charlie_api):
     assert not Datastore.objects.exists()
 
 
-def test_volumes_name_unknown_aliases_and_say_what_is_not_there_yet(alice_api):
+def test_volumes_name_unknown_aliases_and_wrong_kinds(alice_api):
     spec = {
         "name": "v",
         "env": {"framework_id": "conda", "editor_id": "jupyterlab"},
@@ -83,9 +83,18 @@ def test_volumes_name_unknown_aliases_and_say_what_is_not_there_yet(alice_api):
     }
     unknown = alice_api.post("/api/v1/projects/alpha/notebooks/", spec, format="json")
     assert unknown.status_code == 400 and "'nowhere'" in unknown.json()["message"]
-    alice_api.post(BASE, {**S3, "alias": "nowhere"}, format="json")
-    known = alice_api.post("/api/v1/projects/alpha/notebooks/", spec, format="json")
-    assert known.status_code == 400 and "not available" in known.json()["message"]
+    alice_api.post(BASE, {"alias": "nowhere", "type": "git", "host": "git.example"}, format="json")
+    wrong_kind = alice_api.post("/api/v1/projects/alpha/notebooks/", spec, format="json")
+    assert wrong_kind.status_code == 400
+    assert "is a git datastore" in wrong_kind.json()["message"]
+    alice_api.post(BASE, {**S3, "alias": "store"}, format="json")
+    outside = {**spec, "volumes": ["data@store/in:/data:RO"]}
+    refused = alice_api.post("/api/v1/projects/alpha/notebooks/", outside, format="json")
+    assert refused.status_code == 400 and "below /workspace" in refused.json()["message"]
+    ok = {**spec, "volumes": ["data@store/in:/workspace/data:RO"]}
+    created = alice_api.post("/api/v1/projects/alpha/notebooks/", ok, format="json")
+    assert created.status_code == 201, created.json()
+    assert created.json()["spec"]["volumes"][0]["alias"] == "store"
 
 
 def test_a_changed_key_is_a_clear_error(settings, alice_api):

@@ -21,6 +21,15 @@ class StartError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Mount:
+    """A host directory bound into the editor's sandbox or container (a volume)."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     """Everything a runtime needs to run an editor, as plain values."""
 
@@ -36,6 +45,8 @@ class LaunchSpec:
     memory_bytes: int = 0
     gpu_uuids: tuple[str, ...] = ()
     image: str = ""
+    # Volumes bound below /workspace; only `start` uses them.
+    mounts: tuple[Mount, ...] = ()
 
 
 @dataclass(frozen=True)

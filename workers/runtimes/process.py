@@ -48,6 +48,8 @@ def sandbox_argv(spec: LaunchSpec, argv: list[str]) -> list[str]:
         "/workspace",
         "--unshare-pid",
     ]
+    for mount in spec.mounts:
+        prefix += ["--ro-bind" if mount.read_only else "--bind", mount.source, mount.target]
     if os.geteuid() == 0:
         prefix += ["setpriv", f"--reuid={spec.uid}", f"--regid={spec.uid}", "--clear-groups"]
     return prefix + argv

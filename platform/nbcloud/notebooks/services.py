@@ -17,7 +17,7 @@ from nbcloud.api.errors import Conflict, QuotaExceeded
 from nbcloud.billing import services as billing
 from nbcloud.projects.models import Project
 
-from .models import Notebook, NotebookEvent
+from .models import Backup, Notebook, NotebookEvent
 from .states import ACTIONS, FAILURE_CODES, QUOTA_STATES, InfoCode, State, is_legal
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,18 @@ def set_info(notebook: Notebook, code: InfoCode, message: str) -> None:
     """Progress within a state (e.g. 'restoring workspace'), without an event."""
     Notebook.objects.filter(pk=notebook.pk).update(info_code=code, info_message=message)
     notebook.info_code, notebook.info_message = code, message
+
+
+def record_event(notebook: Notebook, code: InfoCode, message: str, *, actor: str = SYSTEM) -> None:
+    """Something worth telling that changes no state (a data sync, a warning)."""
+    NotebookEvent.objects.create(
+        notebook=notebook,
+        actor=actor,
+        from_state=notebook.state,
+        to_state=notebook.state,
+        code=code,
+        message=message,
+    )
 
 
 def _action_target(notebook: Notebook, action: str) -> State:
@@ -235,6 +247,84 @@ def update(notebook: Notebook, changes: dict, *, actor: str) -> Notebook:
     return notebook
 
 
+# What a fork copies from its source: the spec, not the status.
+SPEC_FIELDS = (
+    "labels",
+    "framework_id",
+    "framework_version",
+    "editor_id",
+    "env_vars",
+    "flavor",
+    "gpu",
+    "cpu",
+    "region",
+    "volumes",
+    "unsecure_http",
+    "ssh_public_keys",
+    "timeout_auto_restart",
+    "idle_timeout",
+    "max_runtime",
+)
+
+
+def fork(backup: Backup, *, actor: str, user=None, name: str = "") -> Notebook:
+    """A new notebook with the spec of the backup's notebook, starting from that backup.
+
+    The fork shares the backup's archive (no copy): its first start restores
+    it like any latest backup, and retention never deletes an archive a row
+    still names.
+    """
+    source = backup.notebook
+    fields = {f: getattr(source, f) for f in SPEC_FIELDS}
+    fields["name"] = name or f"{source.name}-fork"[:100]
+    with transaction.atomic():
+        notebook = create(source.project, {**fields, "forked_from": backup}, actor=actor, user=user)
+        Backup.objects.create(
+            notebook=notebook,
+            created_at=backup.created_at,
+            storage_name=backup.storage_name,
+            size=backup.size,
+            sha256=backup.sha256,
+            workspace_size=backup.workspace_size,
+        )
+        record_event(
+            notebook,
+            InfoCode.FORKED,
+            f"Forked from backup {backup.pk} of notebook {source.name!r} ({source.pk}).",
+            actor=actor,
+        )
+    return notebook
+
+
+def request_datasync(notebook: Notebook, *, actor: str) -> Notebook:
+    """Push the RW volumes of a running notebook now (OVH's datasync)."""
+    from workers.tasks import push_volumes
+
+    with transaction.atomic():
+        notebook = Notebook.objects.select_for_update().get(pk=notebook.pk)
+        if notebook.state != State.RUNNING:
+            raise InvalidState(
+                f"Notebook {notebook.name!r} is {notebook.state}: data can be synced only while "
+                "it is RUNNING (a stop pushes its volumes anyway)."
+            )
+        writable = [
+            v["spec"] for v in notebook.volumes if v["type"] == "object" and v["permission"] != "RO"
+        ]
+        if not writable:
+            raise InvalidState(
+                f"Notebook {notebook.name!r} has no RW or RWD object-storage volume: there is "
+                "nothing to push (git volumes are pushed with git from the notebook)."
+            )
+        record_event(
+            notebook,
+            InfoCode.PUSHING_DATA,
+            f"Data sync requested for {len(writable)} volume(s).",
+            actor=actor,
+        )
+        push_volumes.delay_on_commit(str(notebook.pk), host=notebook.host.name)
+    return notebook
+
+
 # Host-side outcomes, called by the workers.
 
 
@@ -270,12 +360,12 @@ def _release_fields() -> dict:
     }
 
 
-def fail_start(notebook: Notebook, message: str) -> None:
+def fail_start(notebook: Notebook, message: str, code: InfoCode = InfoCode.START_FAILED) -> None:
     transition(
         notebook,
         State.FAILED,
         actor=SYSTEM,
-        code=InfoCode.START_FAILED,
+        code=code,
         message=message,
         **_release_fields(),
     )
@@ -287,12 +377,18 @@ def editor_died(notebook: Notebook, message: str) -> None:
     transition(notebook, State.STOPPING, actor=SYSTEM, code=InfoCode.EDITOR_DIED, message=message)
 
 
-def finish_stop(notebook: Notebook, *, workspace_size: int | None, failure: str = "") -> None:
+def finish_stop(
+    notebook: Notebook,
+    *,
+    workspace_size: int | None,
+    failure: str = "",
+    failure_code: InfoCode = InfoCode.BACKUP_FAILED,
+) -> None:
     # Why the notebook entered STOPPING decides how it ends: a failure (a dead
     # editor) ends FAILED with that reason even though the workspace is saved.
     entered = notebook.events.filter(to_state=State.STOPPING).order_by("-at", "-id").first()
     if failure:
-        target, code, message = State.FAILED, InfoCode.BACKUP_FAILED, failure
+        target, code, message = State.FAILED, failure_code, failure
     elif entered is not None and entered.code in FAILURE_CODES:
         target, code, message = State.FAILED, entered.code, entered.message
     else:

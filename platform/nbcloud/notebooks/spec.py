@@ -127,6 +127,11 @@ def _check_mount(mount: str) -> str:
         raise ValidationError(f"mount path {mount!r} is the workspace itself: mount below it")
     if any(clean == p or (p != "/" and clean.startswith(p + "/")) for p in SYSTEM_PATHS):
         raise ValidationError(f"mount path {mount!r} is a system path: use e.g. /workspace/data")
+    if not clean.startswith(WORKSPACE + "/"):
+        raise ValidationError(
+            f"mount path {mount!r} is outside the workspace: volumes are mounted below "
+            "/workspace, e.g. /workspace/data"
+        )
     return clean
 
 

@@ -21,15 +21,21 @@ QUOTA_STATES = frozenset(
 )
 # An editor is (or should be) up.
 UP_STATES = frozenset({State.RUNNING, State.RESTARTING})
+# Holding capacity on a host that was lost: they start again elsewhere.
+HOST_LOST_STATES = frozenset({State.STARTING, State.RUNNING, State.RESTARTING})
 # Waiting on a task; reconcile re-sends it if it seems lost.
 TRANSITIONAL_STATES = frozenset({State.STARTING, State.STOPPING, State.DELETING, State.RESTARTING})
 TERMINAL_STATES = frozenset({State.DELETED})
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.QUEUED: frozenset({State.STARTING, State.STOPPED, State.DELETING, State.FAILED}),
-    State.STARTING: frozenset({State.RUNNING, State.FAILED, State.QUEUED}),
+    State.STARTING: frozenset({State.RUNNING, State.FAILED, State.QUEUED, State.RESTARTING}),
     State.RUNNING: frozenset({State.STOPPING, State.RESTARTING, State.DELETING}),
-    State.RESTARTING: frozenset({State.RUNNING, State.STOPPING, State.FAILED}),
+    # From RESTARTING after its host was lost: placed again (STARTING) or
+    # waiting for capacity (QUEUED).
+    State.RESTARTING: frozenset(
+        {State.RUNNING, State.STOPPING, State.FAILED, State.STARTING, State.QUEUED}
+    ),
     State.STOPPING: frozenset({State.STOPPED, State.FAILED}),
     State.STOPPED: frozenset({State.QUEUED, State.DELETING}),
     State.FAILED: frozenset({State.QUEUED, State.DELETING}),
@@ -85,7 +91,14 @@ class InfoCode(models.TextChoices):
 
 
 # A notebook stopped for one of these ends FAILED rather than STOPPED.
-FAILURE_CODES = frozenset({InfoCode.EDITOR_DIED, InfoCode.START_FAILED, InfoCode.BACKUP_FAILED})
+FAILURE_CODES = frozenset(
+    {
+        InfoCode.EDITOR_DIED,
+        InfoCode.START_FAILED,
+        InfoCode.BACKUP_FAILED,
+        InfoCode.DATA_SYNC_FAILED,
+    }
+)
 
 
 def is_legal(from_state: str, to_state: str) -> bool:

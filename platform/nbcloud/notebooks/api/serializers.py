@@ -178,10 +178,13 @@ class NotebookSpecSerializer(serializers.Serializer):
                     f"known: {', '.join(sorted(aliases)) or 'none'} (add one with POST "
                     ".../datastores/)"
                 )
-            kind = "object-storage" if volume["type"] == "object" else "git"
-            raise serializers.ValidationError(
-                f"volume {volume['spec']!r}: {kind} volumes are not available on this platform yet"
-            )
+            if volume["type"] == "object":
+                kind = project.datastores.get(alias=volume["alias"]).type
+                if kind != "s3":
+                    raise serializers.ValidationError(
+                        f"volume {volume['spec']!r}: datastore {volume['alias']!r} is a {kind} "
+                        "datastore; object-storage volumes need an s3 one"
+                    )
         return value
 
     def to_model_fields(self) -> dict:
@@ -203,6 +206,17 @@ class NotebookSpecSerializer(serializers.Serializer):
             "ssh_public_keys": data["ssh_public_keys"],
             "timeout_auto_restart": data["timeout_auto_restart"],
         }
+
+
+class ForkSerializer(serializers.Serializer):
+    name = serializers.RegexField(
+        r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,99}$",
+        required=False,
+        default="",
+        error_messages={
+            "invalid": "use up to 100 letters, digits, '-', '_' and '.', starting with a letter or digit"
+        },
+    )
 
 
 class NotebookUpdateSerializer(serializers.Serializer):
@@ -267,7 +281,7 @@ class NotebookSerializer(serializers.ModelSerializer):
             "duration": _duration(nb),
             "workspace_size": nb.workspace_size,
             "cost_to_date": [c.as_dict() for c in cost_to_date(notebook=nb)],
-            "data_sync": [],
+            "data_sync": nb.data_sync,
         }
 
 

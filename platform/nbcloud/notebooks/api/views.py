@@ -14,6 +14,7 @@ from nbcloud.projects.models import WRITE_ROLES
 
 from .serializers import (
     BackupSerializer,
+    ForkSerializer,
     GrantSerializer,
     NotebookEventSerializer,
     NotebookSerializer,
@@ -118,6 +119,40 @@ class NotebookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectS
         notebook = self.get_object()
         page = self.paginate_queryset(notebook.backups.all())
         return self.get_paginated_response(BackupSerializer(page, many=True).data)
+
+    @extend_schema(responses=BackupSerializer)
+    @action(detail=True, methods=["get"], url_path=r"backups/(?P<backup_id>[0-9a-f-]{36})")
+    def backup(self, request, backup_id, *args, **kwargs):
+        return Response(BackupSerializer(self._backup(backup_id)).data)
+
+    @extend_schema(request=ForkSerializer, responses={201: NotebookSerializer})
+    @action(detail=True, methods=["post"], url_path=r"backups/(?P<backup_id>[0-9a-f-]{36})/fork")
+    def fork(self, request, backup_id, *args, **kwargs):
+        """A new notebook with this one's spec, starting from the backup's workspace."""
+        backup = self._backup(backup_id)
+        if self.role not in WRITE_ROLES:  # a grant on one notebook does not create others
+            raise exceptions.PermissionDenied(
+                "Forking creates a notebook: it needs the operator role on the project."
+            )
+        options = ForkSerializer(data=request.data)
+        options.is_valid(raise_exception=True)
+        notebook = services.fork(
+            backup, actor=actor_of(request), user=request.user, name=options.validated_data["name"]
+        )
+        return Response(self.get_serializer(notebook).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={202: NotebookSerializer})
+    @action(detail=True, methods=["post"])
+    def datasync(self, request, *args, **kwargs):
+        """Push the RW volumes of a running notebook now."""
+        notebook = services.request_datasync(self.get_object(), actor=actor_of(request))
+        return Response(self.get_serializer(notebook).data, status=status.HTTP_202_ACCEPTED)
+
+    def _backup(self, backup_id):
+        backup = self.get_object().backups.filter(pk=backup_id).first()
+        if backup is None:
+            raise exceptions.NotFound(f"This notebook has no backup {backup_id}.")
+        return backup
 
     @extend_schema(request=GrantSerializer, responses=GrantSerializer(many=True))
     @action(detail=True, methods=["get", "post"])
