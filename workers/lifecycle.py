@@ -18,18 +18,21 @@ from nbcloud.notebooks import services
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import InfoCode, State
 
-from . import code_server, environments, volumes, workspace
+from . import code_server, environments, ledger, volumes, workspace
 from .runtimes import LaunchSpec, Runtime, StartError, get_runtime
 from .runtimes.editors import readiness_headers, readiness_path
 
 log = logging.getLogger(__name__)
 
 
-def register_host() -> None:
+def register_host(
+    name: str | None = None, region: str | None = None, labels: dict[str, str] | None = None
+) -> None:
+    """Register this machine as host `name` (default: the settings) with its inventory."""
     host_services.register(
-        settings.NBCLOUD_HOST_NAME,
-        settings.NBCLOUD_HOST_REGION,
-        read_inventory(settings.NBCLOUD_WORKSPACES_DIR),
+        name or settings.NBCLOUD_HOST_NAME,
+        region or settings.NBCLOUD_HOST_REGION,
+        read_inventory(settings.NBCLOUD_WORKSPACES_DIR, labels),
         settings.NBCLOUD_RUNTIME,
     )
 
@@ -117,6 +120,7 @@ def start(notebook_id: str, host: str) -> None:
         # Recorded before waiting: a worker killed now leaves a successor the
         # editor to adopt, not an orphan to duplicate.
         services.save_runtime_state(notebook, runtime.get_state())
+        ledger.record(host, notebook, runtime.get_state())
         wait_ready(runtime, settings.NBCLOUD_EDITOR_READY_TIMEOUT)
     except Exception as exc:
         log.exception("notebook %s failed to start on %s", notebook_id, host)

@@ -1,7 +1,6 @@
 """Celery tasks: thin adapters that take ids, reload rows and call a service."""
 
 from celery import shared_task
-from celery.signals import worker_ready
 from django.conf import settings
 
 from . import lifecycle, reconcile
@@ -49,12 +48,3 @@ def billing_tick() -> None:
     from nbcloud.billing.services import tick
 
     tick()
-
-
-@worker_ready.connect
-def register_this_host(sender=None, **kwargs) -> None:
-    """A worker that consumes a host queue registers that host with its inventory."""
-    queues = {q.name for q in sender.app.amqp.queues.consume_from.values()} if sender else set()
-    host = settings.NBCLOUD_HOST_NAME
-    if f"host.{host}" in queues:
-        lifecycle.register_host()

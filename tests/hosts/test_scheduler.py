@@ -19,19 +19,29 @@ GIB = 1024**3
 T0 = timezone.now() - timedelta(hours=1)
 
 
-def make_host(name, *, region="GRA", cpus=8, memory_gib=64, gpus=0, state=HostState.READY):
+def make_host(
+    name,
+    *,
+    region="GRA",
+    cpus=8,
+    memory_gib=64,
+    disk_gib=4000,
+    gpus=0,
+    model="Tesla V100S",
+    state=HostState.READY,
+):
     return Host.objects.create(
         name=name,
         region=region,
         state=state,
         cpus=cpus,
         memory_bytes=memory_gib * GIB,
-        disk_bytes=1000 * GIB,
+        disk_bytes=disk_gib * GIB,
         gpus=[
             {
                 "index": i,
                 "uuid": f"GPU-{name}-{i}",
-                "model": "Tesla V100S",
+                "model": model,
                 "memory_bytes": 32 * GIB,
             }
             for i in range(gpus)

@@ -7,6 +7,7 @@ from nbcloud.notebooks import services
 from nbcloud.notebooks.models import Notebook, NotebookEvent
 from nbcloud.notebooks.states import (
     ACTIONS,
+    HOST_LOST_STATES,
     QUOTA_STATES,
     TERMINAL_STATES,
     TRANSITIONS,
@@ -123,3 +124,11 @@ def test_deleted_is_final(notebook):
         with pytest.raises(services.InvalidState):
             services.transition(notebook, target, actor="t", code=InfoCode.OK)
     assert NotebookEvent.objects.filter(notebook=notebook).count() == 2
+
+
+def test_a_lost_hosts_notebooks_can_restart_elsewhere_or_wait():
+    for state in HOST_LOST_STATES - {State.RESTARTING}:
+        assert is_legal(state, State.RESTARTING), state
+    # Placed again on another host, or back in the queue when none has room.
+    assert is_legal(State.RESTARTING, State.STARTING)
+    assert is_legal(State.RESTARTING, State.QUEUED)

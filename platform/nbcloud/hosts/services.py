@@ -1,23 +1,32 @@
-"""Hosts: registration, heartbeats, and placing queued notebooks on them.
+"""Hosts: registration, heartbeats, loss, draining, and placing notebooks on them.
 
 Placement policy: first come, first served within a region and a kind of
 resource (GPU notebooks do not wait behind CPU ones, nor the reverse), and
-pack: among the hosts that fit, take the fullest, so whole hosts stay free for
-notebooks that need many GPUs. A notebook reserves its GPUs (by UUID), its
-vCPUs and its memory; local storage is a limit, not a reservation.
+pack: among the READY hosts of the region that fit, take the fullest (fewest
+free GPUs, then fewest free vCPUs), so whole hosts stay free for notebooks
+that need many GPUs. A notebook reserves, per unit of its flavor, its GPUs
+(by UUID, never shared), vCPUs, memory and local storage.
+
+Every placement pass locks the READY hosts (SELECT ... FOR UPDATE, in name
+order; SQLite's writer lock does the same) and reads what they hold inside
+that lock, so two schedulers racing for the last GPU cannot both take it.
 """
 
 import logging
 import secrets
+from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
+from nbcloud.billing import services as billing
 from nbcloud.catalog.services import catalog
 from nbcloud.notebooks import services as notebook_services
 from nbcloud.notebooks.models import Notebook
-from nbcloud.notebooks.states import InfoCode, State
+from nbcloud.notebooks.states import HOST_LOST_STATES, InfoCode, State
 
 from .models import Host, HostState
 
@@ -25,7 +34,14 @@ log = logging.getLogger(__name__)
 GIB = 1024**3
 
 
+def _schedule_on_commit() -> None:
+    from workers.tasks import schedule
+
+    schedule.delay_on_commit()
+
+
 def register(name: str, region: str, inventory: dict, runtime: str) -> Host:
+    """Create or refresh host `name` with what it offers; a LOST host is READY again."""
     host, created = Host.objects.update_or_create(
         name=name,
         defaults={
@@ -39,46 +55,204 @@ def register(name: str, region: str, inventory: dict, runtime: str) -> Host:
         Host.objects.filter(pk=host.pk).update(state=HostState.READY)
         host.state = HostState.READY
     log.info("host %s registered in %s: %s", name, region, inventory)
+    _schedule_on_commit()  # what waits may fit now
     return host
+
+
+def heartbeat(name: str) -> Host | None:
+    """Host `name` is alive; a LOST one becomes READY again. None: no such host."""
+    with transaction.atomic():
+        if not Host.objects.filter(name=name).update(last_heartbeat_at=timezone.now()):
+            return None
+        if Host.objects.filter(name=name, state=HostState.LOST).update(state=HostState.READY):
+            log.warning("host %s answers again: READY", name)
+            _schedule_on_commit()
+    return Host.objects.get(name=name)
+
+
+def drain(host: Host) -> bool:
+    """No new notebooks on `host`; those it runs keep running. False: it was not READY."""
+    return bool(
+        Host.objects.filter(pk=host.pk, state=HostState.READY).update(state=HostState.DRAINING)
+    )
+
+
+def undrain(host: Host) -> bool:
+    """A DRAINING host takes notebooks again. False: it was not DRAINING."""
+    with transaction.atomic():
+        done = Host.objects.filter(pk=host.pk, state=HostState.DRAINING).update(
+            state=HostState.READY
+        )
+        if done:
+            _schedule_on_commit()
+    return bool(done)
+
+
+def mark_lost(silent_since: datetime) -> list[str]:
+    """Mark every host silent since before `silent_since` LOST and move its notebooks.
+
+    The claim is a conditional UPDATE on the heartbeat seen, so a host that
+    heart-beats meanwhile is left alone. The next `place_queued` starts the
+    moved notebooks elsewhere. Returns the names of the hosts lost.
+    """
+    lost = []
+    silent = Host.objects.filter(
+        state__in=[HostState.READY, HostState.DRAINING], last_heartbeat_at__lt=silent_since
+    )
+    for host in silent:
+        with transaction.atomic():
+            claimed = Host.objects.filter(
+                pk=host.pk, state=host.state, last_heartbeat_at=host.last_heartbeat_at
+            ).update(state=HostState.LOST)
+            if not claimed:
+                continue
+            log.warning("host %s lost: no heartbeat since %s", host.name, host.last_heartbeat_at)
+            for notebook in Notebook.objects.select_for_update().filter(host=host):
+                _host_lost(notebook, host)
+        lost.append(host.name)
+    return lost
+
+
+def _host_lost(notebook: Notebook, host: Host) -> None:
+    """Release the notebook's capacity on a lost host, billed up to its last heartbeat.
+
+    A live notebook starts again elsewhere from its last backup (RESTARTING,
+    then placed or QUEUED keeping its place in line); a stop that was saving
+    the workspace ends FAILED with the last backup kept; a delete completes.
+    """
+    heard = host.last_heartbeat_at
+    opened = notebook.intervals.filter(ended_at__isnull=True).values_list("started_at", flat=True)
+    if opened:
+        billing.close_interval(notebook, at=max(heard, opened[0]))
+    when = timezone.localtime(heard).strftime("%Y-%m-%d %H:%M:%S %Z")
+    if notebook.state in HOST_LOST_STATES:
+        target = State.RESTARTING if notebook.state != State.RESTARTING else State.QUEUED
+        message = (
+            f"Host {host.name} stopped answering (last heartbeat {when}); starting again on "
+            "another host from the last backup."
+        )
+    elif notebook.state == State.STOPPING:
+        target = State.FAILED
+        message = (
+            f"Host {host.name} stopped answering (last heartbeat {when}) while the workspace "
+            "was being saved; the last backup is kept."
+        )
+    elif notebook.state == State.DELETING:
+        target, message = State.DELETED, f"Deleted; host {host.name} is lost with its local data."
+    else:
+        return
+    notebook_services.transition(
+        notebook,
+        target,
+        actor=notebook_services.SYSTEM,
+        code=InfoCode.HOST_LOST,
+        message=message,
+        **{**notebook_services._release_fields(), "last_stopped_at": heard},
+    )
+
+
+@dataclass(frozen=True)
+class Need:
+    """What a notebook reserves: its flavor's per-unit resources times its units."""
+
+    gpus: int
+    cpus: int
+    memory: int
+    disk: int
+    gpu_model: str = ""
+
+    @classmethod
+    def of(cls, notebook: Notebook) -> "Need":
+        flavor = catalog().flavors[notebook.flavor]
+        units = notebook.units
+        return cls(
+            notebook.gpu,
+            flavor.cpus * units,
+            flavor.memory_gib * GIB * units,
+            flavor.storage_gib * GIB * units,
+            flavor.gpu_model if notebook.gpu else "",
+        )
 
 
 @dataclass
 class Capacity:
+    """What a host has left, given the notebooks holding capacity on it."""
+
     host: Host
     free_cpus: int
     free_memory: int
+    free_disk: int
     free_gpus: list[str] = field(default_factory=list)
 
-    def needs(self, notebook: Notebook) -> tuple[int, int, int]:
-        flavor = catalog().flavors[notebook.flavor]
-        units = notebook.units
-        return notebook.gpu, flavor.cpus * units, flavor.memory_gib * GIB * units
+    @classmethod
+    def of(cls, host: Host, notebooks) -> "Capacity":
+        capacity = cls(host, host.cpus, host.memory_bytes, host.disk_bytes, list(host.gpu_uuids))
+        for notebook in notebooks:
+            capacity.take(Need.of(notebook), notebook.gpu_uuids)
+        return capacity
 
-    def fits(self, notebook: Notebook) -> bool:
-        gpus, cpus, memory = self.needs(notebook)
-        return len(self.free_gpus) >= gpus and self.free_cpus >= cpus and self.free_memory >= memory
+    def _gpus_for(self, need: Need) -> list[str]:
+        """Free GPUs of the model the flavor names (e.g. "H100 80GB HBM3" in
+        NVML's "NVIDIA H100 80GB HBM3"); any model when it names none."""
+        if not need.gpus or not need.gpu_model:
+            return self.free_gpus
+        models = {gpu["uuid"]: gpu["model"].lower() for gpu in self.host.gpus}
+        wanted = need.gpu_model.lower()
+        return [uuid for uuid in self.free_gpus if wanted in models[uuid]]
 
-    def take(self, notebook: Notebook) -> list[str]:
-        gpus, cpus, memory = self.needs(notebook)
-        taken, self.free_gpus = self.free_gpus[:gpus], self.free_gpus[gpus:]
-        self.free_cpus -= cpus
-        self.free_memory -= memory
-        return taken
+    def fits(self, need: Need) -> bool:
+        return (
+            self.free_cpus >= need.cpus
+            and self.free_memory >= need.memory
+            and self.free_disk >= need.disk
+            and len(self._gpus_for(need)) >= need.gpus
+        )
+
+    def take(self, need: Need, gpu_uuids: list[str] | None = None) -> list[str]:
+        """Reserve `need`; returns its GPUs (`gpu_uuids`, else the first free that fit)."""
+        if gpu_uuids is None:
+            gpu_uuids = self._gpus_for(need)[: need.gpus]
+        self.free_gpus = [g for g in self.free_gpus if g not in gpu_uuids]
+        self.free_cpus -= need.cpus
+        self.free_memory -= need.memory
+        self.free_disk -= need.disk
+        return list(gpu_uuids)
+
+    @property
+    def used(self) -> dict:
+        host = self.host
+        return {
+            "gpus": len(host.gpus) - len(self.free_gpus),
+            "cpus": host.cpus - self.free_cpus,
+            "memory_bytes": host.memory_bytes - self.free_memory,
+            "disk_bytes": host.disk_bytes - self.free_disk,
+        }
 
 
-def _capacities(hosts: list[Host]) -> dict[int, Capacity]:
-    capacity = {h.pk: Capacity(h, h.cpus, h.memory_bytes, list(h.gpu_uuids)) for h in hosts}
-    for notebook in Notebook.objects.filter(host__in=hosts):
-        cap = capacity[notebook.host_id]
-        _, cpus, memory = cap.needs(notebook)
-        cap.free_cpus -= cpus
-        cap.free_memory -= memory
-        cap.free_gpus = [g for g in cap.free_gpus if g not in notebook.gpu_uuids]
-    return capacity
+def capacities(hosts: list[Host]) -> dict[int, Capacity]:
+    """Each host's capacity left, from the notebooks that hold capacity there."""
+    holding = defaultdict(list)
+    for notebook in Notebook.objects.filter(host__in=hosts).only(
+        "host_id", "flavor", "gpu", "cpu", "gpu_uuids"
+    ):
+        holding[notebook.host_id].append(notebook)
+    return {h.pk: Capacity.of(h, holding[h.pk]) for h in hosts}
+
+
+def _waiting_message(notebook: Notebook, position: int) -> str:
+    unit = "GPU" if notebook.gpu else "CPU"
+    return (
+        f"Waiting for capacity: position {position} in region {notebook.region} "
+        f"for {notebook.units} {unit}{'s' if notebook.units > 1 else ''}."
+    )
 
 
 def place_queued() -> list[tuple[str, str]]:
-    """Place every queued notebook that fits, in order; returns (notebook id, host)."""
+    """Place every waiting notebook that fits, in order; returns (notebook id, host).
+
+    Waiting: QUEUED, and RESTARTING without a host (its host was lost). Those
+    that do not fit get their position in their region's line in `info`.
+    """
     from workers.tasks import start_notebook
 
     placed = []
@@ -86,23 +260,23 @@ def place_queued() -> list[tuple[str, str]]:
         hosts = list(
             Host.objects.select_for_update().filter(state=HostState.READY).order_by("name")
         )
-        capacity = _capacities(hosts)
-        queued = (
+        by_region = defaultdict(list)
+        for capacity in capacities(hosts).values():
+            by_region[capacity.host.region].append(capacity)
+        waiting = (
             Notebook.objects.select_for_update()
-            .filter(state=State.QUEUED)
+            .filter(Q(state=State.QUEUED) | Q(state=State.RESTARTING, host=None))
             .order_by("queued_at", "created_at")
         )
-        positions: dict[tuple[str, str], int] = {}
-        for notebook in queued:
-            kind = (notebook.region, "GPU" if notebook.gpu else "CPU")
-            candidates = [
-                c
-                for c in capacity.values()
-                if c.host.region == notebook.region and c.fits(notebook)
-            ]
-            if kind not in positions and candidates:
+        positions: dict[tuple[str, bool], int] = {}
+        for notebook in waiting:
+            line = (notebook.region, bool(notebook.gpu))
+            candidates = []
+            if line not in positions:
+                need = Need.of(notebook)
+                candidates = [c for c in by_region[notebook.region] if c.fits(need)]
+            if candidates:
                 best = min(candidates, key=lambda c: (len(c.free_gpus), c.free_cpus, c.host.name))
-                gpu_uuids = best.take(notebook)
                 notebook_services.transition(
                     notebook,
                     State.STARTING,
@@ -110,7 +284,7 @@ def place_queued() -> list[tuple[str, str]]:
                     code=InfoCode.PLACED,
                     message=f"Placed on host {best.host.name}.",
                     host=best.host,
-                    gpu_uuids=gpu_uuids,
+                    gpu_uuids=best.take(need),
                     # A new secret for every run: whoever could open the
                     # editor before loses it when the notebook restarts.
                     editor_secret=secrets.token_hex(24),
@@ -118,12 +292,16 @@ def place_queued() -> list[tuple[str, str]]:
                 start_notebook.delay_on_commit(str(notebook.pk), host=best.host.name)
                 placed.append((str(notebook.pk), best.host.name))
                 continue
-            positions[kind] = positions.get(kind, 0) + 1
-            unit = "GPU" if notebook.gpu else "CPU"
-            message = (
-                f"Waiting for capacity: position {positions[kind]} in region {notebook.region} "
-                f"for {notebook.units} {unit}{'s' if notebook.units > 1 else ''}."
-            )
-            if notebook.info_message != message:
+            positions[line] = positions.get(line, 0) + 1
+            message = _waiting_message(notebook, positions[line])
+            if notebook.state == State.RESTARTING:
+                notebook_services.transition(
+                    notebook,
+                    State.QUEUED,
+                    actor=notebook_services.SYSTEM,
+                    code=InfoCode.WAITING_FOR_CAPACITY,
+                    message=message,
+                )
+            elif notebook.info_message != message:
                 notebook_services.set_info(notebook, InfoCode.WAITING_FOR_CAPACITY, message)
     return placed
