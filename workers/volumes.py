@@ -426,11 +426,18 @@ GIT_ERRORS = (
         "the git server refused the credentials{creds}",
     ),
     (
-        re.compile(r"not found|does not appear to be a git repository|404", re.I),
+        re.compile(
+            r"not found|does not appear to be a git repository|404|repository not exported",
+            re.I,
+        ),
         "repository not found (check the URL{creds_hint})",
     ),
     (
-        re.compile(r"Could not resolve host|Connection refused|unable to connect|timed out", re.I),
+        re.compile(
+            r"Could not resolve host|Connection refused|unable to connect|timed out|"
+            r"Couldn't connect",
+            re.I,
+        ),
         "cannot reach the git server {host}",
     ),
 )
@@ -468,7 +475,8 @@ def _git_error(volume: dict, store: Datastore | None, stderr: str, secrets: list
                 host=host,
             )
             return f"volume {volume['spec']}: {message}"
-    last = next((line for line in reversed(stderr.splitlines()) if line.strip()), "")
+    lines = [line.strip(" '") for line in stderr.splitlines()]
+    last = next((line for line in reversed(lines) if line), "")
     for secret in secrets:
         last = last.replace(secret, "***")
     return f"volume {volume['spec']}: git clone failed: {last.strip()[:300]}"
@@ -570,6 +578,7 @@ def prepare(notebook: Notebook, workspace: Path) -> list[Mount]:
             directory = pull_object_volume(notebook, index, volume, status)
             _chown_tree(directory, notebook.sandbox_uid)
             os.chmod(directory, 0o700)
+            _workspace_target(workspace, volume["mount_path"]).mkdir(parents=True, exist_ok=True)
             mounts.append(Mount(str(directory), volume["mount_path"], volume["permission"] == "RO"))
     except VolumeError as exc:
         _mark_failed(status, str(exc))
