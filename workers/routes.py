@@ -22,6 +22,9 @@ ROUTES: dict[str, Queue] = {
     "notebooks.delete": Queue.HOST,
     "notebooks.push_volumes": Queue.HOST,
     "hosts.check_notebooks": Queue.HOST,
+    "notebooks.check_limits": Queue.CONTROL,
+    "notebooks.restart": Queue.HOST,
+    "hosts.check_idle": Queue.HOST,
     "billing.tick": Queue.BILLING,
 }
 

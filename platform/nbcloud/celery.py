@@ -8,6 +8,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nbcloud.settings")
 
 app = Celery("nbcloud")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.include = ["workers.tasks"]
+app.conf.include = ["workers.tasks", "workers.idle"]
 app.conf.task_routes = ("workers.routes.route_task",)
 install_host_options(app)

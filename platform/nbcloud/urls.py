@@ -2,6 +2,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from nbcloud.monitoring.views import metrics as metrics_view
+
 project_urls = [
     path("", include("nbcloud.notebooks.api.urls")),
     path("", include("nbcloud.projects.api.urls")),
@@ -19,6 +21,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("gateway/", include("nbcloud.gateway.urls")),
     path("api/v1/", include(api_v1)),
+    path("metrics", metrics_view, name="metrics"),
 ]
 
 

@@ -1,0 +1,154 @@
+"""`GET /metrics`: who may read it, and what the fleet series say."""
+
+import pytest
+from celery import signals as celery_signals
+from conftest import make_notebook
+from prometheus_client.parser import text_string_to_metric_families
+
+from nbcloud.hosts.models import Host
+from nbcloud.monitoring import fleet
+
+pytestmark = pytest.mark.django_db
+
+
+def samples(text: str) -> dict[tuple, float]:
+    """{(sample name, sorted labels): value} of an exposition."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def scrape(client, **extra) -> dict[tuple, float]:
+    reply = client.get("/metrics", **extra)
+    assert reply.status_code == 200, reply.content
+    assert reply["Content-Type"].startswith("text/plain")
+    return samples(reply.content.decode())
+
+
+@pytest.fixture
+def token(settings):
+    settings.NBCLOUD_METRICS_TOKEN = "metrics-secret"
+    return "metrics-secret"
+
+
+def test_loopback_may_read_metrics_without_a_token(client):
+    assert scrape(client)  # the test client is 127.0.0.1, in the default networks
+
+
+def test_other_networks_need_the_token(client, token):
+    refused = client.get("/metrics", REMOTE_ADDR="203.0.113.9")
+    assert refused.status_code == 403
+    assert "NBCLOUD_METRICS_TOKEN" in refused.json()["message"]
+    assert scrape(client, REMOTE_ADDR="203.0.113.9", HTTP_AUTHORIZATION=f"Bearer {token}")
+
+
+def test_a_wrong_token_is_refused_even_from_an_allowed_network(client, token):
+    reply = client.get("/metrics", HTTP_AUTHORIZATION="Bearer nope")
+    assert reply.status_code == 401
+    assert reply["WWW-Authenticate"] == "Bearer"
+
+
+def test_no_token_configured_refuses_every_bearer(client, settings):
+    settings.NBCLOUD_METRICS_TOKEN = ""
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer ").status_code == 401
+
+
+def test_networks_can_be_configured(client, settings):
+    import ipaddress
+
+    settings.NBCLOUD_METRICS_ALLOWED_NETWORKS = (ipaddress.ip_network("10.0.0.0/8"),)
+    assert client.get("/metrics").status_code == 403
+    assert scrape(client, REMOTE_ADDR="10.1.2.3")
+
+
+def test_a_bad_network_setting_names_the_variable(monkeypatch):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from nbcloud.envconf import envnetworks
+
+    monkeypatch.setenv("NBCLOUD_METRICS_ALLOWED_NETWORKS", "10.0.0.0/8,office")
+    with pytest.raises(ImproperlyConfigured, match="NBCLOUD_METRICS_ALLOWED_NETWORKS.*'office'"):
+        envnetworks("NBCLOUD_METRICS_ALLOWED_NETWORKS", "")
+
+
+def test_notebooks_are_counted_by_state_and_region(client, alpha):
+    make_notebook(alpha, state="RUNNING", region="GRA")
+    make_notebook(alpha, state="RUNNING", region="GRA")
+    make_notebook(alpha, state="QUEUED", region="BHS")
+    make_notebook(alpha, state="DELETED", region="GRA")
+    found = scrape(client)
+    assert found[("nbcloud_notebooks", (("region", "GRA"), ("state", "RUNNING")))] == 2
+    assert found[("nbcloud_notebooks", (("region", "BHS"), ("state", "QUEUED")))] == 1
+    assert found[("nbcloud_notebooks", (("region", "GRA"), ("state", "STOPPED")))] == 0
+    assert not any(labels == (("region", "GRA"), ("state", "DELETED")) for _, labels in found)
+
+
+def test_host_gpus_are_free_or_used(client, alpha):
+    gpus = [{"index": i, "uuid": f"GPU-{i}", "model": "H100", "memory_bytes": 1} for i in range(4)]
+    host = Host.objects.create(
+        name="gpu-1", region="GRA", cpus=64, memory_bytes=1, disk_bytes=1, gpus=gpus
+    )
+    make_notebook(
+        alpha, state="RUNNING", host=host, gpu=3, cpu=0, gpu_uuids=["GPU-0", "GPU-1", "GPU-2"]
+    )
+    found = scrape(client)
+    assert found[("nbcloud_host_gpus", (("host", "gpu-1"), ("state", "used")))] == 3
+    assert found[("nbcloud_host_gpus", (("host", "gpu-1"), ("state", "free")))] == 1
+
+
+def test_queue_lengths_come_from_the_broker(client, broker_url, alpha):
+    from workers.idle import check_idle_task
+
+    Host.objects.create(name="far-away", region="GRA", cpus=1, memory_bytes=1, disk_bytes=1)
+    fleet.broker_redis().delete("host.far-away")
+    for _ in range(3):
+        check_idle_task.delay(host="far-away")  # no worker consumes this host's queue
+    try:
+        found = scrape(client)
+        assert found[("nbcloud_queue_length", (("queue", "host.far-away"),))] == 3
+        assert ("nbcloud_queue_length", (("queue", "control"),)) in found
+    finally:
+        fleet.broker_redis().delete("host.far-away")
+
+
+def test_task_failures_are_counted_across_processes(client, broker_url):
+    class FailedTask:
+        name = "tests.failing"
+
+    key = ("nbcloud_task_failures_total", (("task", "tests.failing"),))
+    before = scrape(client).get(key, 0)
+    celery_signals.task_failure.send(sender=FailedTask())
+    celery_signals.task_failure.send(sender=FailedTask())
+    assert scrape(client)[key] == before + 2
+
+
+def test_histograms_are_cumulative(client, broker_url):
+    labels = (("runtime", "tests"),)
+    before = scrape(client)
+    fleet.observe(fleet.START_DURATION, 3.5, runtime="tests")
+    fleet.observe(fleet.START_DURATION, 45, runtime="tests")
+    found = scrape(client)
+
+    def grew(name, extra=()):
+        key = (f"nbcloud_notebook_start_duration_seconds_{name}", tuple(sorted(labels + extra)))
+        return found[key] - before.get(key, 0)
+
+    assert grew("count") == 2
+    assert grew("sum") == pytest.approx(48.5)
+    assert grew("bucket", (("le", "2.0"),)) == 0
+    assert grew("bucket", (("le", "5.0"),)) == 1
+    assert grew("bucket", (("le", "60.0"),)) == 2
+    assert grew("bucket", (("le", "+Inf"),)) == 2
+    assert ("nbcloud_billing_tick_duration_seconds_count", ()) in found
+
+
+def test_a_broker_that_is_down_leaves_out_broker_series_only(client, monkeypatch):
+    import redis
+
+    monkeypatch.setattr(fleet, "_client", redis.Redis(unix_socket_path="/nonexistent.sock"))
+    found = scrape(client)
+    assert not any(name == "nbcloud_queue_length" for name, _ in found)
+    assert any(name == "nbcloud_notebooks" for name, _ in found)
+    fleet.increment(fleet.TASK_FAILURES, task="x")  # recording never raises
