@@ -7,76 +7,14 @@ sent on commit and captured, never run.
 from datetime import timedelta
 
 import pytest
-from django.utils import timezone
+from host_factories import T0, fresh, make_host, make_notebook, release
 
-from nbcloud.hosts.models import Host, HostState
+from nbcloud.hosts.models import HostState
 from nbcloud.hosts.services import place_queued
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import State
 
 pytestmark = pytest.mark.django_db
-GIB = 1024**3
-T0 = timezone.now() - timedelta(hours=1)
-
-
-def make_host(
-    name,
-    *,
-    region="GRA",
-    cpus=8,
-    memory_gib=64,
-    disk_gib=4000,
-    gpus=0,
-    model="Tesla V100S",
-    state=HostState.READY,
-):
-    return Host.objects.create(
-        name=name,
-        region=region,
-        state=state,
-        cpus=cpus,
-        memory_bytes=memory_gib * GIB,
-        disk_bytes=disk_gib * GIB,
-        gpus=[
-            {
-                "index": i,
-                "uuid": f"GPU-{name}-{i}",
-                "model": model,
-                "memory_bytes": 32 * GIB,
-            }
-            for i in range(gpus)
-        ],
-    )
-
-
-_order = iter(range(1_000_000))
-
-
-def make_notebook(project, name, *, cpu=0, gpu=0, region="GRA", **fields):
-    """A QUEUED notebook; each one made later queues later."""
-    return Notebook.objects.create(
-        project=project,
-        name=name,
-        framework_id="conda",
-        framework_version="py311",
-        editor_id="jupyterlab",
-        flavor="ai1-1-gpu" if gpu else "ai1-1-cpu",
-        gpu=gpu,
-        cpu=cpu,
-        region=region,
-        state=fields.pop("state", State.QUEUED),
-        queued_at=T0 + timedelta(seconds=next(_order)),
-        **fields,
-    )
-
-
-def release(notebook: Notebook) -> None:
-    Notebook.objects.filter(pk=notebook.pk).update(state=State.STOPPED, host=None, gpu_uuids=[])
-
-
-def fresh(notebook: Notebook) -> Notebook:
-    notebook.refresh_from_db()
-    return notebook
 
 
 @pytest.fixture

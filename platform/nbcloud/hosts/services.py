@@ -1,7 +1,8 @@
 """Hosts: registration, heartbeats, loss, draining, and placing notebooks on them.
 
-Placement policy: first come, first served within a region and a kind of
-resource (GPU notebooks do not wait behind CPU ones, nor the reverse), and
+Placement policy: first come, first served within a region and a flavor
+(notebooks wait in line only behind those asking for the same kind of GPU,
+or for CPUs), and
 pack: among the READY hosts of the region that fit, take the fullest (fewest
 free GPUs, then fewest free vCPUs), so whole hosts stay free for notebooks
 that need many GPUs. A notebook reserves, per unit of its flavor, its GPUs
@@ -243,7 +244,8 @@ def _waiting_message(notebook: Notebook, position: int) -> str:
     unit = "GPU" if notebook.gpu else "CPU"
     return (
         f"Waiting for capacity: position {position} in region {notebook.region} "
-        f"for {notebook.units} {unit}{'s' if notebook.units > 1 else ''}."
+        f"for {notebook.units} {unit}{'s' if notebook.units > 1 else ''} of flavor "
+        f"{notebook.flavor}."
     )
 
 
@@ -268,9 +270,9 @@ def place_queued() -> list[tuple[str, str]]:
             .filter(Q(state=State.QUEUED) | Q(state=State.RESTARTING, host=None))
             .order_by("queued_at", "created_at")
         )
-        positions: dict[tuple[str, bool], int] = {}
+        positions: dict[tuple[str, str], int] = {}
         for notebook in waiting:
-            line = (notebook.region, bool(notebook.gpu))
+            line = (notebook.region, notebook.flavor)
             candidates = []
             if line not in positions:
                 need = Need.of(notebook)
