@@ -266,6 +266,34 @@ def s3_endpoint():
 
 
 @pytest.fixture
+def s3_bucket(s3_endpoint):
+    """`s3_bucket(name)` makes a bucket and returns a boto3 client for it; emptied and
+    deleted after the test."""
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    made: list[str] = []
+
+    def make(name: str):
+        client.create_bucket(Bucket=name)
+        made.append(name)
+        return client
+
+    yield make
+    for name in made:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+            for item in page.get("Contents", []):
+                client.delete_object(Bucket=name, Key=item["Key"])
+        client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture
 def this_host(transactional_db):
     """This machine registered as a host (what a worker does when it starts)."""
     from workers.lifecycle import register_host
@@ -379,3 +407,106 @@ class Kernel:
 
         self.ws.close()
         requests.delete(f"{self.base_url}api/kernels/{self.id}", headers=self.headers, timeout=30)
+
+
+# Git servers for git volumes.
+
+
+@pytest.fixture(scope="session")
+def repos(tmp_path_factory) -> Path:
+    """A folder of bare repositories: demo.git with three commits on main and a dev branch."""
+    import git
+
+    root = tmp_path_factory.mktemp("repos")
+    work = git.Repo.init(root / "work", initial_branch="main")
+    for i in range(3):
+        (root / "work" / "README.md").write_text(f"version {i}\n")
+        work.index.add(["README.md"])
+        work.index.commit(f"commit {i}")
+    work.create_head("dev").checkout()
+    (root / "work" / "dev.txt").write_text("on dev\n")
+    work.index.add(["dev.txt"])
+    work.index.commit("dev work")
+    work.heads.main.checkout()
+    work.clone(root / "demo.git", bare=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def git_daemon(repos):
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            "git",
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            f"--base-path={repos}",
+            str(repos),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: _listening(port), timeout=20, what="git daemon")
+    yield f"git://127.0.0.1:{port}"
+    _stop_service(proc)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+# The Docker Engine and the test environment's image, for the docker runtime's tests.
+# Without a reachable dockerd they are skipped, unless NBCLOUD_REQUIRE_DOCKER is set
+# (CI sets it): then they fail, so CI never skips them silently.
+
+
+def _unavailable(reason: str):
+    if os.environ.get("NBCLOUD_REQUIRE_DOCKER"):
+        pytest.fail(f"{reason} (NBCLOUD_REQUIRE_DOCKER is set)")
+    pytest.skip(f"{reason}; set NBCLOUD_REQUIRE_DOCKER=1 to make this a failure")
+
+
+@pytest.fixture(scope="session")
+def docker_api():
+    """An Engine API client, or a skip/failure naming what is missing."""
+    import docker
+
+    try:
+        api = docker.from_env(timeout=30)
+        api.ping()
+    except docker.errors.DockerException as exc:
+        _unavailable(f"no Docker Engine here ({exc}); start dockerd")
+    return api
+
+
+@pytest.fixture(scope="session")
+def docker_image(docker_api) -> str:
+    """The conda environment's image, built when missing or stale (a no-op otherwise)."""
+    from workers.runtimes import images
+
+    try:
+        return images.build("conda", log=lambda _: None)
+    except images.ImageBuildError as exc:
+        _unavailable(f"cannot build the test image: {exc}; run: make docker-images")
+
+
+@pytest.fixture
+def docker_containers(docker_api):
+    """The containers of a notebook, as the runtime labels them."""
+    from workers.runtimes.docker import LABEL_NOTEBOOK
+
+    def containers(notebook_id: str) -> list:
+        return docker_api.containers.list(
+            all=True, filters={"label": f"{LABEL_NOTEBOOK}={notebook_id}"}
+        )
+
+    return containers

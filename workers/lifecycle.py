@@ -50,6 +50,9 @@ def launch_spec(notebook: Notebook) -> LaunchSpec:
     from nbcloud.catalog.services import catalog
 
     flavor = catalog().flavors[notebook.flavor]
+    # Tolerant: a notebook whose environment left the catalogue can still be stopped.
+    framework = catalog().frameworks.get(notebook.framework_id)
+    version = framework.get_version(notebook.framework_version) if framework else None
     return LaunchSpec(
         notebook_id=str(notebook.pk),
         editor_id=notebook.editor_id,
@@ -62,11 +65,18 @@ def launch_spec(notebook: Notebook) -> LaunchSpec:
         cpus=flavor.cpus * notebook.units,
         memory_bytes=flavor.memory_gib * 1024**3 * notebook.units,
         gpu_uuids=tuple(notebook.gpu_uuids),
+        image=version.image if version else "",
+        project=notebook.project.name,
     )
 
 
-def runtime_for(notebook: Notebook) -> Runtime:
-    return get_runtime(launch_spec(notebook), notebook.runtime_state)
+def runtime_for(notebook: Notebook, mounts: list | tuple = ()) -> Runtime:
+    """The runtime of the notebook's host (the one that started its editor)."""
+    name = notebook.host.runtime if notebook.host else None
+    spec = launch_spec(notebook)
+    if mounts:
+        spec = dataclasses.replace(spec, mounts=tuple(mounts))
+    return get_runtime(spec, notebook.runtime_state, name)
 
 
 def wait_ready(runtime: Runtime, timeout: float) -> None:
@@ -96,20 +106,13 @@ def start(notebook_id: str, host: str) -> None:
         return
     runtime = runtime_for(notebook)
     try:
-        if not environments.is_built(notebook.framework_id, notebook.framework_version):
-            raise StartError(
-                f"Environment {notebook.framework_id} {notebook.framework_version} is not "
-                f"installed on host {host}.",
-                f"run: manage.py buildenvs {notebook.framework_id}:{notebook.framework_version}",
-            )
+        runtime.check_environment(notebook.framework_id, notebook.framework_version)
         services.set_info(notebook, InfoCode.RESTORING_WORKSPACE, "Restoring the workspace.")
         path = workspace.prepare(notebook)
         if notebook.volumes:
             services.set_info(notebook, InfoCode.PULLING_DATA, "Pulling the volumes' data.")
             mounts = volumes.prepare(notebook, path)
-            runtime = get_runtime(
-                dataclasses.replace(runtime.spec, mounts=tuple(mounts)), notebook.runtime_state
-            )
+            runtime = runtime_for(notebook, mounts)
         if notebook.editor_id == "vscode" and not code_server.is_installed():
             services.set_info(
                 notebook, InfoCode.STARTING_EDITOR, "Installing VS Code on this host (once)."

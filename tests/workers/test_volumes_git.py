@@ -13,7 +13,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import git
 import pytest
-from conftest import _stop_service, free_port, make_notebook, wait_for
+from conftest import make_notebook
 
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.spec import parse_volume
@@ -21,56 +21,6 @@ from nbcloud.projects.models import Datastore, Project
 from workers import volumes
 
 USER, PASSWORD = "bot", "s3cret-pass"
-
-
-@pytest.fixture(scope="module")
-def repos(tmp_path_factory) -> Path:
-    """A folder of bare repositories: demo.git with three commits on main and a dev branch."""
-    root = tmp_path_factory.mktemp("repos")
-    work = git.Repo.init(root / "work", initial_branch="main")
-    for i in range(3):
-        (root / "work" / "README.md").write_text(f"version {i}\n")
-        work.index.add(["README.md"])
-        work.index.commit(f"commit {i}")
-    work.create_head("dev").checkout()
-    (root / "work" / "dev.txt").write_text("on dev\n")
-    work.index.add(["dev.txt"])
-    work.index.commit("dev work")
-    work.heads.main.checkout()
-    work.clone(root / "demo.git", bare=True)
-    return root
-
-
-@pytest.fixture(scope="module")
-def git_daemon(repos):
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            "git",
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            "--listen=127.0.0.1",
-            f"--port={port}",
-            f"--base-path={repos}",
-            str(repos),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for(lambda: _listening(port), timeout=20, what="git daemon")
-    yield f"git://127.0.0.1:{port}"
-    _stop_service(proc)
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def http_backend_app(root: Path):
