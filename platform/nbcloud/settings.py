@@ -241,7 +241,14 @@ NBCLOUD_ENVS_DIR = envpath(
 # code-server (the vscode editor), installed on first use; world-readable.
 NBCLOUD_CODE_SERVER_DIR = envpath("NBCLOUD_CODE_SERVER_DIR", Path("/var/lib/nbcloud/code-server"))
 NBCLOUD_WORKSPACES_DIR = envpath("NBCLOUD_WORKSPACES_DIR", DATA_DIR / "workspaces")
-NBCLOUD_RUNTIME = envchoice("NBCLOUD_RUNTIME", "process", ("process",))
+NBCLOUD_RUNTIME = envchoice("NBCLOUD_RUNTIME", "process", ("process", "docker"))
+# The docker runtime: environment images (named in the manifests) build on this base
+# image (environments/base/build-base.sh). Editors run on the host's network, each on a
+# free loopback port, or on NBCLOUD_DOCKER_NETWORK (a bridge or user-defined network)
+# with their port published on NBCLOUD_DOCKER_PUBLISH_IP, where the gateway reaches it.
+NBCLOUD_DOCKER_BASE_IMAGE = envstr("NBCLOUD_DOCKER_BASE_IMAGE", "nbcloud/base:latest")
+NBCLOUD_DOCKER_NETWORK = envstr("NBCLOUD_DOCKER_NETWORK", "host")
+NBCLOUD_DOCKER_PUBLISH_IP = envstr("NBCLOUD_DOCKER_PUBLISH_IP", "127.0.0.1")
 NBCLOUD_HOST_NAME = envstr("NBCLOUD_HOST_NAME", "local")
 NBCLOUD_HOST_REGION = envstr("NBCLOUD_HOST_REGION", "GRA")
 # A host worker's labels (k=v,k=v), and what it offers notebooks when not all

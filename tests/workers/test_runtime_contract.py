@@ -1,4 +1,5 @@
-"""The runtime contract, run against every runtime this machine can run."""
+"""The runtime contract, run against every runtime: process, and docker (on a real
+Docker Engine; see conftest.py for when it is skipped)."""
 
 import os
 import shutil
@@ -10,6 +11,7 @@ import pytest
 import requests
 from conftest import wait_for
 
+from workers import environments
 from workers.lifecycle import wait_ready
 from workers.runtimes import RUNTIMES, LaunchSpec, StartError
 from workers.runtimes.process import sandbox_argv
@@ -49,6 +51,8 @@ def make_spec(base_dir, conda_env, settings):
             "secret": uuid.uuid4().hex,
             "base_url": f"/notebooks/{notebook_id}/",
             "env_vars": {"GREETING": "hi"},
+            "image": environments.resolve("conda")[1].image,
+            "project": "alpha",
         }
         return LaunchSpec(**{**fields, **overrides})
 
@@ -57,6 +61,8 @@ def make_spec(base_dir, conda_env, settings):
 
 @pytest.fixture(params=sorted(RUNTIMES))
 def runtime_cls(request):
+    if request.param == "docker":
+        request.getfixturevalue("docker_image")
     return RUNTIMES[request.param]
 
 
@@ -105,9 +111,14 @@ def test_stop_insists_when_asked_politely_is_not_enough(runtime_cls, make_spec):
     assert time.monotonic() - started < 10
 
 
-def test_editor_that_dies_at_start_is_reported(runtime_cls, make_spec, base_dir):
-    broken_env = base_dir / "no-such-env"
-    runtime = runtime_cls(make_spec(env_dir=broken_env))
+def test_editor_that_dies_at_start_is_reported(runtime_cls, make_spec, base_dir, settings):
+    # No environment where the editor is looked for: a missing venv, or an image
+    # without one (the base image).
+    broken = {
+        "process": {"env_dir": base_dir / "no-such-env"},
+        "docker": {"image": settings.NBCLOUD_DOCKER_BASE_IMAGE},
+    }
+    runtime = runtime_cls(make_spec(**broken[runtime_cls.name]))
     runtime.start()
     with pytest.raises(StartError, match="exited during start-up"):
         wait_ready(runtime, 30)

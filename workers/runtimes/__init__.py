@@ -1,13 +1,15 @@
 from django.conf import settings
 
 from .base import Endpoint, LaunchSpec, Runtime, StartError
+from .docker import DockerRuntime
 from .process import ProcessRuntime
 
-RUNTIMES: dict[str, type[Runtime]] = {"process": ProcessRuntime}
+RUNTIMES: dict[str, type[Runtime]] = {"process": ProcessRuntime, "docker": DockerRuntime}
 
 
-def get_runtime(spec: LaunchSpec, state: dict | None = None) -> Runtime:
-    return RUNTIMES[settings.NBCLOUD_RUNTIME](spec, state)
+def get_runtime(spec: LaunchSpec, state: dict | None = None, name: str | None = None) -> Runtime:
+    """The runtime called name (a host's), this host's (NBCLOUD_RUNTIME) by default."""
+    return RUNTIMES[name or settings.NBCLOUD_RUNTIME](spec, state)
 
 
 __all__ = ["Endpoint", "LaunchSpec", "Runtime", "StartError", "get_runtime", "RUNTIMES"]

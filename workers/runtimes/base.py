@@ -7,9 +7,12 @@ A runtime runs one notebook's editor. `start` returns where to reach it,
 stored on the notebook row, so a fresh worker can `load_state` and take over.
 """
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from django.conf import settings
 
 
 class StartError(RuntimeError):
@@ -45,6 +48,7 @@ class LaunchSpec:
     memory_bytes: int = 0
     gpu_uuids: tuple[str, ...] = ()
     image: str = ""
+    project: str = ""
     # Volumes bound below /workspace; only `start` uses them.
     mounts: tuple[Mount, ...] = ()
 
@@ -64,6 +68,23 @@ class Endpoint:
         return self.origin + self.base_url
 
 
+def log_file(notebook_id: str) -> Path:
+    """Where a notebook's editor output is kept on its host, across its runs."""
+    return settings.DATA_DIR / "logs" / f"{notebook_id}.log"
+
+
+def tail_file(path: Path, lines: int) -> str:
+    """The last lines of a text file ("" when there is none)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 256 * lines))
+            text = f.read().decode(errors="replace").splitlines()
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text[-lines:])
+
+
 class Runtime(ABC):
     name: str
 
@@ -77,6 +98,10 @@ class Runtime(ABC):
 
     def get_state(self) -> dict:
         return dict(self.state)
+
+    @abstractmethod
+    def check_environment(self, framework_id: str, version: str) -> None:
+        """Raise StartError when this host lacks the notebook's environment."""
 
     @abstractmethod
     def start(self) -> Endpoint: ...

@@ -12,8 +12,10 @@ log = logging.getLogger(__name__)
 CODE_SERVER_DATA = "/workspace/.local/share/code-server"
 
 
-def editor_command(spec: LaunchSpec, port: int) -> tuple[list[str], dict[str, str]]:
-    """The editor's argv and the environment variables that carry its secret."""
+def editor_command(
+    spec: LaunchSpec, port: int, ip: str = "127.0.0.1"
+) -> tuple[list[str], dict[str, str]]:
+    """The editor's argv (listening on ip:port) and the variables that carry its secret."""
     python = str(spec.env_dir / "bin" / "python")
     if spec.editor_id == "jupyterlab":
         argv = [
@@ -22,7 +24,7 @@ def editor_command(spec: LaunchSpec, port: int) -> tuple[list[str], dict[str, st
             "jupyter",
             "lab",
             "--no-browser",
-            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.ip={ip}",
             f"--ServerApp.port={port}",
             "--ServerApp.port_retries=0",
             "--ServerApp.root_dir=/workspace",
@@ -30,8 +32,26 @@ def editor_command(spec: LaunchSpec, port: int) -> tuple[list[str], dict[str, st
         ]
         return argv, {"JUPYTER_TOKEN": spec.secret}
     if spec.editor_id == "vscode":
-        return _code_server_command(spec, port)
+        return _code_server_command(spec, port, ip)
     raise StartError(f"Unknown editor {spec.editor_id!r}.")
+
+
+def editor_environment(spec: LaunchSpec, env_dir: Path, secret_env: dict[str, str]) -> dict:
+    """The editor's environment variables, the same on every runtime: a plain `pip
+    install` lands in the workspace (user site) and survives stop/start."""
+    return {
+        "PATH": f"/workspace/.local/bin:{env_dir / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/workspace",
+        "USER": "nbuser",
+        "LANG": "C.UTF-8",
+        "SHELL": "/bin/bash",
+        "PYTHONUSERBASE": "/workspace/.local",
+        "PIP_USER": "1",
+        "VIRTUAL_ENV": str(env_dir),
+        "NBCLOUD_NOTEBOOK_ID": spec.notebook_id,
+        **spec.env_vars,
+        **secret_env,
+    }
 
 
 def readiness_path(editor_id: str) -> str:
@@ -53,7 +73,7 @@ def code_server_session(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _code_server_command(spec: LaunchSpec, port: int) -> tuple[list[str], dict[str, str]]:
+def _code_server_command(spec: LaunchSpec, port: int, ip: str) -> tuple[list[str], dict[str, str]]:
     from workers import code_server
 
     env = {"HASHED_PASSWORD": code_server_session(spec.secret), "NBCLOUD_BASE_PATH": spec.base_url}
@@ -82,7 +102,7 @@ def _code_server_command(spec: LaunchSpec, port: int) -> tuple[list[str], dict[s
     argv = [
         *prefix,
         "--bind-addr",
-        f"127.0.0.1:{port}",
+        f"{ip}:{port}",
         "--auth",
         "password",
         "--disable-telemetry",

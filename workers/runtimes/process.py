@@ -17,8 +17,8 @@ from pathlib import Path
 import psutil
 from django.conf import settings
 
-from .base import Endpoint, LaunchSpec, Runtime, StartError
-from .editors import editor_command
+from .base import Endpoint, LaunchSpec, Runtime, StartError, log_file, tail_file
+from .editors import editor_command, editor_environment
 
 
 def free_port() -> int:
@@ -82,7 +82,7 @@ class ProcessRuntime(Runtime):
 
     @property
     def log_path(self) -> Path:
-        return settings.DATA_DIR / "logs" / f"{self.spec.notebook_id}.log"
+        return log_file(self.spec.notebook_id)
 
     @property
     def endpoint(self) -> Endpoint | None:
@@ -106,24 +106,24 @@ class ProcessRuntime(Runtime):
         except psutil.NoSuchProcess:
             return None
 
+    def check_environment(self, framework_id: str, version: str) -> None:
+        from workers import environments
+
+        if not environments.is_built(framework_id, version):
+            raise StartError(
+                f"Environment {framework_id} {version} is not installed on host "
+                f"{settings.NBCLOUD_HOST_NAME}.",
+                f"run: manage.py buildenvs {framework_id}:{version}",
+            )
+
     def start(self) -> Endpoint:
         if self._process() is not None:
             return self.endpoint
         port = free_port()
         argv, secret_env = editor_command(self.spec, port)
         env = {
-            "PATH": f"/workspace/.local/bin:{self.spec.env_dir / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-            "HOME": "/workspace",
-            "USER": "nbuser",
-            "LANG": "C.UTF-8",
-            "SHELL": "/bin/bash",
-            "PYTHONUSERBASE": "/workspace/.local",
-            "PIP_USER": "1",
-            "VIRTUAL_ENV": str(self.spec.env_dir),
-            "NBCLOUD_NOTEBOOK_ID": self.spec.notebook_id,
             "CUDA_VISIBLE_DEVICES": ",".join(self.spec.gpu_uuids),
-            **self.spec.env_vars,
-            **secret_env,
+            **editor_environment(self.spec, self.spec.env_dir, secret_env),
         }
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
@@ -187,11 +187,4 @@ class ProcessRuntime(Runtime):
         return {"running": True, "processes": len(procs), "memory_bytes": rss, "cpu_seconds": cpu}
 
     def logs(self, tail: int = 100) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 256 * tail))
-                lines = f.read().decode(errors="replace").splitlines()
-        except FileNotFoundError:
-            return ""
-        return "\n".join(lines[-tail:])
+        return tail_file(self.log_path, tail)

@@ -25,9 +25,15 @@ class Command(BaseCommand):
         )
         parser.add_argument("--force", action="store_true", help="rebuild even when up to date")
 
-    def handle(self, *args, **options):
+    def build(self, framework_id: str, version: str, force: bool, log) -> None:
         from workers import environments
 
+        try:
+            environments.build(framework_id, version, force=force, log=log)
+        except environments.EnvironmentBuildError as exc:
+            raise CommandError(str(exc)) from exc
+
+    def handle(self, *args, **options):
         wanted = self._resolve(options["environments"], options["all"])
         verbosity = options["verbosity"]
 
@@ -38,10 +44,7 @@ class Command(BaseCommand):
         for number, (framework_id, version) in enumerate(wanted, start=1):
             if verbosity:
                 self.stdout.write(f"[{number}/{len(wanted)}] {framework_id}:{version}")
-            try:
-                environments.build(framework_id, version, force=options["force"], log=log)
-            except environments.EnvironmentBuildError as exc:
-                raise CommandError(str(exc)) from exc
+            self.build(framework_id, version, options["force"], log)
         if verbosity:
             self.stdout.write(self.style.SUCCESS(f"{len(wanted)} environment(s) ready"))
 
