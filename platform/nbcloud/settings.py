@@ -6,6 +6,7 @@ SECRET_KEY and the storage variables.
 """
 
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -65,6 +66,7 @@ INSTALLED_APPS = [
     "nbcloud.notebooks",
     "nbcloud.billing",
     "nbcloud.gateway",
+    "nbcloud.ovhai",
     "nbcloud.monitoring",
 ]
 
@@ -293,6 +295,13 @@ NBCLOUD_STUCK_AFTER = envint("NBCLOUD_STUCK_AFTER", 600, minimum=1)
 # each notebook an origin of its own (<id>.NBCLOUD_NOTEBOOK_DOMAIN).
 NBCLOUD_PUBLIC_URL = envstr("NBCLOUD_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
 NBCLOUD_NOTEBOOK_DOMAIN = envstr("NBCLOUD_NOTEBOOK_DOMAIN", "")
+# Where OVHcloud's AI API for notebooks is served, for the `ovhai` SDK
+# (base_url = NBCLOUD_PUBLIC_URL/NBCLOUD_OVHAI_PREFIX).
+NBCLOUD_OVHAI_PREFIX = envstr("NBCLOUD_OVHAI_PREFIX", "ovhai").strip("/")
+if not re.fullmatch(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*", NBCLOUD_OVHAI_PREFIX):
+    raise ImproperlyConfigured(
+        f"NBCLOUD_OVHAI_PREFIX={NBCLOUD_OVHAI_PREFIX!r} is not a URL path such as 'ovhai'"
+    )
 # Encrypts datastore credentials at rest (a Fernet key); derived from
 # SECRET_KEY when unset.
 NBCLOUD_SECRETS_KEY = envstr("NBCLOUD_SECRETS_KEY", "")

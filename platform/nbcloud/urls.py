@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -21,6 +22,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("gateway/", include("nbcloud.gateway.urls")),
     path("api/v1/", include(api_v1)),
+    path(f"{settings.NBCLOUD_OVHAI_PREFIX}/", include("nbcloud.ovhai.urls")),
     path("metrics", metrics_view, name="metrics"),
 ]
 
