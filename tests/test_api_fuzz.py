@@ -212,6 +212,8 @@ def test_project_name_with_a_nul_byte_is_not_found(path, method, bearer):
         parameters["username"] = "dave"
     if "{alias}" in path:
         parameters["alias"] = "data"
+    if "{container}" in path:
+        parameters["container"] = "datasets"
     case = schema[path][method].Case(path_parameters=parameters)
     with _rolled_back():
         response = case.call_and_validate(headers=bearer, checks=CHECKS)

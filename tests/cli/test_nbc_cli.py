@@ -15,51 +15,12 @@ import time
 import httpx
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 from nbcloud.cli import config, params
 from nbcloud.cli.client import ApiClient, ApiError
-from nbcloud.cli.main import app
 from nbcloud.cli.notebooks import _overlap
 
 UNREACHABLE = "http://127.0.0.1:9"
-
-
-def nbc(args: list[str], env: dict, input: str | None = None):
-    result = CliRunner().invoke(app, args, env=env, input=input)
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
-
-
-@pytest.fixture
-def env(tmp_path) -> dict:
-    """No profile, nothing from the machine's environment: only what a test sets."""
-    return {
-        "NBC_CONFIG": str(tmp_path / "nbcloud" / "config.toml"),
-        "NBC_URL": None,
-        "NBC_TOKEN": None,
-        "NBC_PROJECT": None,
-        "NBC_PROFILE": None,
-        "COLUMNS": "200",
-    }
-
-
-@pytest.fixture
-def as_alice(env, platform_server, alice) -> dict:
-    return {**env, "NBC_URL": platform_server, "NBC_TOKEN": alice[1], "NBC_PROJECT": "alpha"}
-
-
-@pytest.fixture
-def leave_no_editor():
-    """Whatever a test did, no editor is left running."""
-    yield
-    from nbcloud.notebooks.models import Notebook
-    from workers.lifecycle import runtime_for
-
-    for notebook in Notebook.objects.all():
-        if notebook.runtime_state:
-            runtime_for(notebook).stop(5)
 
 
 # With the platform.
@@ -68,7 +29,7 @@ def leave_no_editor():
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_notebook_lifecycle_from_the_command_line(
-    as_alice, celery_worker_process, conda_env, this_host, leave_no_editor
+    nbc, as_alice, celery_worker_process, conda_env, this_host, leave_no_editor
 ):
     env = as_alice
     run = nbc(
@@ -124,8 +85,7 @@ def test_notebook_lifecycle_from_the_command_line(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_api_refusals_print_the_api_message_and_exit_1(env, platform_server, bob):
-    as_bob = {**env, "NBC_URL": platform_server, "NBC_TOKEN": bob[1], "NBC_PROJECT": "alpha"}
+def test_api_refusals_print_the_api_message_and_exit_1(nbc, as_bob):
     result = nbc(["notebook", "run", "conda", "jupyterlab", "--cpu", "1"], as_bob)
     assert result.exit_code == 1
     assert "This action needs the operator role; your role on this project is read-only." in (
@@ -140,7 +100,7 @@ def test_api_refusals_print_the_api_message_and_exit_1(env, platform_server, bob
 
 
 @pytest.mark.django_db(transaction=True)
-def test_capabilities_usage_project_and_tokens(as_alice):
+def test_capabilities_usage_project_and_tokens(nbc, as_alice):
     env = as_alice
     frameworks = nbc(["capabilities", "framework", "-o", "json"], env)
     assert frameworks.exit_code == 0, frameworks.output
@@ -180,7 +140,7 @@ def test_capabilities_usage_project_and_tokens(as_alice):
 
 @pytest.mark.django_db(transaction=True)
 def test_login_stores_a_private_profile_and_config_show_masks_the_token(
-    env, tmp_path, platform_server, alice
+    nbc, env, tmp_path, platform_server, alice
 ):
     token = alice[1]
     wrong = nbc(
@@ -233,7 +193,7 @@ def test_login_stores_a_private_profile_and_config_show_masks_the_token(
 # Without the platform.
 
 
-def test_an_unreachable_platform_exits_3_quickly_naming_the_url(env):
+def test_an_unreachable_platform_exits_3_quickly_naming_the_url(nbc, env):
     started = time.monotonic()
     unreachable = {**env, "NBC_URL": UNREACHABLE, "NBC_TOKEN": "t", "NBC_PROJECT": "alpha"}
     result = nbc(["notebook", "list"], unreachable)
@@ -256,14 +216,14 @@ def test_an_unreachable_platform_exits_3_quickly_naming_the_url(env):
         ["--ssh-public-keys", "/nonexistent/key.pub"],
     ],
 )
-def test_bad_arguments_are_usage_errors(env, args):
+def test_bad_arguments_are_usage_errors(nbc, env, args):
     """Exit 2 before any request: the URL points nowhere, which would exit 3."""
     env = {**env, "NBC_URL": UNREACHABLE, "NBC_TOKEN": "t", "NBC_PROJECT": "alpha"}
     result = nbc(["notebook", "run", "conda", "jupyterlab", *args], env)
     assert result.exit_code == 2, result.output
 
 
-def test_other_usage_errors(env):
+def test_other_usage_errors(nbc, env):
     env = {**env, "NBC_URL": UNREACHABLE, "NBC_TOKEN": "t", "NBC_PROJECT": "alpha"}
     assert nbc(["notebook", "list", "--state", "SLEEPING"], env).exit_code == 2
     assert nbc(["notebook", "list", "-o", "xml"], env).exit_code == 2
@@ -275,7 +235,7 @@ def test_other_usage_errors(env):
     )
 
 
-def test_help_mentions_completion_and_exit_codes(env):
+def test_help_mentions_completion_and_exit_codes(nbc, env):
     result = nbc(["--help"], env)
     assert result.exit_code == 0
     assert "--install-completion" in result.stdout and "Exit codes" in result.stdout

@@ -10,7 +10,6 @@ import os
 import socket
 import threading
 
-import boto3
 import pytest
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
@@ -21,17 +20,11 @@ from nbcloud.projects.models import Project
 from workers import workspace
 
 BUCKET = "nbcloud-backups"
-KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
 @pytest.fixture
-def s3(s3_endpoint):
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **KEYS)
-    client.create_bucket(Bucket=BUCKET)
-    yield client
-    for item in client.list_objects_v2(Bucket=BUCKET).get("Contents", []):
-        client.delete_object(Bucket=BUCKET, Key=item["Key"])
-    client.delete_bucket(Bucket=BUCKET)
+def s3(s3_bucket):
+    return s3_bucket(BUCKET)
 
 
 def _use_s3(settings, endpoint: str, tmp_path) -> None:

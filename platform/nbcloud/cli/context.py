@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import typer
 
 from . import config
 from .client import ApiClient
@@ -50,3 +54,14 @@ def invocation() -> Invocation:
 
 def api() -> ApiClient:
     return invocation().client()
+
+
+ForceOption = Annotated[bool, typer.Option("--force", "-f", help="Do not ask for confirmation.")]
+
+
+def delete_confirmed(path: str, force: bool, question: Callable[[dict], str]) -> Any:
+    """DELETE `path` once the user says yes to `question(the object)`, or at once with --force."""
+    client = api()
+    if not force:
+        typer.confirm(question(client.get(path)), abort=True, err=True)
+    return client.delete(path)

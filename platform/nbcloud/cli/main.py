@@ -15,7 +15,7 @@ from rich.console import Group
 from rich.text import Text
 from typer.core import TyperGroup
 
-from . import config, notebooks, output, tokens
+from . import config, data, datastores, notebooks, output, tokens
 from .client import ApiClient, ApiError, Unreachable, package_version
 from .context import api, begin, invocation
 from .output import Format, OutputOption
@@ -32,7 +32,7 @@ NBC_URL, NBC_TOKEN, NBC_PROJECT and NBC_PROFILE override the stored profile.
 Listings print tables; add `-o json` or `-o yaml` for scripts.
 
 Shell completion (bash, zsh, fish): `nbc --install-completion`, or
-`nbc --show-completion` to print the script.
+`nbc completion bash` (zsh, fish) to print the script.
 
 Exit codes: 0 done, 1 refused by the API (or a notebook ended FAILED),
 2 usage error, 3 platform unreachable.
@@ -48,7 +48,7 @@ class NbcGroup(TyperGroup):
         except ApiError as exc:
             output.error(exc.message)
             raise typer.Exit(EXIT_REFUSED) from None
-        except WaitFailed as exc:
+        except (WaitFailed, data.TransferFailed) as exc:
             output.error(str(exc))
             raise typer.Exit(EXIT_REFUSED) from None
         except Unreachable as exc:
@@ -74,6 +74,8 @@ app = typer.Typer(
 app.add_typer(notebooks.app, name="notebook")
 app.add_typer(notebooks.app, name="nb", hidden=True)
 app.add_typer(tokens.app, name="token")
+app.add_typer(datastores.app, name="datastore")
+app.add_typer(data.app, name="data")
 config_app = typer.Typer(help="Profiles: where nbc finds the platform.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 capabilities_app = typer.Typer(
@@ -186,6 +188,21 @@ def config_use(name: Annotated[str, typer.Argument(help="A stored profile.", sho
     file.current = name
     file.save()
     output.note(f"Profile {name!r} is now the current one.", style="")
+
+
+class Shell(StrEnum):
+    bash = "bash"
+    zsh = "zsh"
+    fish = "fish"
+
+
+@app.command("completion")
+def completion(shell: Annotated[Shell, typer.Argument(help="bash, zsh or fish.")]):
+    """Print the shell completion script, e.g. `source <(nbc completion bash)`, or
+    `nbc completion fish > ~/.config/fish/completions/nbc.fish`."""
+    from typer._completion_shared import get_completion_script
+
+    typer.echo(get_completion_script(prog_name="nbc", complete_var="_NBC_COMPLETE", shell=shell))
 
 
 # Project, quota, usage.

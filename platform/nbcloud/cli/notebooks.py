@@ -12,7 +12,8 @@ import typer
 from rich.text import Text
 
 from . import output, params
-from .context import api
+from .client import UUID, ApiError
+from .context import ForceOption, api, delete_confirmed
 from .output import Format, OutputOption
 from .waiting import State, describe, wait_for_state
 
@@ -321,24 +322,18 @@ def _act(notebook: str, action: str, target: str, wait: bool, timeout: int, fmt)
 @app.command("delete")
 def delete(
     notebook: NotebookArg,
-    force: Annotated[
-        bool, typer.Option("--force", "-f", help="Do not ask for confirmation.")
-    ] = False,
+    force: ForceOption = False,
     wait: WaitOption = False,
     timeout: TimeoutOption = 1800,
     fmt: OutputOption = Format.table,
 ):
     """Delete a notebook (stopping it first if it runs)."""
-    client = api()
     nb_id = _resolve(notebook)
-    if not force:
-        nb = client.get(client.notebook_path(nb_id))
-        typer.confirm(
-            f"Delete notebook {nb['spec']['name']} ({nb_id}, {nb['status']['state']})?",
-            abort=True,
-            err=True,
-        )
-    nb = client.delete(client.notebook_path(nb_id))
+    nb = delete_confirmed(
+        api().notebook_path(nb_id),
+        force,
+        lambda nb: f"Delete notebook {nb['spec']['name']} ({nb_id}, {nb['status']['state']})?",
+    )
     _finish(nb_id, nb, fmt, wait, "DELETED", timeout)
 
 
@@ -423,8 +418,6 @@ def open_(
     nb = client.get(client.notebook_path(_resolve(notebook)))
     url = nb["status"].get("url")
     if not url:
-        from .client import ApiError
-
         raise ApiError(
             409,
             "invalid_state",
@@ -498,3 +491,61 @@ def backup_list(notebook: NotebookArg, fmt: OutputOption = Format.table):
             else Text("No backups yet: one is made each time the notebook stops.", style="dim")
         ),
     )
+
+
+BackupArg = Annotated[
+    str,
+    typer.Argument(
+        help="Backup id or unique id prefix (`nbc notebook backup list`).", show_default=False
+    ),
+]
+
+
+def _resolve_backup(nb_id: str, ref: str) -> str:
+    client = api()
+    ref = ref.strip().lower()
+    if UUID.match(ref):
+        return ref
+    ids = [b["id"] for b in client.get_all(client.notebook_path(nb_id, "backups/"))]
+    matches = [i for i in ids if i.startswith(ref)] if ref else []
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise ApiError(404, "not_found", f"notebook {nb_id} has no backup {ref!r}")
+    raise ApiError(400, "ambiguous", f"{ref!r} matches several backups: {', '.join(matches[:5])}")
+
+
+@backup_app.command("fork")
+def backup_fork(
+    notebook: NotebookArg,
+    backup: BackupArg,
+    name: Annotated[
+        str | None, typer.Option(help="The new notebook's name (default: NAME-fork).")
+    ] = None,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 1800,
+    fmt: OutputOption = Format.table,
+):
+    """A new notebook with this one's spec, starting from one of its backups."""
+    client = api()
+    nb_id = _resolve(notebook)
+    backup_id = _resolve_backup(nb_id, backup)
+    body = {"name": name} if name else {}
+    nb = client.post(client.notebook_path(nb_id, f"backups/{backup_id}/fork/"), body)
+    if fmt == Format.table:
+        output.note(
+            f"Notebook {nb['spec']['name']} ({nb['id']}) forked from backup {backup_id}.",
+            style="",
+        )
+    _finish(nb["id"], nb, fmt, wait, "RUNNING", timeout)
+
+
+@app.command("sync")
+def sync(notebook: NotebookArg, fmt: OutputOption = Format.table):
+    """Push a running notebook's read-write volumes to their datastores now."""
+    client = api()
+    nb_id = _resolve(notebook)
+    nb = client.post(client.notebook_path(nb_id, "datasync/"))
+    if fmt == Format.table:
+        output.note(f"Data sync of notebook {nb['spec']['name']} ({nb_id}) requested.", style="")
+    output.emit(nb, fmt, render_one)

@@ -10,7 +10,7 @@ from rich.console import Group
 from rich.text import Text
 
 from . import output, params
-from .context import api
+from .context import ForceOption, api, delete_confirmed
 from .output import Format, OutputOption
 
 app = typer.Typer(
@@ -124,19 +124,12 @@ def renew(
 
 
 @app.command("delete")
-def delete(
-    token: TokenArg,
-    force: Annotated[
-        bool, typer.Option("--force", "-f", help="Do not ask for confirmation.")
-    ] = False,
-):
+def delete(token: TokenArg, force: ForceOption = False):
     """Delete a token: its value stops working at once."""
     client = api()
-    path = client.project_path(f"tokens/{token}/")
-    if not force:
-        t = client.get(path)
-        typer.confirm(
-            f"Delete token {t['name']!r} (id {token}, {t['role']})?", abort=True, err=True
-        )
-    client.delete(path)
+    delete_confirmed(
+        client.project_path(f"tokens/{token}/"),
+        force,
+        lambda t: f"Delete token {t['name']!r} (id {token}, {t['role']})?",
+    )
     output.note(f"Token {token} deleted.", style="")

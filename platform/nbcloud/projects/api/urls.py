@@ -1,6 +1,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from .data import ObjectListView, PresignView
 from .datastores import DatastoreViewSet
 from .tokens import ApiTokenViewSet
 from .views import ProjectView, QuotaView
@@ -12,5 +13,15 @@ router.register("datastores", DatastoreViewSet, basename="datastore")
 urlpatterns = [
     path("", ProjectView.as_view(), name="project"),
     path("quota/", QuotaView.as_view(), name="project-quota"),
+    path(
+        "datastores/<str:alias>/containers/<str:container>/objects/",
+        ObjectListView.as_view(),
+        name="datastore-objects",
+    ),
+    path(
+        "datastores/<str:alias>/containers/<str:container>/objects/presign/",
+        PresignView.as_view(),
+        name="datastore-objects-presign",
+    ),
     *router.urls,
 ]

@@ -1,0 +1,435 @@
+"""`nbc data ...`: list, upload and download objects of the project's S3 datastores.
+
+The platform never hands out a datastore's keys: it presigns URLs with them
+(`.../objects/presign/`), and the bytes go straight between this machine and
+the object store, streamed in chunks (never a whole file in memory), several
+files at once, with progress bars for bytes and files on stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Annotated
+
+import httpx
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.text import Text
+
+from . import output
+from .client import ApiClient
+from .context import api
+from .output import Format, OutputOption
+
+app = typer.Typer(
+    help="Objects in the project's S3 datastores, moved directly to and from the object store "
+    "through URLs the platform presigns.",
+    no_args_is_help=True,
+)
+
+CHUNK = 1024 * 1024
+PRESIGN_BATCH = 100
+ATTEMPTS = 3
+TRANSFER_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+
+AliasArg = Annotated[
+    str, typer.Argument(help="An s3 datastore's alias (`nbc datastore list`).", show_default=False)
+]
+ContainerArg = Annotated[
+    str, typer.Argument(help="The container (bucket) in that datastore.", show_default=False)
+]
+PrefixOption = Annotated[str, typer.Option("--prefix", "-p", help="Only keys starting with this.")]
+JobsOption = Annotated[
+    int, typer.Option("--jobs", "-j", min=1, max=32, help="Files moved at the same time.")
+]
+
+
+class TransferFailed(Exception):
+    """One object could not be moved: the object store's answer, in a sentence."""
+
+
+@dataclass
+class Item:
+    key: str
+    path: Path
+    size: int | None  # None: learnt from the download's Content-Length
+
+
+def _objects_path(client: ApiClient, alias: str, container: str, suffix: str = "") -> str:
+    return client.project_path(f"datastores/{alias}/containers/{container}/objects/{suffix}")
+
+
+def iter_objects(client: ApiClient, alias: str, container: str, prefix: str = "") -> Iterator[dict]:
+    """Every object under `prefix`, page after page."""
+    path, cursor = _objects_path(client, alias, container), None
+    while True:
+        page = client.get(path, prefix=prefix, cursor=cursor)
+        yield from page["results"]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return
+
+
+def presign(client: ApiClient, alias: str, container: str, method: str, keys: list[str]) -> dict:
+    """{key: url} for `keys`, asked in batches."""
+    urls: dict[str, str] = {}
+    for start in range(0, len(keys), PRESIGN_BATCH):
+        answer = client.post(
+            _objects_path(client, alias, container, "presign/"),
+            {"method": method, "keys": keys[start : start + PRESIGN_BATCH]},
+        )
+        urls.update({u["key"]: u["url"] for u in answer["urls"]})
+    return urls
+
+
+# Moving bytes.
+
+
+def _store_error(response: httpx.Response, key: str) -> TransferFailed:
+    """The object store's XML error (`<Code>`, `<Message>`) as one sentence."""
+    code = re.search(r"<Code>(.*?)</Code>", response.text or "")
+    message = re.search(r"<Message>(.*?)</Message>", response.text or "")
+    if response.status_code == 404 and code and code.group(1) == "NoSuchKey":
+        return TransferFailed(f"{key}: no such object")
+    detail = ": ".join(m.group(1) for m in (code, message) if m) or response.reason_phrase
+    return TransferFailed(
+        f"{key}: the object store answered HTTP {response.status_code} ({detail})"
+    )
+
+
+class _Retry(Exception):
+    """A failure worth another try: the network, or a 5xx (S3 asks clients to retry)."""
+
+
+def _retrying(key: str, attempt: Callable[[], None]) -> None:
+    for number in range(1, ATTEMPTS + 1):
+        try:
+            return attempt()
+        except _Retry as exc:
+            failure = str(exc)
+        except httpx.TransportError as exc:
+            failure = f"{key}: {exc or type(exc).__name__}"
+        if number == ATTEMPTS:
+            raise TransferFailed(failure)
+        time.sleep(0.5 * 2**number)
+
+
+def upload_file(
+    http: httpx.Client,
+    url: str,
+    item: Item,
+    advance: Callable[[int], None],
+    announce: Callable[[int], None],
+) -> None:
+    """PUT one file to a presigned URL, streamed in chunks with its length announced."""
+
+    def attempt():
+        sent = 0
+
+        def chunks():
+            nonlocal sent
+            with open(item.path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    sent += len(chunk)
+                    advance(len(chunk))
+                    yield chunk
+
+        try:
+            # S3 refuses chunked transfer encoding: the length is given up front.
+            response = http.put(url, content=chunks(), headers={"Content-Length": str(item.size)})
+        except httpx.TransportError:
+            advance(-sent)
+            raise
+        if response.status_code >= 500:
+            advance(-sent)
+            raise _Retry(_store_error(response, item.key))
+        if response.status_code >= 300:
+            raise _store_error(response, item.key)
+
+    _retrying(item.key, attempt)
+
+
+def download_file(
+    http: httpx.Client,
+    url: str,
+    item: Item,
+    advance: Callable[[int], None],
+    announce: Callable[[int], None],
+) -> None:
+    """GET one object into `item.path`, through a temporary file renamed when complete."""
+    item.path.parent.mkdir(parents=True, exist_ok=True)
+    partial = item.path.with_name(f".{item.path.name}.nbc-partial")
+
+    def attempt():
+        received = 0
+        try:
+            with http.stream("GET", url) as response:
+                if response.status_code >= 300:
+                    response.read()
+                    error = _store_error(response, item.key)
+                    raise _Retry(error) if response.status_code >= 500 else error
+                length = int(response.headers.get("content-length", 0))
+                if item.size is None:
+                    item.size = length
+                    announce(length)
+                with open(partial, "wb") as f:
+                    for chunk in response.iter_bytes(CHUNK):
+                        f.write(chunk)
+                        received += len(chunk)
+                        advance(len(chunk))
+        except BaseException:
+            advance(-received)
+            partial.unlink(missing_ok=True)
+            raise
+        if received != item.size:
+            partial.unlink(missing_ok=True)
+            raise TransferFailed(f"{item.key}: got {received} bytes of {item.size}")
+        os.replace(partial, item.path)
+
+    _retrying(item.key, attempt)
+
+
+def transfer(
+    items: list[Item],
+    urls: dict[str, str],
+    work: Callable,
+    verb: str,
+    jobs: int,
+) -> tuple[int, list[str]]:
+    """Move `items` with `jobs` threads and two progress bars; (bytes moved, errors)."""
+    known = sum(i.size or 0 for i in items)
+    lock = threading.Lock()
+    errors: list[str] = []
+    columns = (TextColumn("{task.description:<9}"), BarColumn(), _Amount(), TimeRemainingColumn())
+    with (
+        Progress(*columns, console=output.err_console()) as progress,
+        httpx.Client(timeout=TRANSFER_TIMEOUT, limits=httpx.Limits(max_connections=jobs)) as http,
+    ):
+        data = progress.add_task(verb, total=known or None, unit="bytes")
+        files = progress.add_task("files", total=len(items), unit="files")
+
+        def advance(n: int):
+            with lock:
+                progress.advance(data, n)
+
+        def announce(n: int):
+            with lock:
+                progress.update(data, total=(progress.tasks[data].total or 0) + n)
+
+        def one(item: Item):
+            work(http, urls[item.key], item, advance, announce)
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(one, item): item for item in items}
+            for future in as_completed(futures):
+                try:
+                    future.result()
+                except TransferFailed as exc:
+                    errors.append(str(exc))
+                    progress.console.print(Text(f"failed: {exc}", style="red"))
+                except OSError as exc:
+                    errors.append(f"{futures[future].key}: {exc}")
+                    progress.console.print(
+                        Text(f"failed: {futures[future].key}: {exc}", style="red")
+                    )
+                with lock:
+                    progress.advance(files, 1)
+        moved = int(progress.tasks[data].completed)
+    return moved, errors
+
+
+class _Amount(ProgressColumn):
+    """Bytes and speed on the bytes bar, a count on the files bar."""
+
+    def __init__(self):
+        super().__init__()
+        self.size, self.speed, self.count = (
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            MofNCompleteColumn(),
+        )
+
+    def render(self, task: Task) -> Text:
+        if task.fields.get("unit") == "bytes":
+            return Text.assemble(self.size.render(task), "  ", self.speed.render(task))
+        return self.count.render(task)
+
+
+def _move(
+    client: ApiClient,
+    alias: str,
+    container: str,
+    items: list[Item],
+    method: str,
+    wanted: int,
+    where: str,
+    jobs: int,
+    errors: list[str] | None = None,
+) -> None:
+    """Presign, move and report: `put` uploads `items`, `get` downloads them.
+
+    `wanted` counts the files asked for, `errors` what failed before any move.
+    """
+    errors = list(errors or [])
+    started = time.monotonic()
+    urls = presign(client, alias, container, method, [i.key for i in items]) if items else {}
+    work, verb = (upload_file, "upload") if method == "put" else (download_file, "download")
+    moved, failed = transfer(items, urls, work, verb, jobs)
+    errors += failed
+    seconds = time.monotonic() - started
+    rate = moved / seconds / 1024**2 if seconds > 0 else 0
+    output.note(
+        f"{verb.capitalize()}ed {len(items) - len(failed)} of {wanted} "
+        f"file{'s' if wanted != 1 else ''} ({output.size(moved)}) {where} in {seconds:.1f} s "
+        f"({rate:.1f} MiB/s).",
+        style="",
+    )
+    if errors:
+        shown = "; ".join(errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
+        raise TransferFailed(f"{len(errors)} {verb}s failed: {shown}")
+
+
+# Commands.
+
+
+@app.command("list")
+def list_(
+    alias: AliasArg,
+    container: ContainerArg,
+    prefix: PrefixOption = "",
+    fmt: OutputOption = Format.table,
+):
+    """The objects in a container: key, size, last modified."""
+    client = api()
+    items = list(iter_objects(client, alias, container, prefix))
+
+    def render(rows):
+        if not rows:
+            return Text(
+                f"No objects in {container}@{alias}" + (f" under {prefix!r}." if prefix else "."),
+                style="dim",
+            )
+        output.note(f"{len(rows)} objects, {output.size(sum(r['size'] for r in rows))}.")
+        return output.table(
+            ["KEY", "SIZE", "MODIFIED", "ETAG"],
+            [
+                [r["key"], output.size(r["size"]), output.when(r["last_modified"]), r["etag"]]
+                for r in rows
+            ],
+        )
+
+    output.emit(items, fmt, render)
+
+
+def _local_files(paths: list[Path], prefix: str) -> list[Item]:
+    """Files to upload and their keys: a file by its name, a folder by its name and its tree."""
+    items: dict[str, Item] = {}
+    for given in paths:
+        path = given.expanduser()
+        if path.is_dir():
+            base = path.resolve().parent
+            found = sorted(p for p in path.resolve().rglob("*") if p.is_file())
+        elif path.is_file():
+            base, found = path.resolve().parent, [path.resolve()]
+        else:
+            raise typer.BadParameter(f"{given} is not a file or a folder", param_hint="PATH")
+        for file in found:
+            key = prefix + file.relative_to(base).as_posix()
+            if key in items and items[key].path != file:
+                raise typer.BadParameter(
+                    f"{items[key].path} and {file} would both be uploaded as {key!r}",
+                    param_hint="PATH",
+                )
+            items[key] = Item(key, file, file.stat().st_size)
+    return list(items.values())
+
+
+@app.command("upload")
+def upload(
+    alias: AliasArg,
+    container: ContainerArg,
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Files or folders (a folder is uploaded with its tree).", show_default=False
+        ),
+    ],
+    prefix: Annotated[
+        str, typer.Option("--prefix", "-p", help="Put before every key, e.g. runs/7/.")
+    ] = "",
+    jobs: JobsOption = 4,
+):
+    """Upload files: each becomes the object PREFIX + its name (a folder's files: PREFIX +
+    folder/path). Example: nbc data upload lake datasets ./images --prefix v2/"""
+    items = _local_files(paths, prefix)
+    if not items:
+        raise typer.BadParameter("no files to upload in the given paths", param_hint="PATH")
+    _move(api(), alias, container, items, "put", len(items), f"to {container}@{alias}", jobs)
+
+
+def _local_path(root: Path, key: str) -> Path:
+    """Where an object lands under `root`; a key that would escape it is refused."""
+    parts = PurePosixPath(key).parts
+    if key.startswith("/") or any(p in ("..", ".") for p in parts) or not parts:
+        raise TransferFailed(f"{key}: this key would be written outside {root}; not downloaded")
+    return root.joinpath(*parts)
+
+
+@app.command("download")
+def download(
+    alias: AliasArg,
+    container: ContainerArg,
+    keys: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Object keys (left out: every object under --prefix).", show_default=False
+        ),
+    ] = None,
+    prefix: PrefixOption = "",
+    to: Annotated[
+        Path, typer.Option("--to", "-d", help="The folder to download into.", file_okay=False)
+    ] = Path("."),
+    jobs: JobsOption = 4,
+):
+    """Download objects into a folder, each at its key's path.
+    Example: nbc data download lake datasets --prefix v2/ --to ./data"""
+    client = api()
+    if keys:
+        if prefix:
+            raise typer.BadParameter("give KEYs or --prefix, not both", param_hint="--prefix")
+        wanted = [(k, None) for k in dict.fromkeys(keys)]
+    else:
+        wanted = [
+            (o["key"], o["size"])
+            for o in iter_objects(client, alias, container, prefix)
+            if not o["key"].endswith("/")  # folder markers hold no data
+        ]
+    if not wanted:
+        output.note(
+            f"No objects in {container}@{alias}" + (f" under {prefix!r}." if prefix else ".")
+        )
+        return
+    items, errors = [], []
+    for key, size in wanted:
+        try:
+            items.append(Item(key, _local_path(to, key), size))
+        except TransferFailed as exc:
+            errors.append(str(exc))
+    _move(client, alias, container, items, "get", len(wanted), f"into {to}", jobs, errors)

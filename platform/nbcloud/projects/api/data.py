@@ -1,0 +1,208 @@
+"""Objects in a project's S3 datastores, for clients that never see the datastore's keys.
+
+    GET  /projects/{p}/datastores/{alias}/containers/{container}/objects/
+         ?prefix=&delimiter=&cursor=&size=       one page of objects (and common prefixes)
+    POST /projects/{p}/datastores/{alias}/containers/{container}/objects/presign/
+         {"method": "get" | "put", "keys": [...], "expires_in": 3600}
+
+The API never returns a datastore's secret, so a client (`nbc data`) moves the
+bytes itself through URLs presigned with the datastore's credentials: the
+platform never carries them. Listing and `get` URLs need a role on the
+project; `put` URLs need the operator role.
+"""
+
+import re
+
+from botocore.exceptions import BotoCoreError, ClientError
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions, serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from nbcloud.api.views import ProjectRolePermission, ProjectScopedMixin
+from nbcloud.projects.models import WRITE_ROLES, Datastore
+
+# S3's rule for bucket names, checked here so that a bad name is a clear 400.
+CONTAINER_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+MAX_KEY_BYTES = 1024
+PRESIGN_OPERATIONS = {"get": "get_object", "put": "put_object"}
+
+
+class DatastoreUnavailable(exceptions.APIException):
+    status_code = status.HTTP_502_BAD_GATEWAY
+    default_code = "datastore_unavailable"
+    default_detail = "The datastore could not be reached."
+
+
+class ObjectQuerySerializer(serializers.Serializer):
+    prefix = serializers.CharField(required=False, default="", allow_blank=True, max_length=1024)
+    delimiter = serializers.CharField(required=False, default="", allow_blank=True, max_length=8)
+    cursor = serializers.CharField(required=False, default="", allow_blank=True, max_length=2048)
+    size = serializers.IntegerField(required=False, default=1000, min_value=1, max_value=1000)
+
+
+class ObjectSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    size = serializers.IntegerField()
+    etag = serializers.CharField()
+    last_modified = serializers.DateTimeField()
+
+
+class ObjectPageSerializer(serializers.Serializer):
+    datastore = serializers.CharField()
+    container = serializers.CharField()
+    prefix = serializers.CharField()
+    results = ObjectSerializer(many=True)
+    prefixes = serializers.ListField(child=serializers.CharField())
+    next_cursor = serializers.CharField(allow_null=True)
+
+
+def _key(value: str) -> str:
+    if len(value.encode()) > MAX_KEY_BYTES:
+        raise serializers.ValidationError(f"a key is at most {MAX_KEY_BYTES} bytes (UTF-8)")
+    if "\x00" in value:
+        raise serializers.ValidationError("a key may not contain NUL")
+    return value
+
+
+class PresignSerializer(serializers.Serializer):
+    method = serializers.ChoiceField(choices=sorted(PRESIGN_OPERATIONS))
+    keys = serializers.ListField(
+        child=serializers.CharField(trim_whitespace=False, validators=[_key]),
+        min_length=1,
+        max_length=1000,
+    )
+    expires_in = serializers.IntegerField(
+        required=False, default=3600, min_value=60, max_value=7 * 86400
+    )
+
+
+class PresignedSerializer(serializers.Serializer):
+    method = serializers.CharField()
+    expires_in = serializers.IntegerField()
+    urls = serializers.ListField(child=serializers.DictField(child=serializers.CharField()))
+
+
+class ContainerView(ProjectScopedMixin, APIView):
+    """A container (bucket) of one of the project's S3 datastores."""
+
+    def s3(self, alias: str, container: str):
+        """The datastore's S3 client, once the alias and container name are known good."""
+        # (PostgreSQL refuses NUL in text: such an alias cannot exist.)
+        found = Datastore.objects.filter(project=self.project, alias=alias)
+        datastore = found.first() if "\x00" not in alias else None
+        if datastore is None:
+            raise exceptions.NotFound(
+                f"No datastore named {alias!r} in project {self.project.name} "
+                "(see GET .../datastores/)."
+            )
+        if datastore.type != Datastore.Type.S3:
+            raise exceptions.ValidationError(
+                {
+                    "alias": f"datastore {alias!r} is a {datastore.type} datastore; objects live in "
+                    "s3 datastores"
+                }
+            )
+        if not CONTAINER_NAME.match(container):
+            raise exceptions.ValidationError(
+                {
+                    "container": f"{container!r} is not a container name: 3 to 63 lowercase "
+                    "letters, digits, dots and dashes, starting and ending with a letter or digit"
+                }
+            )
+        self.datastore = datastore
+        return datastore.s3_client()
+
+    def s3_error(self, exc: Exception, container: str) -> exceptions.APIException:
+        """An S3 failure in the API's words, naming the datastore and the container."""
+        where = f"datastore {self.datastore.alias!r} ({self.datastore.endpoint or 'AWS'})"
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code") or "")
+            if code in ("NoSuchBucket", "404"):
+                return exceptions.NotFound(f"No container named {container!r} in {where}.")
+            if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                return DatastoreUnavailable(
+                    f"{where} refused its credentials for container {container!r} ({code}): "
+                    "check the datastore's access and secret keys."
+                )
+            return DatastoreUnavailable(
+                f"{where} answered {code or 'an error'}: {error.get('Message') or exc}"
+            )
+        return DatastoreUnavailable(f"Cannot reach {where}: {exc}")
+
+
+class ObjectListView(ContainerView):
+    """One page of a container's objects; follow `next_cursor` for the next."""
+
+    @extend_schema(parameters=[ObjectQuerySerializer], responses=ObjectPageSerializer)
+    def get(self, request, project, alias, container):
+        query = ObjectQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        q = query.validated_data
+        s3 = self.s3(alias, container)
+        params = {"Bucket": container, "Prefix": q["prefix"], "MaxKeys": q["size"]}
+        if q["delimiter"]:
+            params["Delimiter"] = q["delimiter"]
+        if q["cursor"]:
+            params["ContinuationToken"] = q["cursor"]
+        try:
+            page = s3.list_objects_v2(**params)
+        except (ClientError, BotoCoreError) as exc:
+            raise self.s3_error(exc, container) from exc
+        return Response(
+            {
+                "datastore": alias,
+                "container": container,
+                "prefix": q["prefix"],
+                "results": [
+                    {
+                        "key": item["Key"],
+                        "size": item["Size"],
+                        "etag": item.get("ETag", "").strip('"'),
+                        "last_modified": item["LastModified"].isoformat(),
+                    }
+                    for item in page.get("Contents", [])
+                ],
+                "prefixes": [p["Prefix"] for p in page.get("CommonPrefixes", [])],
+                "next_cursor": page.get("NextContinuationToken")
+                if page.get("IsTruncated")
+                else None,
+            }
+        )
+
+
+class PresignView(ContainerView):
+    """URLs to read (`get`) or write (`put`) objects directly, valid `expires_in` seconds."""
+
+    # `get` URLs are a read; the role is checked per method below.
+    permission_classes = [
+        p for p in ContainerView.permission_classes if p is not ProjectRolePermission
+    ]
+
+    @extend_schema(request=PresignSerializer, responses=PresignedSerializer)
+    def post(self, request, project, alias, container):
+        body = PresignSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        method, keys, expires_in = (
+            body.validated_data[k] for k in ("method", "keys", "expires_in")
+        )
+        if method == "put" and self.role not in WRITE_ROLES:
+            raise exceptions.PermissionDenied(ProjectRolePermission.message)
+        s3 = self.s3(alias, container)
+        try:
+            s3.head_bucket(Bucket=container)  # a missing container is an error now, not per URL
+        except (ClientError, BotoCoreError) as exc:
+            raise self.s3_error(exc, container) from exc
+        urls = [
+            {
+                "key": key,
+                "url": s3.generate_presigned_url(
+                    PRESIGN_OPERATIONS[method],
+                    Params={"Bucket": container, "Key": key},
+                    ExpiresIn=expires_in,
+                ),
+            }
+            for key in keys
+        ]
+        return Response({"method": method, "expires_in": expires_in, "urls": urls})
