@@ -21,13 +21,15 @@ class HostStep(bootsteps.StartStopStep):
 
         super().__init__(worker, **kwargs)
         queues = worker.app.amqp.queues
-        consumed = set(queues.consume_from or ())
+        consumed = set(queues.consume_from)
         self.identity = identify(consumed, host_name, region, host_labels)
         if self.identity is not None and host_name:
-            if consumed:
-                queues.select_add(host_queue(self.identity.name))
-            else:  # no -Q: the host's queue alone, not Celery's default one
+            # Without -Q a worker would consume Celery's default queue, which
+            # no route uses: a host worker consumes its host's queue alone.
+            if consumed == {worker.app.conf.task_default_queue}:
                 queues.select([host_queue(self.identity.name)])
+            else:
+                queues.select_add(host_queue(self.identity.name))
 
     def include_if(self, worker) -> bool:
         return self.identity is not None

@@ -1,0 +1,138 @@
+"""A host's worker: `celery worker --host-name N --region R` registers the host,
+heart-beats, brings a LOST host back, and stops editors of runs it no longer
+holds. Real worker processes on the real broker; the stale editor is a real
+process."""
+
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import ROOT, _service_env, _start_service, _stop_service, wait_for
+from django.conf import settings
+from django.utils import timezone
+from host_factories import fresh, make_host, make_notebook
+
+from nbcloud.hosts import services
+from nbcloud.hosts.models import Host, HostState
+from nbcloud.notebooks.models import Notebook
+from nbcloud.notebooks.states import State
+from workers import ledger, workspace
+from workers.host_agent import sweep_stale_editors
+
+CELERY = str(Path(sys.executable).parent / "celery")
+
+
+def host_worker(broker_url, public_url, name: str, *options: str, **env) -> subprocess.Popen:
+    argv = [CELERY, "-A", "nbcloud", "worker", "--host-name", name, *options, "-c", "1"]
+    argv += ["-n", f"agent-{name}@%h", "--loglevel", "INFO"]
+    service_env = {**_service_env(broker_url, name, public_url), **env}
+    return _start_service(f"worker-{name}", argv, service_env, lambda out: b"ready." in out)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_with_host_options_registers_and_heart_beats(broker_url, public_url):
+    proc = host_worker(
+        broker_url,
+        public_url,
+        "agent-1",
+        "--region",
+        "BHS",
+        "--host-labels",
+        "rack=r1,ib=true",
+        NBCLOUD_HEARTBEAT_INTERVAL="1",
+        NBCLOUD_HOST_CPUS="3",
+    )
+    try:
+        host = Host.objects.get(name="agent-1")
+        assert (host.region, host.state, host.cpus) == ("BHS", HostState.READY, 3)
+        assert host.labels == {"rack": "r1", "ib": "true"} and host.gpus == []
+        banner = (settings.DATA_DIR / "worker-agent-1.log").read_text()
+        assert ".> host.agent-1 " in banner and ".> celery " not in banner
+
+        first = host.last_heartbeat_at
+        wait_for(lambda: fresh(host).last_heartbeat_at > first, timeout=10, what="a heartbeat")
+
+        # Marked lost (say, after a network cut): its next heartbeat brings it back.
+        Host.objects.filter(pk=host.pk).update(state=HostState.LOST)
+        wait_for(lambda: fresh(host).state == HostState.READY, timeout=10, what="READY again")
+    finally:
+        _stop_service(proc)
+
+
+def test_a_region_outside_the_catalogue_stops_the_worker_with_the_fix(broker_url, public_url):
+    argv = [CELERY, "-A", "nbcloud", "worker", "--host-name", "x", "--region", "MARS"]
+    env = _service_env(broker_url, "x", public_url)
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "region 'MARS' is not in the catalogue; use one of BHS, GRA" in done.stderr
+
+
+@pytest.fixture
+def here(settings, tmp_path):
+    """This host's data (its editor records, workspaces) in a folder of the test's own."""
+    settings.DATA_DIR = tmp_path
+    settings.NBCLOUD_WORKSPACES_DIR = tmp_path / "workspaces"
+
+
+@pytest.fixture
+def stale_editor():
+    """A real process standing for an editor a lost run left behind."""
+    proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def started_here(notebook, proc) -> None:
+    state = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "port": 1}
+    ledger.record("me", notebook, state)
+
+
+@pytest.mark.django_db
+def test_editors_of_runs_moved_away_are_stopped_and_their_workspace_set_aside(
+    alpha, stale_editor, here
+):
+    me, other = make_host("me"), make_host("other")
+    notebook = make_notebook(alpha, "moved", cpu=1, state=State.RUNNING, host=me)
+    started_here(notebook, stale_editor)
+    local = workspace.local_path(notebook)
+    local.mkdir(parents=True)
+    (local / "unsaved.txt").write_text("since the last backup")
+
+    # The host was lost; the notebook was placed on another host meanwhile.
+    Host.objects.filter(pk=me.pk).update(last_heartbeat_at=timezone.now() - timedelta(minutes=5))
+    assert services.mark_lost(timezone.now() - timedelta(minutes=1)) == ["me"]
+    services.place_queued()
+    assert fresh(notebook).host == other
+
+    assert sweep_stale_editors("me") == [str(notebook.pk)]
+    assert stale_editor.wait(5) is not None
+    assert not local.exists()
+    (aside,) = (local.parent / ".lost").iterdir()
+    assert (aside / "unsaved.txt").read_text() == "since the last backup"
+    assert ledger.entries("me") == []
+    assert sweep_stale_editors("me") == []
+
+
+@pytest.mark.django_db
+def test_the_current_run_is_left_alone_and_a_plain_stop_keeps_the_workspace(
+    alpha, stale_editor, here
+):
+    me = make_host("me")
+    notebook = make_notebook(alpha, "mine", cpu=1, state=State.RUNNING, host=me)
+    started_here(notebook, stale_editor)
+    assert sweep_stale_editors("me") == []
+    assert stale_editor.poll() is None and len(ledger.entries("me")) == 1
+
+    # Stopped without a lost host (here its editor is found still up): the
+    # editor goes, a workspace kept for a failed backup stays where it is.
+    local = workspace.local_path(notebook)
+    local.mkdir(parents=True)
+    Notebook.objects.filter(pk=notebook.pk).update(state=State.FAILED, host=None)
+    assert sweep_stale_editors("me") == [str(notebook.pk)]
+    assert stale_editor.wait(5) is not None
+    assert local.exists()
