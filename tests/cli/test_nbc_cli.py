@@ -59,14 +59,29 @@ def test_notebook_lifecycle_from_the_command_line(
     assert nbc(["notebook", "open", nb_id[:8]], env).stdout.strip() == nb["status"]["url"]
 
     labelled = nbc(["notebook", "label", nb_id, "owner=alice", "-o", "json"], env)
-    assert json.loads(labelled.stdout) == {"team": "vision", "owner": "alice"}
+    labelled_now = json.loads(labelled.stdout)
+    assert labelled_now == {"team": "vision", "owner": "alice"}
     assert nbc(["notebook", "logs", nb_id, "--tail", "20"], env).exit_code == 0
 
     stopped = nbc(["notebook", "stop", nb_id, "--wait", "-o", "json"], env)
     assert stopped.exit_code == 0, stopped.output
     assert json.loads(stopped.stdout)["status"]["state"] == "STOPPED"
     backups = nbc(["notebook", "backup", "list", nb_id, "-o", "json"], env)
-    assert len(json.loads(backups.stdout)) == 1
+    [backup] = json.loads(backups.stdout)
+    not_running = nbc(["notebook", "sync", nb_id], env)
+    assert not_running.exit_code == 1 and "only while it is RUNNING" in not_running.stderr
+
+    # A fork: a new notebook from the backup (named by an id prefix), followed to RUNNING.
+    forked = nbc(
+        ["notebook", "backup", "fork", "cli-demo", backup["id"][:8], "--name", "cli-fork"]
+        + ["--wait", "-o", "json"],
+        env,
+    )
+    assert forked.exit_code == 0, forked.output
+    fork = json.loads(forked.stdout)
+    assert fork["id"] != nb_id and fork["status"]["state"] == "RUNNING"
+    assert fork["spec"]["name"] == "cli-fork" and fork["spec"]["labels"] == labelled_now
+    assert nbc(["notebook", "delete", "cli-fork", "--force", "--wait"], env).exit_code == 0
     refused = nbc(["notebook", "open", nb_id], env)
     assert refused.exit_code == 1 and "STOPPED" in refused.stderr
 
