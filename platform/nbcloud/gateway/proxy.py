@@ -18,6 +18,8 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
+from nbcloud.monitoring import activity
+
 from . import routing
 from .authorize import TOKEN_COOKIE, Decision, authorize, parse_cookies
 
@@ -149,10 +151,11 @@ async def _refuse_http(send, decision: Decision) -> None:
 
 async def proxy_http(scope, receive, send) -> None:
     headers = _headers(scope)
-    _, decision = await _decide(scope, headers)
+    notebook_id, decision = await _decide(scope, headers)
     if not decision.allowed:
         await _refuse_http(send, decision)
         return
+    await activity.traffic(notebook_id)
 
     async def request_body():
         while True:
@@ -199,7 +202,7 @@ async def proxy_http(scope, receive, send) -> None:
 
 async def proxy_websocket(scope, receive, send) -> None:
     headers = _headers(scope)
-    _, decision = await _decide(scope, headers)
+    notebook_id, decision = await _decide(scope, headers)
     if not decision.allowed:
         await receive()  # websocket.connect
         await send(
@@ -243,6 +246,7 @@ async def proxy_websocket(scope, receive, send) -> None:
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 return
+            await activity.traffic(notebook_id)
             if message.get("text") is not None:
                 await upstream.send_str(message["text"])
             elif message.get("bytes") is not None:

@@ -1,14 +1,18 @@
 """Notebook samples: stored by the hosts' samplers, read by the JSON metrics API."""
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from rest_framework import serializers
 
 from nbcloud.notebooks.models import Notebook
 
 from .models import NotebookSample
 
+# The uid of compose/grafana/dashboards/notebook.json.
+DASHBOARD_UID = "nbcloud-notebook"
 FIELDS = (
     "at",
     "host",
@@ -37,3 +41,36 @@ def record(taken: list[NotebookSample]) -> None:
 def series(notebook: Notebook, since: datetime | None) -> list[dict]:
     start = max(since, oldest_kept()) if since else oldest_kept()
     return list(notebook.samples.filter(at__gte=start).order_by("at", "id").values(*FIELDS))
+
+
+def dashboard_url(notebook: Notebook) -> str | None:
+    """The notebook's Grafana dashboard, when NBCLOUD_GRAFANA_URL is set."""
+    if not settings.NBCLOUD_GRAFANA_URL:
+        return None
+    return f"{settings.NBCLOUD_GRAFANA_URL}/d/{DASHBOARD_UID}/notebook?var-notebook={notebook.pk}"
+
+
+def parse_since(raw: str | None) -> datetime | None:
+    """`?since=`: an ISO 8601 time, or a number of seconds back."""
+    if not raw:
+        return None
+    if raw.isdigit():
+        return timezone.now() - timedelta(seconds=int(raw))
+    at = parse_datetime(raw.replace(" ", "+"))  # a '+' in a query string arrives as ' '
+    if at is None:
+        raise serializers.ValidationError(
+            {
+                "since": f"{raw!r} is neither an ISO 8601 time (2026-01-31T12:00:00Z) nor seconds back (600)"
+            }
+        )
+    return at if timezone.is_aware(at) else at.replace(tzinfo=UTC)
+
+
+def series_response(notebook: Notebook, raw_since: str | None) -> dict:
+    since = parse_since(raw_since)
+    return {
+        "notebook": str(notebook.pk),
+        "interval": settings.NBCLOUD_SAMPLE_INTERVAL,
+        "retention": settings.NBCLOUD_SAMPLE_RETENTION,
+        "samples": series(notebook, since),
+    }

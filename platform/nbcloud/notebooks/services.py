@@ -235,7 +235,9 @@ def update(notebook: Notebook, changes: dict, *, actor: str) -> Notebook:
     """Change what may change on a live notebook: labels, and the rest only when stopped."""
     with transaction.atomic():
         notebook = Notebook.objects.select_for_update().get(pk=notebook.pk)
-        restricted = set(changes) - {"labels", "timeout_auto_restart"}
+        # Limits may change while it runs: a user extends a timeout without a restart.
+        live = {"labels", "timeout_auto_restart", "idle_timeout", "max_runtime"}
+        restricted = set(changes) - live
         if restricted and notebook.state not in (State.STOPPED, State.FAILED):
             raise InvalidState(
                 f"Notebook {notebook.name!r} is {notebook.state}: {', '.join(sorted(restricted))} "

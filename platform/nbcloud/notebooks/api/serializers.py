@@ -4,6 +4,7 @@ from rest_framework import serializers
 
 from nbcloud.billing.services import cost_to_date
 from nbcloud.catalog.services import catalog
+from nbcloud.monitoring.samples import dashboard_url
 from nbcloud.notebooks import spec
 from nbcloud.notebooks.models import Backup, Notebook, NotebookEvent, NotebookGrant
 
@@ -134,6 +135,23 @@ def ssh_keys_field(**kwargs) -> serializers.ListField:
     return serializers.ListField(child=key, required=False, max_length=20, **kwargs)
 
 
+MIN_LIMIT = 60
+MAX_LIMIT = 366 * 24 * 3600
+
+
+def limit_field(**kwargs) -> serializers.IntegerField:
+    """idle_timeout / max_runtime: seconds, or null for the project's default."""
+    message = f"seconds from {MIN_LIMIT} to {MAX_LIMIT}, or null for the project's default"
+    return serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=MIN_LIMIT,
+        max_value=MAX_LIMIT,
+        error_messages={"min_value": message, "max_value": message, "invalid": message},
+        **kwargs,
+    )
+
+
 class NotebookSpecSerializer(serializers.Serializer):
     """What a user asks for; validated into the model's flat fields."""
 
@@ -154,6 +172,8 @@ class NotebookSpecSerializer(serializers.Serializer):
     unsecure_http = serializers.BooleanField(required=False, default=False)
     ssh_public_keys = ssh_keys_field(default=list)
     timeout_auto_restart = serializers.BooleanField(required=False, default=False)
+    idle_timeout = limit_field(default=None)
+    max_runtime = limit_field(default=None)
 
     def validate_resources(self, value):
         # The default {} skips the nested validate(): run it for the default too.
@@ -205,6 +225,8 @@ class NotebookSpecSerializer(serializers.Serializer):
             "unsecure_http": data["unsecure_http"],
             "ssh_public_keys": data["ssh_public_keys"],
             "timeout_auto_restart": data["timeout_auto_restart"],
+            "idle_timeout": data["idle_timeout"],
+            "max_runtime": data["max_runtime"],
         }
 
 
@@ -227,6 +249,8 @@ class NotebookUpdateSerializer(serializers.Serializer):
     unsecure_http = serializers.BooleanField(required=False)
     ssh_public_keys = ssh_keys_field()
     timeout_auto_restart = serializers.BooleanField(required=False)
+    idle_timeout = limit_field()
+    max_runtime = limit_field()
 
     def validate(self, attrs):
         unknown = set(self.initial_data) - set(self.fields)
@@ -265,6 +289,8 @@ class NotebookSerializer(serializers.ModelSerializer):
             "unsecure_http": nb.unsecure_http,
             "ssh_public_keys": nb.ssh_public_keys,
             "timeout_auto_restart": nb.timeout_auto_restart,
+            "idle_timeout": nb.idle_timeout,
+            "max_runtime": nb.max_runtime,
         }
 
     def get_status(self, nb: Notebook) -> dict:
@@ -272,7 +298,8 @@ class NotebookSerializer(serializers.ModelSerializer):
             "state": nb.state,
             "info": {"code": nb.info_code, "message": nb.info_message},
             "url": nb.url or None,
-            "monitoring_url": None,
+            "monitoring_url": dashboard_url(nb),
+            "last_activity_at": nb.last_activity_at,
             "host": nb.host.name if nb.host_id else None,
             "gpu_uuids": nb.gpu_uuids,
             "last_started_at": nb.last_started_at,

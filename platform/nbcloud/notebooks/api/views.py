@@ -196,6 +196,30 @@ class NotebookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectS
             "Only the notebook's owner or an operator of its project can share it."
         )
 
+    @extend_schema(
+        responses={200: {"type": "object"}},
+        parameters=[
+            OpenApiParameter(
+                "since", str, description="ISO 8601 time, or seconds back (600); default 1 h"
+            )
+        ],
+    )
+    @action(detail=True, methods=["get"])
+    def metrics(self, request, *args, **kwargs):
+        """The notebook's samples (CPU, memory, GPUs, disk, network) of the last hour."""
+        from nbcloud.monitoring.samples import series_response
+
+        notebook = self.get_object()
+        return Response(series_response(notebook, request.query_params.get("since")))
+
+    @extend_schema(request=None, responses={200: NotebookSerializer})
+    @action(detail=True, methods=["post"])
+    def keepalive(self, request, *args, **kwargs):
+        """Count the notebook as used now: postpones its idle stop."""
+        from workers.idle import keepalive
+
+        return Response(self.get_serializer(keepalive(self.get_object())).data)
+
     @extend_schema(responses={200: {"type": "object"}})
     @action(detail=True, methods=["get"])
     def logs(self, request, *args, **kwargs):
