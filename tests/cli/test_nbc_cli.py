@@ -364,3 +364,29 @@ def test_wait_shows_progress_and_fails_on_failed(monkeypatch, terminal):
     client = client_for([_notebook("STARTING")] * 10)
     with pytest.raises(waiting.WaitFailed, match="still STARTING after"):
         waiting.wait_for_state(client, "n1", "RUNNING", timeout=0.01, interval=0.02)
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_scripts_and_what_the_shell_gets_back(nbc, env, shell):
+    """The script each shell sources, and the answer `nbc` gives when the shell asks
+    (run as the shell runs it: the installed `nbc` with the completion variables)."""
+    script = nbc(["completion", shell], env)
+    assert script.exit_code == 0, script.output
+    assert f"_NBC_COMPLETE=complete_{shell}" in script.stdout
+
+    asks = {
+        "bash": {"COMP_WORDS": "nbc da", "COMP_CWORD": "1"},
+        "zsh": {"_TYPER_COMPLETE_ARGS": "nbc da"},
+        "fish": {"_TYPER_COMPLETE_ARGS": "nbc da", "_TYPER_COMPLETE_FISH_ACTION": "get-args"},
+    }[shell]
+    nbc_bin = os.path.join(os.path.dirname(sys.executable), "nbc")
+    answer = subprocess.run(
+        [nbc_bin],
+        env={**os.environ, "_NBC_COMPLETE": f"complete_{shell}", **asks},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert answer.returncode == 0, answer.stderr
+    assert "datastore" in answer.stdout and "data" in answer.stdout
+    assert "notebook" not in answer.stdout  # only what starts with "da"
