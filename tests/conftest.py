@@ -242,6 +242,20 @@ def start_worker(
     return _start_service(name or "worker", argv, service_env, lambda out: b"ready." in out)
 
 
+def kill_worker(proc: subprocess.Popen) -> None:
+    """SIGKILL a worker and its pool processes (not the editors they launched)."""
+    import contextlib
+    import signal
+
+    import psutil
+
+    pool = [c for c in psutil.Process(proc.pid).children() if "celery" in " ".join(c.cmdline())]
+    for pid in [proc.pid, *(c.pid for c in pool)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(10)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 API (moto_server) on loopback; any keys are accepted."""

@@ -1,7 +1,12 @@
-"""Rows for host tests: hosts of a chosen inventory, notebooks queued in order."""
+"""For host tests: hosts of a chosen inventory, notebooks queued in order, and
+host workers (real `celery worker --host-name` processes) to start and kill."""
 
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
+from conftest import _service_env, _start_service
 from django.utils import timezone
 
 from nbcloud.hosts.models import Host, HostState
@@ -70,3 +75,13 @@ def release(notebook: Notebook) -> None:
 def fresh(notebook: Notebook) -> Notebook:
     notebook.refresh_from_db()
     return notebook
+
+
+CELERY = str(Path(sys.executable).parent / "celery")
+
+
+def host_worker(broker_url, public_url, name: str, *options: str, **env) -> subprocess.Popen:
+    argv = [CELERY, "-A", "nbcloud", "worker", "--host-name", name, *options, "-c", "1"]
+    argv += ["-n", f"agent-{name}@%h", "--loglevel", "INFO"]
+    service_env = {**_service_env(broker_url, name, public_url), **env}
+    return _start_service(f"worker-{name}", argv, service_env, lambda out: b"ready." in out)

@@ -4,16 +4,14 @@ holds. Real worker processes on the real broker; the stale editor is a real
 process."""
 
 import subprocess
-import sys
 from datetime import timedelta
-from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ROOT, _service_env, _start_service, _stop_service, wait_for
+from conftest import ROOT, _service_env, _stop_service, wait_for
 from django.conf import settings
 from django.utils import timezone
-from host_factories import fresh, make_host, make_notebook
+from host_factories import CELERY, fresh, host_worker, make_host, make_notebook
 
 from nbcloud.hosts import services
 from nbcloud.hosts.models import Host, HostState
@@ -21,15 +19,6 @@ from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import State
 from workers import ledger, workspace
 from workers.host_agent import sweep_stale_editors
-
-CELERY = str(Path(sys.executable).parent / "celery")
-
-
-def host_worker(broker_url, public_url, name: str, *options: str, **env) -> subprocess.Popen:
-    argv = [CELERY, "-A", "nbcloud", "worker", "--host-name", name, *options, "-c", "1"]
-    argv += ["-n", f"agent-{name}@%h", "--loglevel", "INFO"]
-    service_env = {**_service_env(broker_url, name, public_url), **env}
-    return _start_service(f"worker-{name}", argv, service_env, lambda out: b"ready." in out)
 
 
 @pytest.mark.django_db(transaction=True)

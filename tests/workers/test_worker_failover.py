@@ -1,15 +1,12 @@
 """A host's worker killed with SIGKILL: running editors survive it, and a
 new worker takes over, also a start the dead one left half done."""
 
-import contextlib
-import os
-import signal
 import time
 
 import psutil
 import pytest
 import requests
-from conftest import _stop_service, start_worker, wait_for
+from conftest import _stop_service, kill_worker, start_worker, wait_for
 from django.conf import settings
 
 from nbcloud.hosts import services as host_services
@@ -56,15 +53,6 @@ def workers(broker_url, public_url):
             _stop_service(proc)
 
 
-def _kill(proc) -> None:
-    """SIGKILL the worker and its pool processes (not the editors they launched)."""
-    pool = [c for c in psutil.Process(proc.pid).children() if "celery" in " ".join(c.cmdline())]
-    for pid in [proc.pid, *(c.pid for c in pool)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    proc.wait(10)
-
-
 def _notebook(pk) -> Notebook:
     return Notebook.objects.get(pk=pk)
 
@@ -79,7 +67,7 @@ def test_running_editor_survives_its_worker_and_a_new_one_stops_it(
     )
     assert notebook.host.name == HOST
     editor_pid = notebook.runtime_state["pid"]
-    _kill(first)
+    kill_worker(first)
 
     auth = {"Authorization": f"Bearer {alice[1]}"}
     assert requests.get(f"{notebook.url}api/status", headers=auth, timeout=10).status_code == 200
@@ -106,7 +94,7 @@ def test_start_cut_short_by_a_dead_worker_is_finished_by_the_next(
         interval=0.02,
         what="the editor to be launched",
     )
-    _kill(first)
+    kill_worker(first)
     launched = _notebook(created["id"])
     assert launched.state == "STARTING"
 

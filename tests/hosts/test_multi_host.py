@@ -1,0 +1,158 @@
+"""Three hosts, each a real `celery worker --host-name` process on this machine
+with a workspace folder of its own: placement across them, a queue when they
+are full, and a host killed with SIGKILL whose notebook starts again on
+another host from its last backup, while the others keep their place in line.
+"""
+
+import time
+
+import psutil
+import pytest
+import requests
+from conftest import _stop_service, kill_worker, wait_for
+from django.conf import settings
+from host_factories import host_worker
+
+from nbcloud.hosts.models import Host, HostState
+from nbcloud.notebooks.models import Notebook
+from nbcloud.notebooks.states import InfoCode, State
+from workers import reconcile
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+HOSTS = ("mh-1", "mh-2", "mh-3")
+NOTEBOOKS = "/api/v1/projects/alpha/notebooks/"
+SPEC = {
+    "env": {"framework_id": "conda", "editor_id": "jupyterlab"},
+    "resources": {"cpu": 1},
+    "region": "BHS",  # served by these three hosts alone here
+}
+
+
+class Hosts(dict):
+    """Host workers by name, of one vCPU each, heart-beating every second."""
+
+    def __init__(self, broker_url: str, public_url: str):
+        super().__init__()
+        self.urls = broker_url, public_url
+
+    def start(self, name: str) -> None:
+        self[name] = host_worker(
+            *self.urls,
+            name,
+            "--region",
+            "BHS",
+            NBCLOUD_HOST_CPUS="1",
+            NBCLOUD_HEARTBEAT_INTERVAL="1",
+            NBCLOUD_WORKSPACES_DIR=str(settings.DATA_DIR / f"workspaces-{name}"),
+        )
+
+
+@pytest.fixture
+def hosts(broker_url, public_url):
+    started = Hosts(broker_url, public_url)
+    yield started
+    for proc in started.values():
+        if proc.poll() is None:
+            _stop_service(proc)
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def get(pk) -> Notebook:
+    return Notebook.objects.select_related("host").get(pk=pk)
+
+
+def wait_state(pk, state: State, timeout: float = 120) -> Notebook:
+    return wait_for(
+        lambda: (nb := get(pk)).state == state and nb, timeout=timeout, what=f"{pk} {state}"
+    )
+
+
+def create(api, name: str) -> str:
+    reply = api.post(NOTEBOOKS, {**SPEC, "name": name}, format="json")
+    assert reply.status_code == 201, reply.content
+    return reply.json()["id"]
+
+
+def act(api, pk, action: str) -> None:
+    assert api.post(f"{NOTEBOOKS}{pk}/{action}/").status_code == 202
+
+
+def test_three_hosts_place_queue_and_survive_a_lost_host(
+    platform_server, celery_worker_process, conda_env, hosts, alice_api, alice, settings
+):
+    for name in HOSTS:
+        hosts.start(name)
+    assert set(Host.objects.filter(region="BHS").values_list("name", "cpus")) == {
+        (name, 1) for name in HOSTS
+    }
+    auth = {"Authorization": f"Bearer {alice[1]}"}
+
+    # A notebook with a backup: a file written in it, then stopped and started.
+    a = create(alice_api, "a")
+    url = wait_state(a, State.RUNNING).url
+    put = requests.put(
+        f"{url}api/contents/kept.txt",
+        json={"type": "file", "format": "text", "content": "from the last backup"},
+        headers=auth,
+        timeout=30,
+    )
+    assert put.status_code in (200, 201), put.text
+    act(alice_api, a, "stop")
+    wait_state(a, State.STOPPED)
+    act(alice_api, a, "start")
+    first = wait_state(a, State.RUNNING)
+
+    # Two more fill the other hosts, one per host; a fourth waits in line.
+    b, c = create(alice_api, "b"), create(alice_api, "c")
+    placed = {first.host.name, wait_state(b, State.RUNNING).host.name}
+    placed.add(wait_state(c, State.RUNNING).host.name)
+    assert placed == set(HOSTS)
+    d = create(alice_api, "d")
+    wait_for(lambda: "position 1 in region BHS" in get(d).info_message, what="d in line")
+
+    # a's host dies: its worker is killed and heart-beats no more.
+    lost_host, old_editor = first.host.name, first.runtime_state["pid"]
+    kill_worker(hosts[lost_host])
+    settings.NBCLOUD_HOST_LOST_AFTER = 3
+    time.sleep(settings.NBCLOUD_HOST_LOST_AFTER + 1)
+    reconcile.run()
+    assert Host.objects.get(name=lost_host).state == HostState.LOST
+
+    # No host has room: a waits first in line (it was queued before d).
+    a_now = get(a)
+    assert a_now.state == State.QUEUED
+    assert "position 1 in region BHS" in a_now.info_message
+    assert "position 2 in region BHS" in get(d).info_message
+    assert a_now.events.filter(code=InfoCode.HOST_LOST, to_state=State.RESTARTING).exists()
+
+    # b stops: a takes its host, restores its last backup, and runs again.
+    b_host = get(b).host.name
+    act(alice_api, b, "stop")
+    moved = wait_state(a, State.RUNNING)
+    assert moved.host.name == b_host
+    kept = requests.get(f"{moved.url}api/contents/kept.txt", headers=auth, timeout=30)
+    assert kept.status_code == 200 and kept.json()["content"] == "from the last backup"
+    wait_for(lambda: "position 1 in region BHS" in get(d).info_message, what="d moved up")
+
+    # The lost host comes back: its old editor of a is stopped (a runs
+    # elsewhere), and d, first in line, starts there.
+    assert running(old_editor)
+    hosts.start(lost_host)
+    assert Host.objects.get(name=lost_host).state == HostState.READY
+    wait_for(lambda: not running(old_editor), timeout=30, what="the old editor stopped")
+    aside = settings.DATA_DIR / f"workspaces-{lost_host}" / ".lost"
+    assert any(p.name.startswith(a) for p in aside.iterdir())
+    assert wait_state(d, State.RUNNING).host.name == lost_host
+    assert get(a).state == State.RUNNING and get(a).host.name == b_host
+
+    for pk in (a, c, d):
+        act(alice_api, pk, "stop")
+    for pk in (a, c, d):
+        wait_state(pk, State.STOPPED)
