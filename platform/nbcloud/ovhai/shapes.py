@@ -224,24 +224,23 @@ def status_out(status: dict, volumes: list[dict]) -> dict:
 
 
 def data_sync_progress_out(progress: dict) -> dict:
-    """One volume's sync in nbcloud's status -> an OVH DataSync of one progress entry."""
+    """One volume's sync in nbcloud's status -> an OVH DataSync with one progress entry."""
+    entry = {
+        "direction": progress.get("direction"),
+        "state": progress.get("state"),
+        "info": progress.get("volume"),
+        "processed": progress.get("files_done"),
+        "total": progress.get("files_total"),
+        "transferredBytes": progress.get("bytes_done"),
+    }
+    if progress.get("mount_path"):
+        entry["volumeStatus"] = {"mountPath": progress["mount_path"]}
+    status = {"state": progress.get("state"), "progress": [_dropping_none(entry)]}
+    if progress.get("message"):
+        status["info"] = {"message": progress["message"]}
     return {
         "spec": {"direction": progress.get("direction"), "volume": progress.get("volume")},
-        "status": {
-            "state": progress.get("state"),
-            "progress": [
-                _dropping_none(
-                    {
-                        "direction": progress.get("direction"),
-                        "state": progress.get("state"),
-                        "info": progress.get("volume"),
-                        "processed": progress.get("files_done"),
-                        "total": progress.get("files_total"),
-                        "transferredBytes": progress.get("bytes_done"),
-                    }
-                )
-            ],
-        },
+        "status": status,
     }
 
 
