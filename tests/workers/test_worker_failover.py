@@ -1,17 +1,23 @@
 """A host's worker killed with SIGKILL: running editors survive it, and a
-new worker takes over, also a start the dead one left half done."""
+new worker takes over, also a start the dead one left half done; a start
+task lost between commit and dispatch is sent again by reconcile; and the
+settings that make redelivery safe hold."""
 
 import time
+from datetime import timedelta
 
 import psutil
 import pytest
 import requests
-from conftest import _stop_service, kill_worker, start_worker, wait_for
+from conftest import _stop_service, kill_worker, make_notebook, start_worker, wait_for
 from django.conf import settings
+from django.utils import timezone
 
+from nbcloud.celery import app
 from nbcloud.hosts import services as host_services
 from nbcloud.hosts.inventory import read_inventory
-from nbcloud.notebooks.models import Notebook
+from nbcloud.notebooks import services as notebook_services
+from nbcloud.notebooks.models import Notebook, NotebookEvent
 from workers import reconcile
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -119,3 +125,40 @@ def test_start_cut_short_by_a_dead_worker_is_finished_by_the_next(
     )
     alice_api.post(f"/api/v1/projects/alpha/notebooks/{running.pk}/stop/")
     wait_for(lambda: _notebook(running.pk).state == "STOPPED", what="STOPPED")
+
+
+def test_redelivery_settings_make_a_killed_task_run_again_and_never_twice_at_once():
+    conf = app.conf
+    # Acknowledged when done, not when received: a task whose worker dies
+    # (SIGKILL, OOM) goes back to the queue for another worker.
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    # The broker redelivers an unacknowledged task after the visibility
+    # timeout: longer than any task may run, so none runs twice at once.
+    assert conf.task_time_limit and conf.task_time_limit >= settings.NBCLOUD_EDITOR_READY_TIMEOUT
+    assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
+
+
+def test_a_start_lost_between_commit_and_dispatch_is_sent_again(
+    conda_env, failover_host, workers, alpha, settings
+):
+    workers()
+    # Placed and committed, but its start task never reached the broker.
+    notebook = make_notebook(
+        alpha,
+        region="BHS",
+        state="STARTING",
+        host=failover_host,
+        editor_secret="s" * 48,
+        state_changed_at=timezone.now() - timedelta(seconds=5),
+    )
+    time.sleep(2)
+    assert _notebook(notebook.pk).state == "STARTING"  # nothing happens by itself
+
+    settings.NBCLOUD_STUCK_AFTER = 1
+    reconcile.run()
+    wait_for(lambda: _notebook(notebook.pk).state == "RUNNING", what="RUNNING", timeout=90)
+    assert NotebookEvent.objects.filter(notebook=notebook, to_state="RUNNING").count() == 1
+    notebook_services.stop(_notebook(notebook.pk), actor="test")
+    wait_for(lambda: _notebook(notebook.pk).state == "STOPPED", what="STOPPED")
