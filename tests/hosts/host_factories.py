@@ -1,11 +1,15 @@
-"""For host tests: hosts of a chosen inventory, notebooks queued in order, and
-host workers (real `celery worker --host-name` processes) to start and kill."""
+"""For host tests: hosts of a chosen inventory, notebooks queued in order, host
+workers (real `celery worker --host-name` processes), and NVML answering
+from the readings of a real H100 (../shared/fixtures/gpu/h100-80gb/)."""
 
+import csv
+import json
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
 
+import pynvml
 from conftest import _service_env, _start_service
 from django.utils import timezone
 
@@ -85,3 +89,50 @@ def host_worker(broker_url, public_url, name: str, *options: str, **env) -> subp
     argv += ["-n", f"agent-{name}@%h", "--loglevel", "INFO"]
     service_env = {**_service_env(broker_url, name, public_url), **env}
     return _start_service(f"worker-{name}", argv, service_env, lambda out: b"ready." in out)
+
+
+H100 = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "gpu" / "h100-80gb"
+MIB = 1024**2
+
+
+def nvml_readings() -> dict:
+    return json.loads((H100 / "nvml.json").read_text())
+
+
+def nvidia_smi_query() -> list[dict]:
+    with open(H100 / "nvidia-smi-query.csv") as f:
+        return [{k.strip(): v.strip() for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def nvml_from_readings(monkeypatch) -> tuple[list, list]:
+    """pynvml answering from the H100's readings (until the test ends).
+
+    Returns the devices (append an NVMLError for a GPU that cannot be read)
+    and the init/shutdown calls made.
+    """
+    devices, calls = nvml_readings()["devices"], []
+
+    def device(handle):
+        if isinstance(handle, pynvml.NVMLError):
+            raise handle
+        return handle
+
+    def memory_info(handle):
+        info = pynvml.c_nvmlMemory_t()
+        info.total = device(handle)["memory_total"]
+        info.used = device(handle)["memory_used"]
+        info.free = info.total - info.used
+        return info
+
+    fakes = {
+        "nvmlInit": lambda: calls.append("init"),
+        "nvmlShutdown": lambda: calls.append("shutdown"),
+        "nvmlDeviceGetCount": lambda: len(devices),
+        "nvmlDeviceGetHandleByIndex": lambda i: devices[i],
+        "nvmlDeviceGetName": lambda h: device(h)["name"],
+        "nvmlDeviceGetUUID": lambda h: device(h)["uuid"],
+        "nvmlDeviceGetMemoryInfo": memory_info,
+    }
+    for name, fake in fakes.items():
+        monkeypatch.setattr(pynvml, name, fake)
+    return devices, calls

@@ -6,66 +6,33 @@ cross-checked with `nvidia-smi --query-gpu` of the same machine) from
 they answer from those readings.
 """
 
-import csv
-import json
-from pathlib import Path
-
 import pynvml
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from host_factories import GIB, fresh, make_notebook
+from host_factories import (
+    GIB,
+    H100,
+    MIB,
+    fresh,
+    make_notebook,
+    nvidia_smi_query,
+    nvml_from_readings,
+    nvml_readings,
+)
 
 from nbcloud.hosts import services
 from nbcloud.hosts.inventory import parse_labels, read_gpus, read_inventory
 from nbcloud.notebooks.states import State
 
-H100 = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "gpu" / "h100-80gb"
-MIB = 1024**2
-
-
-def nvml_readings() -> dict:
-    return json.loads((H100 / "nvml.json").read_text())
-
-
-def nvidia_smi_query() -> list[dict]:
-    with open(H100 / "nvidia-smi-query.csv") as f:
-        return [{k.strip(): v.strip() for k, v in row.items()} for row in csv.DictReader(f)]
-
 
 @pytest.fixture
-def fake_nvml(monkeypatch):
-    """pynvml answering from recorded devices; returns the list to edit."""
-    devices = nvml_readings()["devices"]
-    calls = []
-
-    def device(handle):
-        if isinstance(handle, pynvml.NVMLError):
-            raise handle
-        return handle
-
-    def memory_info(handle):
-        info = pynvml.c_nvmlMemory_t()
-        info.total = device(handle)["memory_total"]
-        info.used = device(handle)["memory_used"]
-        info.free = info.total - info.used
-        return info
-
-    fakes = {
-        "nvmlInit": lambda: calls.append("init"),
-        "nvmlShutdown": lambda: calls.append("shutdown"),
-        "nvmlDeviceGetCount": lambda: len(devices),
-        "nvmlDeviceGetHandleByIndex": lambda i: devices[i],
-        "nvmlDeviceGetName": lambda h: device(h)["name"],
-        "nvmlDeviceGetUUID": lambda h: device(h)["uuid"],
-        "nvmlDeviceGetMemoryInfo": memory_info,
-    }
-    for name, fake in fakes.items():
-        monkeypatch.setattr(pynvml, name, fake)
+def nvml_calls(monkeypatch):
+    devices, calls = nvml_from_readings(monkeypatch)
     yield devices
     assert calls[-1] == "shutdown"  # NVML is always let go
 
 
-def test_nvml_readings_of_an_h100(fake_nvml):
+def test_nvml_readings_of_an_h100(nvml_calls):
     (smi,) = nvidia_smi_query()
     assert read_gpus() == [
         {
@@ -78,8 +45,8 @@ def test_nvml_readings_of_an_h100(fake_nvml):
     assert "NVIDIA H100 80GB HBM3" in (H100 / "nvidia-smi-L.txt").read_text()
 
 
-def test_a_gpu_nvml_cannot_read_is_not_offered(fake_nvml, caplog):
-    fake_nvml.append(pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST))
+def test_a_gpu_nvml_cannot_read_is_not_offered(nvml_calls, caplog):
+    nvml_calls.append(pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST))
     gpus = read_gpus()
     assert [g["index"] for g in gpus] == [0]
     assert "GPU 1 cannot be read through NVML (GPU is lost): not offered" in caplog.text
@@ -112,7 +79,7 @@ def test_bad_labels_are_refused_naming_the_setting(raw):
 
 
 @pytest.mark.django_db
-def test_an_h100_host_from_nvml_takes_h100_notebooks_only(fake_nvml, alpha, tmp_path, settings):
+def test_an_h100_host_from_nvml_takes_h100_notebooks_only(nvml_calls, alpha, tmp_path, settings):
     settings.NBCLOUD_HOST_CPUS, settings.NBCLOUD_HOST_MEMORY_GIB = 32, 256
     settings.NBCLOUD_HOST_DISK_GIB = 1000
     host = services.register("h100-1", "GRA", read_inventory(tmp_path), "process")
