@@ -11,6 +11,7 @@ from test_runtime_contract import base_dir, make_spec  # noqa: F401 (fixtures)
 
 from workers.lifecycle import wait_ready
 from workers.runtimes import StartError
+from workers.runtimes.base import Mount
 from workers.runtimes.docker import (
     LABEL_HOST,
     LABEL_NOTEBOOK,
@@ -35,8 +36,12 @@ def docker_spec(make_spec, docker_image):  # noqa: F811 (the imported fixture)
 
 
 @pytest.fixture
-def running(docker_spec):
-    runtime = DockerRuntime(docker_spec(cpus=1, memory_bytes=GIB))
+def running(docker_spec, base_dir):  # noqa: F811
+    data = base_dir / "volume"
+    data.mkdir()
+    (data / "in.txt").write_text("from a volume")
+    volume = Mount(str(data), "/workspace/data", read_only=True)
+    runtime = DockerRuntime(docker_spec(cpus=1, memory_bytes=GIB, mounts=(volume,)))
     runtime.start()
     yield runtime
     runtime.stop(5)
@@ -67,6 +72,9 @@ def test_container_has_the_limits_user_labels_and_workspace(running, docker_api,
 
     code, output = container.exec_run(["sh", "-c", "id -u && echo hi > /workspace/made.txt"])
     assert (code, output.split()) == (0, [str(spec.uid).encode()])
+    code, output = container.exec_run(["sh", "-c", "cat data/in.txt && touch data/x"])
+    assert code != 0 and output.startswith(b"from a volume")
+    assert b"Read-only file system" in output
     made = spec.workspace / "made.txt"
     assert made.read_text() == "hi\n" and made.stat().st_uid == spec.uid
     stats = running.stats()

@@ -4,9 +4,9 @@ Each notebook's container is named `nbcloud-<notebook id>`, so a repeated or
 redelivered start finds the container a previous start made and adopts it instead
 of making a second one (DockerSpawner does the same). It runs the environment's
 image (its manifest's `image`, built by `manage.py buildimages`) as the notebook's
-own unprivileged uid with no capabilities, with the workspace bound at /workspace,
-the flavor's CPU and memory limits, the assigned GPUs requested by UUID, and labels
-naming the notebook, its project and this host.
+own unprivileged uid with no capabilities, with the workspace bound at /workspace
+(and the volumes below it), the flavor's CPU and memory limits, the assigned GPUs
+requested by UUID, and labels naming the notebook, its project and this host.
 
 Networking (NBCLOUD_DOCKER_NETWORK): `host` runs the editor on the host's network,
 listening on a free loopback port (what a Docker Engine without a bridge offers);
@@ -27,7 +27,8 @@ from pathlib import Path
 import docker
 from django.conf import settings
 from docker.models.containers import Container
-from docker.types import DeviceRequest, Mount
+from docker.types import DeviceRequest
+from docker.types import Mount as DockerMount
 
 from .base import Endpoint, LaunchSpec, Runtime, StartError, log_file, tail_file
 from .editors import editor_command, editor_environment
@@ -91,7 +92,13 @@ def container_config(spec: LaunchSpec, port: int, host_cpus: int) -> dict:
             LABEL_HOST: settings.NBCLOUD_HOST_NAME,
             LABEL_PORT: str(port),
         },
-        "mounts": [Mount(target="/workspace", source=str(spec.workspace), type="bind")],
+        "mounts": [
+            DockerMount(target="/workspace", source=str(spec.workspace), type="bind"),
+            *(
+                DockerMount(m.target, m.source, type="bind", read_only=m.read_only)
+                for m in spec.mounts
+            ),
+        ],
         # The scheduler never gives a notebook more CPUs than its host has; a
         # smaller test host still runs a big flavor, on all of its CPUs.
         "nano_cpus": int(min(spec.cpus, host_cpus) * 1e9),
@@ -130,17 +137,19 @@ class DockerRuntime(Runtime):
         host = "127.0.0.1" if on_host_network() else settings.NBCLOUD_DOCKER_PUBLISH_IP
         return Endpoint(host, self.state["port"], self.spec.base_url)
 
-    def _container(self) -> Container | None:
-        """The notebook's container: the one in the state, else the one of its name."""
-        api = client()
-        for ref in (self.state.get("container_id"), container_name(self.spec.notebook_id)):
-            if not ref:
-                continue
-            try:
-                return api.containers.get(ref)
-            except docker.errors.NotFound:
-                continue
-        return None
+    def _container(self, by_name: bool = False) -> Container | None:
+        """The container of the state; by its name when there is no state (or by_name).
+
+        Only a start looks past the state: a runtime rebuilt from an older run's
+        state must never reach the container of the notebook's current run.
+        """
+        ref = self.state.get("container_id")
+        if by_name or not ref:
+            ref = container_name(self.spec.notebook_id)
+        try:
+            return client().containers.get(ref)
+        except docker.errors.NotFound:
+            return None
 
     def check_environment(self, framework_id: str, version: str) -> None:
         missing = StartError(
@@ -165,7 +174,7 @@ class DockerRuntime(Runtime):
             )
         api = _engine()
         for _ in range(3):
-            container = self._container()
+            container = self._container(by_name=True)
             if container is not None and container.status in RUNNING:
                 return self._adopt(container)
             if container is not None:  # ended: keep what it said, then start afresh
