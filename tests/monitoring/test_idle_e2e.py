@@ -1,0 +1,185 @@
+"""Idle and runtime limits end to end: a real worker, real JupyterLab, real stops.
+
+Time is scaled down so the suite stays short while the ratios of the issue
+hold: the idle timeout is 20 s (set on the row; the API's minimum is 60 s)
+and the computation lasts 60 s, three times the timeout, as a 3-minute
+computation is to a 1-minute timeout. What is tested is the same: a busy
+kernel with no client attached is not idle however long it runs, and the
+notebook stops an idle timeout after the computation ends, its workspace
+saved. Beat is played by the test, sending the check every 3 s.
+"""
+
+import json
+import time
+import uuid
+
+import pytest
+import requests
+import watch
+from conftest import Kernel, wait_for
+
+from nbcloud.notebooks.models import Notebook
+from workers import workspace
+from workers.idle import check_limits_task
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+monitored_worker = watch.monitored_worker
+worker_metrics_port = watch.worker_metrics_port
+
+IDLE_TIMEOUT = 20
+COMPUTATION = 3 * IDLE_TIMEOUT
+CHECK_EVERY = 3
+SPEC = {
+    "name": "limited",
+    "env": {"framework_id": "conda", "editor_id": "jupyterlab"},
+    "resources": {"cpu": 1},
+}
+
+
+def status(api, url) -> dict:
+    return api.get(url).json()["status"]
+
+
+@pytest.fixture
+def notebook(platform_server, monitored_worker, conda_env, this_host, alice_api):
+    created = alice_api.post("/api/v1/projects/alpha/notebooks/", SPEC, format="json")
+    assert created.status_code == 201, created.content
+    notebook_id = created.json()["id"]
+    url = f"/api/v1/projects/alpha/notebooks/{notebook_id}/"
+    wait_for(lambda: status(alice_api, url)["state"] == "RUNNING", timeout=120, what="RUNNING")
+    yield Notebook.objects.get(pk=notebook_id), url
+    from workers.lifecycle import runtime_for
+
+    left = Notebook.objects.filter(pk=notebook_id).first()
+    if left is not None and left.runtime_state:
+        runtime_for(left).stop(5)
+
+
+def checks_until(api, url, predicate, timeout: float, what: str):
+    """Send the limits check every CHECK_EVERY s (beat's job) until predicate(status)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        check_limits_task.delay()
+        time.sleep(CHECK_EVERY)
+        found = predicate(status(api, url))
+        if found:
+            return found
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}: {status(api, url)}")
+
+
+def submit_and_leave(kernel: Kernel, code: str) -> None:
+    """Send code to run, then drop the connection as a closed browser tab does."""
+    kernel.ws.send(
+        json.dumps(
+            {
+                "header": {
+                    "msg_id": uuid.uuid4().hex,
+                    "msg_type": "execute_request",
+                    "username": "test",
+                    "session": uuid.uuid4().hex,
+                    "version": "5.3",
+                },
+                "parent_header": {},
+                "metadata": {},
+                "channel": "shell",
+                "buffers": [],
+                "content": {"code": code, "silent": False, "store_history": False},
+            }
+        )
+    )
+    time.sleep(1)
+    kernel.ws.close()
+
+
+def test_a_long_computation_without_a_client_is_not_idle_then_idle_stops(
+    notebook, alice_api, alice, tmp_path
+):
+    row, url = notebook
+    Notebook.objects.filter(pk=row.pk).update(idle_timeout=IDLE_TIMEOUT)
+    kernel = Kernel(status(alice_api, url)["url"], {"Authorization": f"Bearer {alice[1]}"})
+    submit_and_leave(
+        kernel,
+        f"import time\ntime.sleep({COMPUTATION})\n"
+        "open('/workspace/result.txt', 'w').write('computed')",
+    )
+    result = workspace.local_path(row) / "result.txt"
+    began = time.monotonic()
+
+    def still_computing(current):
+        assert current["state"] == "RUNNING", current
+        assert current["info"]["code"] != "IDLE_WARNING", current
+        return result.exists()
+
+    checks_until(alice_api, url, still_computing, COMPUTATION + 60, "the computation to end")
+    finished = time.time()
+    assert time.monotonic() - began >= COMPUTATION - 5  # it did run three idle timeouts
+    assert not row.events.filter(code="IDLE_WARNING").exists()
+
+    checks_until(alice_api, url, lambda s: s["state"] == "STOPPED", 90, "the idle stop")
+    codes = list(row.events.values_list("code", flat=True))
+    assert codes[-3:] == ["IDLE_WARNING", "IDLE_TIMEOUT", "STOPPED"], codes
+    stop = row.events.get(code="IDLE_TIMEOUT")
+    assert stop.at.timestamp() >= finished + IDLE_TIMEOUT - CHECK_EVERY - 2
+    assert "idle_timeout 20 s" in stop.message
+    # The workspace was saved by the normal stop: the result is in the backup.
+    restored = tmp_path / "restored"
+    workspace.restore(row.backups.get(), restored)
+    assert (restored / "result.txt").read_text() == "computed"
+
+
+def test_keepalive_and_gateway_traffic_postpone_the_idle_stop(
+    notebook, alice_api, alice, platform_server
+):
+    row, url = notebook
+    Notebook.objects.filter(pk=row.pk).update(idle_timeout=IDLE_TIMEOUT, last_activity_at=None)
+    # A client's request through the gateway counts as use.
+    reply = requests.get(
+        f"{platform_server}/notebooks/{row.pk}/api/status",
+        headers={"Authorization": f"Bearer {alice[1]}"},
+        timeout=30,
+    )
+    assert reply.status_code == 200
+    row.refresh_from_db()
+    assert row.last_activity_at is not None
+
+    kept_until = time.monotonic() + 2 * IDLE_TIMEOUT
+    while time.monotonic() < kept_until:
+        assert alice_api.post(url + "keepalive/").status_code == 200
+        check_limits_task.delay()
+        time.sleep(CHECK_EVERY)
+        assert status(alice_api, url)["state"] == "RUNNING"
+    last_kept = time.time()
+
+    checks_until(alice_api, url, lambda s: s["state"] == "STOPPED", 90, "the idle stop")
+    stop = row.events.get(code="IDLE_TIMEOUT")
+    assert stop.at.timestamp() >= last_kept + IDLE_TIMEOUT - CHECK_EVERY - 2
+
+
+def test_max_runtime_restarts_with_the_workspace_then_stops(notebook, alice_api, alice):
+    row, url = notebook
+    first = status(alice_api, url)
+    kernel = Kernel(first["url"], {"Authorization": f"Bearer {alice[1]}"})
+    kernel.execute("open('/workspace/kept.txt', 'w').write('still here')")
+    kernel.close()
+    Notebook.objects.filter(pk=row.pk).update(max_runtime=5, timeout_auto_restart=True)
+    time.sleep(5)
+
+    restarted = checks_until(
+        alice_api,
+        url,
+        lambda s: s["state"] == "RUNNING" and s["last_started_at"] > first["last_started_at"] and s,
+        90,
+        "the restart",
+    )
+    assert row.events.filter(code="TIMEOUT_RESTART").count() == 1
+    assert restarted["host"] == first["host"]  # the same host, capacity kept
+    kernel = Kernel(restarted["url"], {"Authorization": f"Bearer {alice[1]}"})
+    assert kernel.execute("print(open('/workspace/kept.txt').read())").strip() == "still here"
+    kernel.close()
+
+    patched = alice_api.patch(url, {"timeout_auto_restart": False}, format="json")
+    assert patched.status_code == 200, patched.content
+    checks_until(alice_api, url, lambda s: s["state"] == "STOPPED", 90, "the max_runtime stop")
+    stop = row.events.get(to_state="STOPPING")
+    assert stop.code == "MAX_RUNTIME" and "max_runtime (5 s)" in stop.message
+    assert row.backups.count() == 1
