@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 
-.PHONY: run test bench bench-billing install sysdeps envs code-server migrate lint format clean
+.PHONY: run test bench bench-billing install sysdeps envs code-server docker-images migrate lint format clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,12 @@ code-server: install
 	@if command -v node >/dev/null && node --version | grep -q '^v20\.'; then \
 	  $(PY) manage.py installcodeserver; \
 	else echo "code-server: skipped (needs Node.js 20); the vscode tests will be skipped"; fi
+
+# The docker runtime's images, each skipped while up to date: the base (debootstrap
+# into `docker import`; root, docker and debootstrap) and the conda environment's.
+docker-images: install
+	environments/base/build-base.sh
+	$(PY) manage.py buildimages conda
 
 test: install sysdeps envs code-server
 	$(PY) -m pytest
