@@ -261,7 +261,7 @@ class _Amount(ProgressColumn):
     def __init__(self):
         super().__init__()
         self.size, self.speed, self.count = (
-            DownloadColumn(),
+            DownloadColumn(binary_units=True),
             TransferSpeedColumn(),
             MofNCompleteColumn(),
         )
