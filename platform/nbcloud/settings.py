@@ -298,7 +298,7 @@ NBCLOUD_NOTEBOOK_DOMAIN = envstr("NBCLOUD_NOTEBOOK_DOMAIN", "")
 # Where OVHcloud's AI API for notebooks is served, for the `ovhai` SDK
 # (base_url = NBCLOUD_PUBLIC_URL/NBCLOUD_OVHAI_PREFIX).
 NBCLOUD_OVHAI_PREFIX = envstr("NBCLOUD_OVHAI_PREFIX", "ovhai").strip("/")
-if not re.fullmatch(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*", NBCLOUD_OVHAI_PREFIX):
+if not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)*", NBCLOUD_OVHAI_PREFIX, re.ASCII):
     raise ImproperlyConfigured(
         f"NBCLOUD_OVHAI_PREFIX={NBCLOUD_OVHAI_PREFIX!r} is not a URL path such as 'ovhai'"
     )

@@ -5,6 +5,11 @@ the answers are nbcloud's native views and services. No worker runs here:
 notebooks stay QUEUED, which is enough for everything but the editor.
 """
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from ovhai.api.capabilities import (
     get_v1_capabilities_flavor,
@@ -577,3 +582,38 @@ def test_bad_token_specs_and_broader_selectors_are_refused(as_alice, as_vision):
         403,
     )
     assert "team=vision" in error.message
+
+
+# The prefix.
+
+RESOLVE = (
+    "import django; django.setup(); from django.urls import resolve; "
+    "print(resolve('/{path}').func.cls.__name__)"
+)
+
+
+def _django(code: str, prefix: str):
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        env={
+            **os.environ,
+            "PYTHONPATH": "platform:.",
+            "DJANGO_SETTINGS_MODULE": "nbcloud.settings",
+            "NBCLOUD_OVHAI_PREFIX": prefix,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_prefix_is_a_setting():
+    done = _django(RESOLVE.format(path="ai/ovh/v1/notebook"), "/ai/ovh/")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "NotebookView"
+    for bad in ("", "two words", "../x"):
+        done = _django("import django; django.setup()", bad)
+        assert done.returncode != 0
+        assert f"NBCLOUD_OVHAI_PREFIX={bad.strip('/')!r} is not a URL path" in done.stderr

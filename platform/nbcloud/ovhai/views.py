@@ -9,6 +9,7 @@ quota, tenancy, roles, label selectors and state changes are all decided by
 the native code, so whatever it refuses is refused here, in OVH's error shape.
 """
 
+from django.http import QueryDict
 from rest_framework import exceptions, permissions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -86,8 +87,9 @@ class TokenProjectMixin(OvhView):
         super().initial(request, *args, **kwargs)
 
 
-def _answer(response: Response, translate, status_code: int = status.HTTP_200_OK) -> Response:
-    return Response(translate(response.data), status=status_code)
+def _answer(response: Response, translate) -> Response:
+    """The native answer (201, 202 or 200) as OVH's 200 with the translated model."""
+    return Response(translate(response.data))
 
 
 def _list(response: Response, translate) -> Response:
@@ -95,7 +97,8 @@ def _list(response: Response, translate) -> Response:
     return response
 
 
-def _no_content(response: Response) -> Response:
+def _no_content(_native: Response) -> Response:
+    """OVH answers its actions and edits with 204 and no body."""
     return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -108,6 +111,8 @@ class NotebookView(TokenProjectMixin, NotebookViewSet):
 
     def filter_queryset(self, queryset):
         queryset = super().filter_queryset(queryset)
+        if self.action != "list":
+            return queryset
         params = self.request.query_params
         states = params.getlist("statusState")
         unknown = sorted(set(states) - set(State.values))
@@ -174,9 +179,7 @@ class NotebookView(TokenProjectMixin, NotebookViewSet):
         return Response(shapes.data_sync_out(response.data, direction))
 
 
-def _query(params):
-    from django.http import QueryDict
-
+def _query(params: QueryDict) -> QueryDict:
     translated = QueryDict(mutable=True)
     for name, values in shapes.query_in(params).items():
         translated.setlist(name, values)
