@@ -143,7 +143,24 @@ def test_retention_keeps_the_newest_backups(notebook, backups_dir, settings):
         workspace.backup(notebook)
     kept = list(notebook.backups.all())
     assert len(kept) == 2
-    files = sorted(p.name for p in backups_dir.rglob("*.tar.gz"))
+    files = sorted(p.name for p in backups_dir.rglob("*.tar"))
     assert files == sorted(b.storage_name.rsplit("/", 1)[1] for b in kept)
     workspace.remove_local(notebook)
     assert (workspace.prepare(notebook) / "n.txt").read_text() == "3"
+
+
+def test_gzip_archives_when_configured_and_either_restores(notebook, backups_dir, settings):
+    path = workspace.prepare(notebook)
+    (path / "text.txt").write_text("compressible " * 10_000)
+    plain = workspace.backup(notebook)
+    settings.NBCLOUD_BACKUP_COMPRESSION = "gzip"
+    (path / "text.txt").write_text("compressible, again " * 10_000)
+    gzipped = workspace.backup(notebook)
+    assert plain.storage_name.endswith(".tar") and gzipped.storage_name.endswith(".tar.gz")
+    assert gzipped.size < plain.size / 10
+    workspace.remove_local(notebook)
+    assert (workspace.prepare(notebook) / "text.txt").read_text().startswith("compressible, again")
+    workspace.remove_local(notebook)
+    gzipped.delete()
+    settings.NBCLOUD_BACKUP_COMPRESSION = "none"
+    assert (workspace.prepare(notebook) / "text.txt").read_text().startswith("compressible ")
