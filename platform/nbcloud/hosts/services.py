@@ -18,6 +18,7 @@ import secrets
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 
 from django.db import transaction
 from django.db.models import Q
@@ -197,13 +198,17 @@ class Capacity:
         NVML's "NVIDIA H100 80GB HBM3"); any model when it names none."""
         if not need.gpus or not need.gpu_model:
             return self.free_gpus
-        models = {gpu["uuid"]: gpu["model"].lower() for gpu in self.host.gpus}
         wanted = need.gpu_model.lower()
-        return [uuid for uuid in self.free_gpus if wanted in models[uuid]]
+        return [uuid for uuid in self.free_gpus if wanted in self._models[uuid]]
+
+    @cached_property
+    def _models(self) -> dict[str, str]:
+        return {gpu["uuid"]: gpu["model"].lower() for gpu in self.host.gpus}
 
     def fits(self, need: Need) -> bool:
         return (
-            self.free_cpus >= need.cpus
+            len(self.free_gpus) >= need.gpus
+            and self.free_cpus >= need.cpus
             and self.free_memory >= need.memory
             and self.free_disk >= need.disk
             and len(self._gpus_for(need)) >= need.gpus
@@ -271,6 +276,7 @@ def place_queued() -> list[tuple[str, str]]:
             .order_by("queued_at", "created_at")
         )
         positions: dict[tuple[str, str], int] = {}
+        moved_up: list[Notebook] = []
         for notebook in waiting:
             line = (notebook.region, notebook.flavor)
             candidates = []
@@ -305,5 +311,9 @@ def place_queued() -> list[tuple[str, str]]:
                     message=message,
                 )
             elif notebook.info_message != message:
-                notebook_services.set_info(notebook, InfoCode.WAITING_FOR_CAPACITY, message)
+                notebook.info_code, notebook.info_message = InfoCode.WAITING_FOR_CAPACITY, message
+                moved_up.append(notebook)
+        # Every placement moves those behind it up: one statement per batch,
+        # not one per notebook in line.
+        Notebook.objects.bulk_update(moved_up, ["info_code", "info_message"], batch_size=1000)
     return placed
