@@ -149,7 +149,11 @@ class NotebookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectS
         return Response(self.get_serializer(notebook).data, status=status.HTTP_202_ACCEPTED)
 
     def _backup(self, backup_id):
-        backup = self.get_object().backups.filter(pk=backup_id).first()
+        notebook = self.get_object()
+        try:
+            backup = notebook.backups.filter(pk=backup_id).first()
+        except DjangoValidationError:  # 36 hex digits and dashes, yet not a UUID
+            backup = None
         if backup is None:
             raise exceptions.NotFound(f"This notebook has no backup {backup_id}.")
         return backup
