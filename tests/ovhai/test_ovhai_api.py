@@ -479,7 +479,10 @@ def test_backups_are_listed_read_and_forked(as_alice, as_bob):
         404,
     )
 
-    refused(lambda: notebook_get_backup.sync_detailed(nb.id, "not-a-uuid", client=as_alice), 404)
+    error = refused(
+        lambda: notebook_get_backup.sync_detailed(nb.id, "not-a-uuid", client=as_alice), 404
+    )
+    assert error.message == "This notebook has no backup not-a-uuid."
     refused(
         lambda: notebook_create_from_backup.sync_detailed(nb.id, str(older.pk), client=as_bob),
         403,

@@ -11,7 +11,7 @@ from . import views
 notebook = views.NotebookView.as_view
 token = views.TokenView.as_view
 NOTEBOOK = "v1/notebook/<str:pk>"
-BACKUP = f"{NOTEBOOK}/backup/<uuid:backup_id>"
+BACKUP = f"{NOTEBOOK}/backup/<str:backup_id>"
 
 urlpatterns = [
     path("v1/me", views.MeView.as_view()),
