@@ -16,25 +16,15 @@ The database is created if missing, migrated, and its billing tables emptied.
 import argparse
 import io
 import json
-import os
 import statistics
-import sys
 import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
+from postgres import setup_django
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def ensure_database(url: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    base, name = url.rsplit("/", 1)
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
 def main() -> None:
@@ -42,22 +32,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/nbcloud_bench")
-    if not url.startswith("postgres"):
-        sys.exit("this benchmark needs PostgreSQL: set DATABASE_URL=postgres://...")
-    ensure_database(url)
-    os.environ.update(
-        {
-            "DATABASE_URL": url,
-            "DJANGO_SETTINGS_MODULE": "nbcloud.settings",
-            "NBCLOUD_DATA_DIR": str(ROOT / "var" / "bench"),
-        }
-    )
-    sys.path[:0] = [str(ROOT / "platform"), str(ROOT)]
-    import django
-
-    django.setup()
-    from django.core.management import call_command
+    setup_django()
     from django.db import connection
     from django.utils import timezone
 
@@ -66,7 +41,6 @@ def main() -> None:
     from nbcloud.notebooks.models import Notebook
     from nbcloud.projects.models import Project
 
-    call_command("migrate", verbosity=0)
     sizes = [int(s) for s in args.sizes.split(",")]
     results = []
     for n in sizes:

@@ -26,25 +26,15 @@ are replaced.
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 
+from postgres import setup_django
+
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 1024**3
-
-
-def ensure_database(url: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    base, name = url.rsplit("/", 1)
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
 def populate(hosts: int, notebooks: int):
@@ -176,27 +166,10 @@ def main() -> None:
     parser.add_argument("--grid", default="100x1000,100x10000,1000x1000,1000x10000")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/nbcloud_bench")
-    if not url.startswith("postgres"):
-        sys.exit("this benchmark needs PostgreSQL: set DATABASE_URL=postgres://...")
-    ensure_database(url)
-    os.environ.update(
-        {
-            "DATABASE_URL": url,
-            "DJANGO_SETTINGS_MODULE": "nbcloud.settings",
-            "NBCLOUD_DATA_DIR": str(ROOT / "var" / "bench"),
-        }
-    )
-    sys.path[:0] = [str(ROOT / "platform"), str(ROOT)]
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
+    setup_django()
     from nbcloud.celery import app
 
     app.conf.broker_url = "memory://"
-    call_command("migrate", verbosity=0)
 
     results = []
     print(
