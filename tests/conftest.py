@@ -353,6 +353,22 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = 
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def api_status(api, url: str) -> dict:
+    """A notebook's `status` through the API (asserting the call succeeds)."""
+    reply = api.get(url)
+    assert reply.status_code == 200, reply.content
+    return reply.json()["status"]
+
+
+def wait_state(api, url: str, state: str, timeout: float = 120) -> dict:
+    """Poll the API until the notebook at `url` is in `state`; its status then."""
+    return wait_for(
+        lambda: (s := api_status(api, url))["state"] == state and s,
+        timeout=timeout,
+        what=f"state {state} (last: {api_status(api, url)})",
+    )
+
+
 class Kernel:
     """A JupyterLab kernel driven over the Jupyter Server REST + websocket API."""
 

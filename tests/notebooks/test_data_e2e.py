@@ -7,7 +7,7 @@ brings everything back; a fork of the backup finds the same files.
 
 import boto3
 import pytest
-from conftest import Kernel, wait_for
+from conftest import Kernel, wait_for, wait_state
 
 from nbcloud.notebooks.models import Notebook
 
@@ -15,20 +15,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 BUCKET = "e2e-data"
 KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-
-
-def _status(api, url):
-    reply = api.get(url)
-    assert reply.status_code == 200, reply.content
-    return reply.json()["status"]
-
-
-def _wait_state(api, url, state, timeout=120):
-    return wait_for(
-        lambda: (s := _status(api, url))["state"] == state and s,
-        timeout=timeout,
-        what=f"state {state} (last: {_status(api, url)})",
-    )
 
 
 @pytest.fixture
@@ -79,7 +65,7 @@ def test_volumes_workspace_backup_and_fork(
     created = alice_api.post(base + "notebooks/", spec, format="json")
     assert created.status_code == 201, created.content
     url = f"{base}notebooks/{created.json()['id']}/"
-    running = _wait_state(alice_api, url, "RUNNING")
+    running = wait_state(alice_api, url, "RUNNING")
     assert [(d["direction"], d["state"]) for d in running["data_sync"]] == [
         ("pull", "DONE"),
         ("pull", "DONE"),
@@ -107,7 +93,7 @@ def test_volumes_workspace_backup_and_fork(
     kernel.execute("open('/workspace/data/result.txt', 'w').write('43')")
     kernel.close()
     assert alice_api.post(url + "stop/").status_code == 202
-    stopped = _wait_state(alice_api, url, "STOPPED")
+    stopped = wait_state(alice_api, url, "STOPPED")
     assert stopped["data_sync"][0]["direction"] == "push"
     assert bucket.get_object(Bucket=BUCKET, Key="input/result.txt")["Body"].read() == b"43"
     backups = alice_api.get(url + "backups/").json()["results"]
@@ -116,14 +102,14 @@ def test_volumes_workspace_backup_and_fork(
     assert backups[0]["workspace_size"] < 100_000
 
     assert alice_api.post(url + "start/").status_code == 202
-    again = _wait_state(alice_api, url, "RUNNING")
+    again = wait_state(alice_api, url, "RUNNING")
     kernel = Kernel(again["url"], headers)
     assert _read(kernel, "/workspace/notes.txt") == "my notes"
     assert _read(kernel, "/workspace/data/result.txt") == "43"
     assert _read(kernel, "/workspace/repo/README.md") == "version 2\n"
     kernel.close()
     assert alice_api.post(url + "stop/").status_code == 202
-    _wait_state(alice_api, url, "STOPPED")
+    wait_state(alice_api, url, "STOPPED")
 
     latest = alice_api.get(url + "backups/").json()["results"][0]
     assert alice_api.get(f"{url}backups/{latest['id']}/").json()["sha256"] == latest["sha256"]
@@ -131,7 +117,7 @@ def test_volumes_workspace_backup_and_fork(
     assert forked.status_code == 201, forked.content
     assert forked.json()["spec"]["name"] == "twin"
     fork_url = f"{base}notebooks/{forked.json()['id']}/"
-    twin = _wait_state(alice_api, fork_url, "RUNNING")
+    twin = wait_state(alice_api, fork_url, "RUNNING")
     kernel = Kernel(twin["url"], headers)
     assert _read(kernel, "/workspace/notes.txt") == "my notes"
     assert _read(kernel, "/workspace/data/result.txt") == "43"
@@ -140,7 +126,7 @@ def test_volumes_workspace_backup_and_fork(
     codes = [e["code"] for e in alice_api.get(fork_url + "events/").json()["results"]]
     assert "FORKED" in codes
     assert alice_api.post(fork_url + "stop/").status_code == 202
-    _wait_state(alice_api, fork_url, "STOPPED")
+    wait_state(alice_api, fork_url, "STOPPED")
     assert Notebook.objects.get(pk=forked.json()["id"]).forked_from_id is not None
 
 
@@ -164,7 +150,7 @@ def test_a_failed_pull_fails_the_start_with_the_volume_and_reason(
     }
     created = alice_api.post(base + "notebooks/", spec, format="json")
     url = f"{base}notebooks/{created.json()['id']}/"
-    failed = _wait_state(alice_api, url, "FAILED")
+    failed = wait_state(alice_api, url, "FAILED")
     assert failed["info"]["code"] == "DATA_SYNC_FAILED"
     assert "missing-bucket@store:/workspace/data:RO" in failed["info"]["message"]
     assert "does not exist" in failed["info"]["message"]

@@ -10,7 +10,7 @@ import signal
 
 import psutil
 import pytest
-from conftest import Kernel, wait_for
+from conftest import Kernel, api_status, wait_for, wait_state
 
 from nbcloud.notebooks.models import Notebook
 
@@ -38,20 +38,6 @@ print(done.returncode, done.stderr[-500:])
 """
 
 
-def _status(api, url):
-    reply = api.get(url)
-    assert reply.status_code == 200, reply.content
-    return reply.json()["status"]
-
-
-def _wait_state(api, url, state, timeout=90):
-    return wait_for(
-        lambda: (s := _status(api, url))["state"] == state and s,
-        timeout=timeout,
-        what=f"state {state} (last: {_status(api, url)})",
-    )
-
-
 @pytest.fixture
 def running_notebook(platform_server, celery_worker_process, conda_env, this_host, alice_api):
     created = alice_api.post("/api/v1/projects/alpha/notebooks/", SPEC, format="json")
@@ -59,7 +45,7 @@ def running_notebook(platform_server, celery_worker_process, conda_env, this_hos
     body = created.json()
     assert body["status"]["state"] == "QUEUED"
     url = f"/api/v1/projects/alpha/notebooks/{body['id']}/"
-    status = _wait_state(alice_api, url, "RUNNING")
+    status = wait_state(alice_api, url, "RUNNING")
     yield body["id"], url, status
     # Whatever the test did, leave no editor behind.
     from workers.lifecycle import runtime_for
@@ -71,7 +57,7 @@ def running_notebook(platform_server, celery_worker_process, conda_env, this_hos
 
 def _kernel(api, url, token: str) -> Kernel:
     """A kernel reached through the gateway, with the platform token (never the editor's)."""
-    return Kernel(_status(api, url)["url"], {"Authorization": f"Bearer {token}"})
+    return Kernel(api_status(api, url)["url"], {"Authorization": f"Bearer {token}"})
 
 
 def test_notebook_runs_code_and_keeps_workspace_across_stop_and_start(
@@ -91,7 +77,7 @@ def test_notebook_runs_code_and_keeps_workspace_across_stop_and_start(
     kernel.close()
 
     assert alice_api.post(url + "stop/").status_code == 202
-    stopped = _wait_state(alice_api, url, "STOPPED")
+    stopped = wait_state(alice_api, url, "STOPPED")
     assert stopped["workspace_size"] > 0
     backups = alice_api.get(url + "backups/").json()["results"]
     assert len(backups) == 1 and len(backups[0]["sha256"]) == 64
@@ -100,7 +86,7 @@ def test_notebook_runs_code_and_keeps_workspace_across_stop_and_start(
     del this_host_workspace
 
     assert alice_api.post(url + "start/").status_code == 202
-    restarted = _wait_state(alice_api, url, "RUNNING")
+    restarted = wait_state(alice_api, url, "RUNNING")
     kernel = _kernel(alice_api, url, alice[1])
     assert (
         kernel.execute("print(open('/workspace/notes.txt').read())").strip()
@@ -146,15 +132,15 @@ def test_dead_editor_is_noticed_saved_and_failed(running_notebook, alice_api, al
     )
 
     reconcile_all.delay()  # what beat sends every NBCLOUD_RECONCILE_INTERVAL
-    failed = _wait_state(alice_api, url, "FAILED")
+    failed = wait_state(alice_api, url, "FAILED")
     assert failed["info"]["code"] == "EDITOR_DIED"
     assert "stopped unexpectedly" in failed["info"]["message"]
     assert len(alice_api.get(url + "backups/").json()["results"]) == 1  # the work was saved
 
     assert alice_api.post(url + "start/").status_code == 202
-    _wait_state(alice_api, url, "RUNNING")
+    wait_state(alice_api, url, "RUNNING")
     kernel = _kernel(alice_api, url, alice[1])
     assert kernel.execute("print(open('/workspace/work.txt').read())").strip() == "unsaved work"
     kernel.close()
     alice_api.post(url + "stop/")
-    _wait_state(alice_api, url, "STOPPED")
+    wait_state(alice_api, url, "STOPPED")
