@@ -174,3 +174,26 @@ def test_notebooks_that_are_not_queued_are_left_alone(alpha, place):
     failed = make_notebook(alpha, "failed", cpu=1, state=State.FAILED)
     assert place() == []
     assert fresh(stopped).state == State.STOPPED and fresh(failed).state == State.FAILED
+
+
+def test_cpu_notebooks_leave_hosts_with_free_gpus_alone(alpha, place):
+    make_host("a-gpu", cpus=64, memory_gib=256, gpus=4)
+    cpu_host = make_host("z-cpu", cpus=64, memory_gib=256)
+    notebook = make_notebook(alpha, "nb", cpu=2)
+    assert place() == [(str(notebook.pk), "z-cpu")]
+    assert fresh(notebook).host == cpu_host
+
+
+def test_local_storage_is_reserved(alpha, place):
+    # 50 GiB of local storage per vCPU: the second 2-vCPU notebook does not fit.
+    make_host("small-disk", cpus=8, memory_gib=64, disk_gib=150)
+    first, second = make_notebook(alpha, "a", cpu=2), make_notebook(alpha, "b", cpu=2)
+    assert place() == [(str(first.pk), "small-disk")]
+    assert "position 1 in region GRA for 2 CPUs of flavor ai1-1-cpu" in fresh(second).info_message
+
+
+def test_gpus_of_another_model_are_not_offered(alpha, place):
+    make_host("h100s", cpus=64, memory_gib=512, gpus=2, model="NVIDIA H100 80GB HBM3")
+    v100 = make_notebook(alpha, "v100", gpu=1)  # ai1-1-gpu: Tesla V100S
+    assert place() == []
+    assert fresh(v100).state == State.QUEUED
