@@ -13,6 +13,7 @@ transaction that never commits, so nothing reaches a broker.
 """
 
 import os
+import re
 from contextlib import contextmanager
 
 import pytest
@@ -205,15 +206,15 @@ PROJECT_OPERATIONS = [
 
 @pytest.mark.parametrize(("path", "method"), PROJECT_OPERATIONS)
 def test_project_name_with_a_nul_byte_is_not_found(path, method, bearer):
-    parameters = {"project": "no\x00such"}
-    if "{id}" in path:
-        parameters["id"] = "1" if "/tokens/" in path else "00000000-0000-0000-0000-000000000000"
-    if "{username}" in path:
-        parameters["username"] = "dave"
-    if "{alias}" in path:
-        parameters["alias"] = "data"
-    if "{container}" in path:
-        parameters["container"] = "datasets"
+    uuid = "00000000-0000-0000-0000-000000000000"
+    parameters = {
+        name: "1" if name == "id" and "/tokens/" in path else uuid
+        for name in re.findall(r"{(\w*id)}", path)
+    }
+    parameters.update(
+        {name: "data" for name in re.findall(r"{(\w+)}", path) if name not in parameters}
+    )
+    parameters["project"] = "no\x00such"
     case = schema[path][method].Case(path_parameters=parameters)
     with _rolled_back():
         response = case.call_and_validate(headers=bearer, checks=CHECKS)
