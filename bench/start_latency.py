@@ -12,6 +12,7 @@ Prints medians and the ratio platform / baseline. Usage:
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -86,14 +88,12 @@ def bare_jupyter(env_dir: Path) -> float:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
-
-    data_dir = ROOT / "var" / "bench"
+@contextlib.contextmanager
+def running_platform(name: str, **env_vars: str) -> Iterator[tuple[str, dict]]:
+    """The platform as `make run` runs it, in var/<name>; yields (notebooks URL, headers)."""
+    data_dir = ROOT / "var" / name
     shutil.rmtree(data_dir, ignore_errors=True)
-    env = {**os.environ, "NBCLOUD_DATA_DIR": str(data_dir)}
+    env = {**os.environ, "NBCLOUD_DATA_DIR": str(data_dir), **env_vars}
     env.pop("CELERY_BROKER_URL", None)
     env.pop("DATABASE_URL", None)
     manage = [PY, str(ROOT / "manage.py")]
@@ -123,55 +123,71 @@ def main() -> None:
     import django
 
     django.setup()
-    from workers.environments import env_dir
-
-    conda = env_dir("conda", "py311")
-    results = {"platform_start_s": [], "platform_stop_s": [], "bare_jupyter_start_s": []}
     try:
         wait(lambda: ok(api, headers=headers), timeout=60)
-        for i in range(args.runs):
-            spec = {
-                "name": f"bench-{i}",
-                "env": {"framework_id": "conda", "editor_id": "jupyterlab"},
-                "resources": {"cpu": 1},
-            }
-            started = time.monotonic()
-            created = requests.post(api, json=spec, headers=headers, timeout=10).json()
-            url = f"{api}{created['id']}/"
-
-            def state_is(state, url=url):
-                body = requests.get(url, headers=headers, timeout=10).json()
-                if body["status"]["state"] == "FAILED":
-                    raise RuntimeError(body["status"])
-                return body["status"]["state"] == state
-
-            wait(lambda: state_is("RUNNING"))
-            results["platform_start_s"].append(time.monotonic() - started)
-            stopping = time.monotonic()
-            requests.post(url + "stop/", headers=headers, timeout=10)
-            wait(lambda: state_is("STOPPED"))
-            results["platform_stop_s"].append(time.monotonic() - stopping)
-            requests.delete(url, headers=headers, timeout=10)
-            results["bare_jupyter_start_s"].append(bare_jupyter(conda))
+        yield api, headers
     finally:
         platform.terminate()
         platform.wait(60)
 
-    medians = {k: statistics.median(v) for k, v in results.items()}
-    report = {
-        "runs": args.runs,
-        "samples": results,
-        "medians": medians,
-        "start_ratio_platform_over_bare": medians["platform_start_s"]
-        / medians["bare_jupyter_start_s"],
+
+def notebook_round(api: str, headers: dict, name: str) -> tuple[float, float]:
+    """POST a conda + JupyterLab notebook: seconds to RUNNING, then stop to STOPPED."""
+    spec = {
+        "name": name,
+        "env": {"framework_id": "conda", "editor_id": "jupyterlab"},
+        "resources": {"cpu": 1},
     }
+    started = time.monotonic()
+    created = requests.post(api, json=spec, headers=headers, timeout=10).json()
+    url = f"{api}{created['id']}/"
+
+    def state_is(state):
+        body = requests.get(url, headers=headers, timeout=10).json()
+        if body["status"]["state"] == "FAILED":
+            raise RuntimeError(body["status"])
+        return body["status"]["state"] == state
+
+    wait(lambda: state_is("RUNNING"))
+    start_s = time.monotonic() - started
+    stopping = time.monotonic()
+    requests.post(url + "stop/", headers=headers, timeout=10)
+    wait(lambda: state_is("STOPPED"))
+    stop_s = time.monotonic() - stopping
+    requests.delete(url, headers=headers, timeout=10)
+    return start_s, stop_s
+
+
+def report(name: str, runs: int, results: dict[str, list[float]], platform: str, bare: str):
+    """Print and write (bench/results/<name>.json) the medians and platform / bare."""
+    medians = {k: statistics.median(v) for k, v in results.items()}
+    ratio = medians[platform] / medians[bare]
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "start_latency.json").write_text(json.dumps(report, indent=2))
-    print(f"runs: {args.runs}")
+    summary = {"runs": runs, "samples": results, "medians": medians, "start_ratio": ratio}
+    (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
+    print(f"runs: {runs}")
     for key, value in medians.items():
         print(f"median {key:24s} {value:6.2f} s   samples {[round(v, 2) for v in results[key]]}")
-    print(f"start ratio platform / bare JupyterLab: {report['start_ratio_platform_over_bare']:.2f}")
+    print(f"start ratio {platform} / {bare}: {ratio:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+
+    results = {"platform_start_s": [], "platform_stop_s": [], "bare_jupyter_start_s": []}
+    with running_platform("bench") as (api, headers):
+        from workers.environments import env_dir
+
+        conda = env_dir("conda", "py311")
+        for i in range(args.runs):
+            start_s, stop_s = notebook_round(api, headers, f"bench-{i}")
+            results["platform_start_s"].append(start_s)
+            results["platform_stop_s"].append(stop_s)
+            results["bare_jupyter_start_s"].append(bare_jupyter(conda))
+    report("start_latency", args.runs, results, "platform_start_s", "bare_jupyter_start_s")
 
 
 if __name__ == "__main__":

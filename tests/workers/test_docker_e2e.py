@@ -3,7 +3,7 @@ JupyterLab in a container -> a kernel through the gateway; logs through the API;
 the workspace kept across stop and start; no container left after delete."""
 
 import pytest
-from conftest import Kernel, wait_for
+from conftest import Kernel, wait_for, wait_state
 from test_docker_failover import docker_host, docker_workers  # noqa: F401 (fixtures)
 
 from nbcloud.notebooks.models import Notebook
@@ -16,20 +16,6 @@ SPEC = {
     "resources": {"cpu": 1},
     "region": "BHS",  # only the docker host serves this region here
 }
-
-
-def _status(api, url) -> dict:
-    reply = api.get(url)
-    assert reply.status_code == 200, reply.content
-    return reply.json()["status"]
-
-
-def _wait_state(api, url, state) -> dict:
-    return wait_for(
-        lambda: (s := _status(api, url))["state"] == state and s,
-        timeout=90,
-        what=f"state {state} (last: {_status(api, url)})",
-    )
 
 
 def test_notebook_in_a_container_runs_code_and_keeps_its_workspace(
@@ -46,7 +32,7 @@ def test_notebook_in_a_container_runs_code_and_keeps_its_workspace(
     assert created.status_code == 201, created.content
     notebook_id = created.json()["id"]
     url = f"/api/v1/projects/alpha/notebooks/{notebook_id}/"
-    status = _wait_state(alice_api, url, "RUNNING")
+    status = wait_state(alice_api, url, "RUNNING")
     (container,) = docker_containers(notebook_id)
     assert container.labels["io.nbcloud.project"] == "alpha"
 
@@ -62,13 +48,13 @@ def test_notebook_in_a_container_runs_code_and_keeps_its_workspace(
     assert logs.status_code == 200 and "Jupyter Server" in logs.json()["logs"]
 
     assert alice_api.post(url + "stop/").status_code == 202
-    _wait_state(alice_api, url, "STOPPED")
+    wait_state(alice_api, url, "STOPPED")
     assert docker_containers(notebook_id) == []
     # The stopped container's output outlives it.
     assert "Jupyter Server" in alice_api.get(url + "logs/").json()["logs"]
 
     assert alice_api.post(url + "start/").status_code == 202
-    restarted = _wait_state(alice_api, url, "RUNNING")
+    restarted = wait_state(alice_api, url, "RUNNING")
     (again,) = docker_containers(notebook_id)
     assert again.id != container.id
     kernel = Kernel(restarted["url"], {"Authorization": f"Bearer {alice[1]}"})

@@ -63,6 +63,7 @@ def test_container_has_the_limits_user_labels_and_workspace(running, docker_api,
     assert host_config["NanoCpus"] == 1_000_000_000
     assert host_config["Memory"] == GIB
     assert host_config["MemorySwap"] == GIB
+    assert host_config["ShmSize"] == GIB // 2
     assert host_config["CapDrop"] == ["ALL"]
     spec = running.spec
     assert container.attrs["Config"]["User"] == f"{spec.uid}:{spec.uid}"

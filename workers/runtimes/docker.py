@@ -27,7 +27,7 @@ from pathlib import Path
 import docker
 from django.conf import settings
 from docker.models.containers import Container
-from docker.types import DeviceRequest
+from docker.types import DeviceRequest, LogConfig
 from docker.types import Mount as DockerMount
 
 from .base import Endpoint, LaunchSpec, Runtime, StartError, log_file, tail_file
@@ -103,6 +103,8 @@ def container_config(spec: LaunchSpec, port: int, host_cpus: int) -> dict:
         # smaller test host still runs a big flavor, on all of its CPUs.
         "nano_cpus": int(min(spec.cpus, host_cpus) * 1e9),
         "cap_drop": ["ALL"],
+        # Read by `logs` and kept in the notebook's log at stop; bounded meanwhile.
+        "log_config": LogConfig(type="json-file", config={"max-size": "10m", "max-file": "3"}),
         "security_opt": ["no-new-privileges"],
         "detach": True,
         **network,
@@ -110,6 +112,9 @@ def container_config(spec: LaunchSpec, port: int, host_cpus: int) -> dict:
     if spec.memory_bytes:
         config["mem_limit"] = spec.memory_bytes
         config["memswap_limit"] = spec.memory_bytes  # no swap beyond the limit
+        # PyTorch's DataLoader workers share batches through /dev/shm (64 MiB by
+        # default); what is used there counts against the memory limit anyway.
+        config["shm_size"] = spec.memory_bytes // 2
     if spec.gpu_uuids:
         config["device_requests"] = [
             DeviceRequest(device_ids=list(spec.gpu_uuids), capabilities=[["gpu"]])
