@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 
-.PHONY: run test bench bench-billing install sysdeps envs code-server docker-images migrate lint format clean
+.PHONY: run test bench bench-billing install sysdeps envs code-server docker-images image compose-config migrate lint format clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,26 @@ code-server: install
 docker-images: install
 	environments/base/build-base.sh
 	$(PY) manage.py buildimages conda
+
+# The platform's own image (Dockerfile at the root) on the base above. The project's
+# dependencies are collected as wheels once per pyproject.toml (var/image-wheels), so
+# the build needs no network and Docker's layer cache keeps rebuilds to seconds.
+IMAGE ?= nbcloud/platform:latest
+WHEELS := var/image-wheels
+$(WHEELS)/.stamp: pyproject.toml compose/image-wheels.sh | install
+	environments/base/build-base.sh
+	compose/image-wheels.sh $(PY) $(WHEELS) nbcloud/base:latest
+	@touch $@
+
+image: $(WHEELS)/.stamp
+	environments/base/build-base.sh
+	DOCKER_BUILDKIT=0 docker build -q --network none -t $(IMAGE) .
+
+# The full stack's compose file, checked without an engine.
+compose-config:
+	@command -v docker-compose >/dev/null || apt-get install -y -q docker-compose >/dev/null \
+	  || (apt-get update -q && apt-get install -y -q docker-compose >/dev/null)
+	docker-compose --env-file compose/.env.example -f compose/docker-compose.yml config -q
 
 test: install sysdeps envs code-server
 	$(PY) -m pytest

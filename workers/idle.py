@@ -33,6 +33,7 @@ from nbcloud.notebooks.models import Notebook, NotebookEvent
 from nbcloud.notebooks.states import InfoCode, State
 
 from . import lifecycle
+from .routes import Queue
 from .runtimes import StartError
 from .runtimes.editors import readiness_headers
 
@@ -299,9 +300,12 @@ def restart_task(notebook_id: str, *, host: str) -> None:
 
 @worker_ready.connect
 def start_host_services(sender=None, **kwargs) -> None:
-    """A worker that consumes its host's queue samples that host's notebooks."""
+    """A worker that consumes a host's queue (host.<name>) samples that host's notebooks."""
     from .sampler import start_host_sampler
 
     queues = {q.name for q in sender.app.amqp.queues.consume_from.values()} if sender else set()
-    if f"host.{settings.NBCLOUD_HOST_NAME}" in queues:
-        start_host_sampler()
+    hosts = sorted(
+        q.removeprefix(f"{Queue.HOST}.") for q in queues if q.startswith(f"{Queue.HOST}.")
+    )
+    if hosts:
+        start_host_sampler(hosts[0])

@@ -179,9 +179,9 @@ class SamplerThread(threading.Thread):
         self.stopping.set()
 
 
-def start_host_sampler() -> SamplerThread:
-    """Sample this host's notebooks and serve them on the worker's metrics port."""
-    sampler = Sampler(settings.NBCLOUD_HOST_NAME)
+def start_host_sampler(host: str) -> SamplerThread:
+    """Sample the notebooks of `host` and serve them on the worker's metrics port."""
+    sampler = Sampler(host)
     thread = SamplerThread(sampler, settings.NBCLOUD_SAMPLE_INTERVAL)
     thread.start()
     serve(sampler)

@@ -14,6 +14,8 @@ import logging
 from dataclasses import dataclass, field
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from django.conf import settings
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,13 @@ def broker_redis() -> redis.Redis | None:
     global _client
     if _client is None:
         url = settings.CELERY_BROKER_URL
-        options = {"socket_timeout": 2, "socket_connect_timeout": 2}
+        # One try, briefly: a scrape or a task must not wait on a broker that is down.
+        options = {
+            "socket_timeout": 2,
+            "socket_connect_timeout": 2,
+            "retry": Retry(NoBackoff(), 0),
+            "retry_on_error": [],
+        }
         if url.startswith("redis+socket://"):
             _client = redis.Redis(unix_socket_path=url.removeprefix("redis+socket://"), **options)
         elif url.startswith(("redis://", "rediss://")):
