@@ -39,27 +39,30 @@ BIN = Path(sys.executable).parent
 BUCKET = "bench"
 
 
-def timed_nbc(args: list[str], env: dict) -> tuple[float, int]:
-    """Seconds and peak RSS (bytes, sampled every 10 ms) of one `nbc` process."""
+def timed_nbc(args: list[str], env: dict) -> tuple[float, float, int]:
+    """Seconds, CPU seconds and peak RSS (bytes, sampled every 10 ms) of one `nbc` process."""
     started = time.monotonic()
     proc = subprocess.Popen([str(BIN / "nbc"), *args], env=env, stdout=subprocess.DEVNULL)
-    peak = 0
-    with contextlib.suppress(psutil.Error):
-        watched = psutil.Process(proc.pid)
-        while proc.poll() is None:
+    watched, peak = psutil.Process(proc.pid), 0
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        with contextlib.suppress(psutil.Error):
             peak = max(peak, watched.memory_info().rss)
-            time.sleep(0.01)
-    proc.wait()
+        time.sleep(0.01)
     seconds = time.monotonic() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"nbc {' '.join(args)} exited {proc.returncode}")
-    return seconds, peak
+    return seconds, usage.ru_utime + usage.ru_stime, peak
 
 
-def timed(call) -> float:
-    started = time.monotonic()
+def timed(call) -> tuple[float, float]:
+    """Seconds and CPU seconds (of this process, all its threads) of `call()`."""
+    started, cpu = time.monotonic(), time.process_time()
     call()
-    return time.monotonic() - started
+    return time.monotonic() - started, time.process_time() - cpu
 
 
 def main() -> None:
@@ -116,43 +119,42 @@ def main() -> None:
         for _ in range(args.size_mib):
             f.write(os.urandom(1024 * 1024))
     size = source.stat().st_size
-    results: dict[str, list[float]] = {
-        "nbc_upload_s": [],
-        "boto3_upload_s": [],
-        "nbc_download_s": [],
-        "boto3_download_s": [],
-        "nbc_upload_rss": [],
-        "nbc_download_rss": [],
-    }
+    # {"nbc upload": {"s": [...], "cpu_s": [...], "rss": [...]}, "boto3 upload": ...}
+    results: dict[str, dict[str, list[float]]] = {}
+
+    def record(name: str, seconds: float, cpu: float, rss: int | None = None) -> None:
+        row = results.setdefault(name, {"s": [], "cpu_s": [], "rss": []})
+        row["s"].append(seconds)
+        row["cpu_s"].append(cpu)
+        if rss is not None:
+            row["rss"].append(rss)
+
     try:
         auth = {"Authorization": f"Bearer {token}"}
         wait(lambda: ok(f"{url}/api/v1/capabilities/regions/", headers=auth), timeout=60)
         datastore = ["datastore", "add", "s3", "lake", "--endpoint", endpoint]
         timed_nbc([*datastore, "--region", "us-east-1", "--access-key", "bench"], cli_env)
         for run in range(args.runs):
-            seconds, rss = timed_nbc(
-                ["data", "upload", "lake", BUCKET, str(source), "--prefix", "nbc/"], cli_env
-            )
-            results["nbc_upload_s"].append(seconds)
-            results["nbc_upload_rss"].append(rss)
-            results["boto3_upload_s"].append(
-                timed(lambda: s3.upload_file(str(source), BUCKET, "boto3/big.bin"))
-            )
+            record("nbc start-up", *timed_nbc(["--version"], cli_env))
+            upload = ["data", "upload", "lake", BUCKET, str(source), "--prefix", "nbc/"]
+            record("nbc upload", *timed_nbc(upload, cli_env))
+            record("boto3 upload", *timed(lambda: s3.upload_file(str(source), BUCKET, "b3/big")))
             into = WORK / f"down-{run}"
-            seconds, rss = timed_nbc(
-                ["data", "download", "lake", BUCKET, "nbc/big.bin", "--to", str(into)], cli_env
-            )
-            results["nbc_download_s"].append(seconds)
-            results["nbc_download_rss"].append(rss)
+            download = ["data", "download", "lake", BUCKET, "nbc/big.bin", "--to", str(into)]
+            record("nbc download", *timed_nbc(download, cli_env))
             if (into / "nbc" / "big.bin").stat().st_size != size:
                 sys.exit("the download is not the file uploaded")
             shutil.rmtree(into)
             target = WORK / "boto3.bin"
-            results["boto3_download_s"].append(
-                timed(lambda target=target: s3.download_file(BUCKET, "boto3/big.bin", str(target)))
+            record(
+                "boto3 download",
+                *timed(lambda target=target: s3.download_file(BUCKET, "b3/big", str(target))),
             )
             target.unlink()
-            print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in results.items()))
+            print(
+                f"run {run + 1}: "
+                + ", ".join(f"{k} {v['s'][-1]:.2f} s" for k, v in results.items())
+            )
     finally:
         web.terminate()
         moto.terminate()
@@ -160,23 +162,19 @@ def main() -> None:
         moto.wait(30)
 
     mib = size / 1024**2
-    summary = {"size_mib": mib, "runs": args.runs, "samples": results}
-    print(f"\n{mib:.0f} MiB, medians of {args.runs} runs")
-    print(f"{'':10} {'nbc':>16} {'boto3':>16} {'nbc / boto3':>12}")
+    summary: dict = {"size_mib": mib, "runs": args.runs, "samples": results}
+    print(f"\n{mib:.0f} MiB file, medians of {args.runs} runs")
+    print(f"{'':16}{'wall':>9}{'MiB/s':>7}{'CPU':>9}{'peak RSS':>10}")
+    for name, row in results.items():
+        wall, cpu = statistics.median(row["s"]), statistics.median(row["cpu_s"])
+        rss = max(row["rss"]) / 1024**2 if row["rss"] else None
+        summary[name] = {"s": wall, "cpu_s": cpu, "peak_rss_mib": rss}
+        rate = f"{mib / wall:7.0f}" if "start" not in name else " " * 7
+        print(f"{name:16}{wall:7.2f} s{rate}{cpu:7.2f} s" + (f"{rss:6.0f} MiB" if rss else ""))
     for phase in ("upload", "download"):
-        ours = statistics.median(results[f"nbc_{phase}_s"])
-        base = statistics.median(results[f"boto3_{phase}_s"])
-        summary[phase] = {
-            "nbc_s": ours,
-            "boto3_s": base,
-            "ratio": ours / base,
-            "nbc_peak_rss_mib": max(results[f"nbc_{phase}_rss"]) / 1024**2,
-        }
-        print(
-            f"{phase:10} {ours:6.2f} s {mib / ours:5.0f} MiB/s {base:6.2f} s {mib / base:5.0f} "
-            f"MiB/s {ours / base:12.2f}   nbc peak RSS "
-            f"{summary[phase]['nbc_peak_rss_mib']:.0f} MiB"
-        )
+        ratio = summary[f"nbc {phase}"]["s"] / summary[f"boto3 {phase}"]["s"]
+        summary[f"{phase} nbc / boto3"] = ratio
+        print(f"{phase} nbc / boto3: {ratio:.2f}")
     out = ROOT / "bench" / "results" / "cli_transfer.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"written to {out.relative_to(ROOT)}")

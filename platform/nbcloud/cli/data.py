@@ -8,10 +8,12 @@ files at once, with progress bars for bytes and files on stderr.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ from rich.progress import (
 from rich.text import Text
 
 from . import output
-from .client import ApiClient
+from .client import ApiClient, ApiError, Unreachable
 from .context import api
 from .output import Format, OutputOption
 
@@ -46,6 +48,8 @@ app = typer.Typer(
 
 CHUNK = 1024 * 1024
 PRESIGN_BATCH = 100
+# Files this large go up in parts, several at once (and may pass S3's 5 GiB for one PUT).
+MULTIPART_THRESHOLD = 64 * 1024**2
 ATTEMPTS = 3
 TRANSFER_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
@@ -57,7 +61,10 @@ ContainerArg = Annotated[
 ]
 PrefixOption = Annotated[str, typer.Option("--prefix", "-p", help="Only keys starting with this.")]
 JobsOption = Annotated[
-    int, typer.Option("--jobs", "-j", min=1, max=32, help="Files moved at the same time.")
+    int,
+    typer.Option(
+        "--jobs", "-j", min=1, max=32, help="Requests at the same time (files, or parts of one)."
+    ),
 ]
 
 
@@ -131,14 +138,31 @@ def _retrying(key: str, attempt: Callable[[], None]) -> None:
         time.sleep(0.5 * 2**number)
 
 
-def upload_file(
+@dataclass
+class Piece:
+    """What one request moves: a whole file, or one part of a multipart upload."""
+
+    item: Item
+    url: str
+    offset: int = 0
+    length: int | None = None  # None: the whole file
+    part: int | None = None
+    etag: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.item.key if self.part is None else f"{self.item.key} (part {self.part})"
+
+
+def upload_piece(
     http: httpx.Client,
-    url: str,
-    item: Item,
+    piece: Piece,
     advance: Callable[[int], None],
     announce: Callable[[int], None],
 ) -> None:
-    """PUT one file to a presigned URL, streamed in chunks with its length announced."""
+    """PUT a file, or a part of it, to a presigned URL, streamed with its length announced."""
+    item = piece.item
+    length = item.size if piece.length is None else piece.length
 
     def attempt():
         sent = 0
@@ -146,41 +170,46 @@ def upload_file(
         def chunks():
             nonlocal sent
             with open(item.path, "rb") as f:
-                while chunk := f.read(CHUNK):
+                f.seek(piece.offset)
+                left = length
+                while left > 0 and (chunk := f.read(min(CHUNK, left))):
+                    left -= len(chunk)
                     sent += len(chunk)
                     advance(len(chunk))
                     yield chunk
 
         try:
             # S3 refuses chunked transfer encoding: the length is given up front.
-            response = http.put(url, content=chunks(), headers={"Content-Length": str(item.size)})
-        except httpx.TransportError:
+            response = http.put(
+                piece.url, content=chunks(), headers={"Content-Length": str(length)}
+            )
+        except BaseException:
             advance(-sent)
             raise
-        if response.status_code >= 500:
-            advance(-sent)
-            raise _Retry(_store_error(response, item.key))
         if response.status_code >= 300:
-            raise _store_error(response, item.key)
+            advance(-sent)
+            error = _store_error(response, piece.name)
+            raise _Retry(error) if response.status_code >= 500 else error
+        piece.etag = response.headers.get("etag", "")
 
-    _retrying(item.key, attempt)
+    _retrying(piece.name, attempt)
 
 
-def download_file(
+def download_piece(
     http: httpx.Client,
-    url: str,
-    item: Item,
+    piece: Piece,
     advance: Callable[[int], None],
     announce: Callable[[int], None],
 ) -> None:
-    """GET one object into `item.path`, through a temporary file renamed when complete."""
+    """GET one object into its path, through a temporary file renamed when complete."""
+    item = piece.item
     item.path.parent.mkdir(parents=True, exist_ok=True)
     partial = item.path.with_name(f".{item.path.name}.nbc-partial")
 
     def attempt():
         received = 0
         try:
-            with http.stream("GET", url) as response:
+            with http.stream("GET", piece.url) as response:
                 if response.status_code >= 300:
                     response.read()
                     error = _store_error(response, item.key)
@@ -206,17 +235,13 @@ def download_file(
     _retrying(item.key, attempt)
 
 
-def transfer(
-    items: list[Item],
-    urls: dict[str, str],
-    work: Callable,
-    verb: str,
-    jobs: int,
-) -> tuple[int, list[str]]:
-    """Move `items` with `jobs` threads and two progress bars; (bytes moved, errors)."""
+def transfer(pieces: list[Piece], work: Callable, verb: str, jobs: int) -> tuple[int, dict]:
+    """Move `pieces` with `jobs` threads and two progress bars; (bytes moved, {key: error})."""
+    items = list({id(p.item): p.item for p in pieces}.values())
+    left = Counter(p.item.key for p in pieces)
     known = sum(i.size or 0 for i in items)
     lock = threading.Lock()
-    errors: list[str] = []
+    errors: dict[str, str] = {}
     columns = (TextColumn("{task.description:<9}"), BarColumn(), _Amount(), TimeRemainingColumn())
     with (
         Progress(*columns, console=output.err_console()) as progress,
@@ -233,24 +258,21 @@ def transfer(
             with lock:
                 progress.update(data, total=(progress.tasks[data].total or 0) + n)
 
-        def one(item: Item):
-            work(http, urls[item.key], item, advance, announce)
-
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(one, item): item for item in items}
+            futures = {pool.submit(work, http, p, advance, announce): p for p in pieces}
             for future in as_completed(futures):
+                key = futures[future].item.key
                 try:
                     future.result()
-                except TransferFailed as exc:
-                    errors.append(str(exc))
-                    progress.console.print(Text(f"failed: {exc}", style="red"))
-                except OSError as exc:
-                    errors.append(f"{futures[future].key}: {exc}")
-                    progress.console.print(
-                        Text(f"failed: {futures[future].key}: {exc}", style="red")
-                    )
+                except (TransferFailed, OSError) as exc:
+                    message = str(exc) if isinstance(exc, TransferFailed) else f"{key}: {exc}"
+                    if key not in errors:
+                        errors[key] = message
+                        progress.console.print(Text(f"failed: {message}", style="red"))
                 with lock:
-                    progress.advance(files, 1)
+                    left[key] -= 1
+                    if not left[key]:
+                        progress.advance(files, 1)
         moved = int(progress.tasks[data].completed)
     return moved, errors
 
@@ -272,6 +294,73 @@ class _Amount(ProgressColumn):
         return self.count.render(task)
 
 
+def _upload_pieces(
+    client: ApiClient, alias: str, container: str, items: list[Item]
+) -> tuple[list[Piece], dict[str, str]]:
+    """A PUT a small file; a large one in parts (an upload each: {key: upload_id})."""
+    whole = [i for i in items if i.size < MULTIPART_THRESHOLD]
+    urls = presign(client, alias, container, "put", [i.key for i in whole]) if whole else {}
+    pieces = [Piece(i, urls[i.key]) for i in whole]
+    uploads: dict[str, str] = {}
+    try:
+        for item in items:
+            if item.size < MULTIPART_THRESHOLD:
+                continue
+            upload = client.post(
+                _objects_path(client, alias, container, "multipart/"),
+                {"key": item.key, "size": item.size},
+            )
+            uploads[item.key] = upload["upload_id"]
+            each = upload["part_size"]
+            for part in upload["parts"]:
+                offset = (part["part_number"] - 1) * each
+                pieces.append(
+                    Piece(
+                        item,
+                        part["url"],
+                        offset,
+                        min(each, item.size - offset),
+                        part["part_number"],
+                    )
+                )
+    except BaseException:
+        _abort(client, alias, container, uploads)
+        raise
+    return pieces, uploads
+
+
+def _abort(client: ApiClient, alias: str, container: str, uploads: dict[str, str]) -> None:
+    for key, upload_id in uploads.items():
+        with contextlib.suppress(ApiError, Unreachable):
+            client.post(
+                _objects_path(client, alias, container, "multipart/abort/"),
+                {"key": key, "upload_id": upload_id},
+            )
+
+
+def _complete(
+    client: ApiClient,
+    alias: str,
+    container: str,
+    pieces: list[Piece],
+    uploads: dict[str, str],
+    errors: dict[str, str],
+) -> None:
+    """Join the parts of each upload whose parts all arrived; give up the others."""
+    _abort(client, alias, container, {k: u for k, u in uploads.items() if k in errors})
+    for key, upload_id in uploads.items():
+        if key in errors:
+            continue
+        parts = [{"part_number": p.part, "etag": p.etag} for p in pieces if p.item.key == key]
+        try:
+            client.post(
+                _objects_path(client, alias, container, "multipart/complete/"),
+                {"key": key, "upload_id": upload_id, "parts": parts},
+            )
+        except ApiError as exc:
+            errors[key] = f"{key}: {exc.message}"
+
+
 def _move(
     client: ApiClient,
     alias: str,
@@ -281,18 +370,29 @@ def _move(
     wanted: int,
     where: str,
     jobs: int,
-    errors: list[str] | None = None,
+    errors: dict[str, str] | None = None,
 ) -> None:
     """Presign, move and report: `put` uploads `items`, `get` downloads them.
 
     `wanted` counts the files asked for, `errors` what failed before any move.
     """
-    errors = list(errors or [])
+    errors = dict(errors or {})
     started = time.monotonic()
-    urls = presign(client, alias, container, method, [i.key for i in items]) if items else {}
-    work, verb = (upload_file, "upload") if method == "put" else (download_file, "download")
-    moved, failed = transfer(items, urls, work, verb, jobs)
-    errors += failed
+    uploads: dict[str, str] = {}
+    if method == "put":
+        pieces, uploads = _upload_pieces(client, alias, container, items)
+        work, verb = upload_piece, "upload"
+    else:
+        urls = presign(client, alias, container, "get", [i.key for i in items]) if items else {}
+        pieces = [Piece(i, urls[i.key]) for i in items]
+        work, verb = download_piece, "download"
+    try:
+        moved, failed = transfer(pieces, work, verb, jobs)
+    except BaseException:
+        _abort(client, alias, container, uploads)
+        raise
+    _complete(client, alias, container, pieces, uploads, failed)
+    errors.update(failed)
     seconds = time.monotonic() - started
     rate = moved / seconds / 1024**2 if seconds > 0 else 0
     output.note(
@@ -302,8 +402,9 @@ def _move(
         style="",
     )
     if errors:
-        shown = "; ".join(errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
-        raise TransferFailed(f"{len(errors)} {verb}s failed: {shown}")
+        shown = list(errors.values())
+        text = "; ".join(shown[:5]) + (f"; and {len(shown) - 5} more" if len(shown) > 5 else "")
+        raise TransferFailed(f"{len(shown)} {verb}s failed: {text}")
 
 
 # Commands.
@@ -374,7 +475,7 @@ def upload(
     prefix: Annotated[
         str, typer.Option("--prefix", "-p", help="Put before every key, e.g. runs/7/.")
     ] = "",
-    jobs: JobsOption = 4,
+    jobs: JobsOption = 8,
 ):
     """Upload files: each becomes the object PREFIX + its name (a folder's files: PREFIX +
     folder/path). Example: nbc data upload lake datasets ./images --prefix v2/"""
@@ -406,7 +507,7 @@ def download(
     to: Annotated[
         Path, typer.Option("--to", "-d", help="The folder to download into.", file_okay=False)
     ] = Path("."),
-    jobs: JobsOption = 4,
+    jobs: JobsOption = 8,
 ):
     """Download objects into a folder, each at its key's path.
     Example: nbc data download lake datasets --prefix v2/ --to ./data"""
@@ -426,10 +527,10 @@ def download(
             f"No objects in {container}@{alias}" + (f" under {prefix!r}." if prefix else ".")
         )
         return
-    items, errors = [], []
+    items, errors = [], {}
     for key, size in wanted:
         try:
             items.append(Item(key, _local_path(to, key), size))
         except TransferFailed as exc:
-            errors.append(str(exc))
+            errors[key] = str(exc)
     _move(client, alias, container, items, "get", len(wanted), f"into {to}", jobs, errors)

@@ -4,16 +4,22 @@
          ?prefix=&delimiter=&cursor=&size=       one page of objects (and common prefixes)
     POST /projects/{p}/datastores/{alias}/containers/{container}/objects/presign/
          {"method": "get" | "put", "keys": [...], "expires_in": 3600}
+    POST .../objects/multipart/            {"key", "size"}: an upload in parts, a URL a part
+    POST .../objects/multipart/complete/   {"key", "upload_id", "parts": [{"part_number", "etag"}]}
+    POST .../objects/multipart/abort/      {"key", "upload_id"}
 
 The API never returns a datastore's secret, so a client (`nbc data`) moves the
 bytes itself through URLs presigned with the datastore's credentials: the
 platform never carries them. Listing and `get` URLs need a role on the
-project; `put` URLs need the operator role.
+project; `put` URLs and multipart uploads (files larger than one PUT may be,
+or faster in parallel parts) need the operator role.
 """
 
+import math
 import re
 
 from botocore.exceptions import BotoCoreError, ClientError
+from django.urls import path
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
@@ -26,6 +32,11 @@ from nbcloud.projects.models import WRITE_ROLES, Datastore
 CONTAINER_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 MAX_KEY_BYTES = 1024
 PRESIGN_OPERATIONS = {"get": "get_object", "put": "put_object"}
+# S3's limits: parts of 5 MiB at least (but the last), 10,000 parts, 5 TiB an object.
+MIN_PART_SIZE = 8 * 1024**2
+MAX_PARTS = 10_000
+MAX_OBJECT_SIZE = 5 * 1024**4
+URL_LIFETIME = 3600
 
 
 class DatastoreUnavailable(exceptions.APIException):
@@ -73,7 +84,7 @@ class PresignSerializer(serializers.Serializer):
         max_length=1000,
     )
     expires_in = serializers.IntegerField(
-        required=False, default=3600, min_value=60, max_value=7 * 86400
+        required=False, default=URL_LIFETIME, min_value=60, max_value=7 * 86400
     )
 
 
@@ -121,6 +132,13 @@ class ContainerView(ProjectScopedMixin, APIView):
             code = str(error.get("Code") or "")
             if code in ("NoSuchBucket", "404"):
                 return exceptions.NotFound(f"No container named {container!r} in {where}.")
+            if code == "NoSuchUpload":
+                return exceptions.NotFound(
+                    f"No such multipart upload in container {container!r} of {where} "
+                    "(completed, aborted, or expired)."
+                )
+            if code in ("InvalidPart", "InvalidPartOrder", "EntityTooSmall"):
+                return exceptions.ValidationError({"parts": error.get("Message") or code})
             if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
                 return DatastoreUnavailable(
                     f"{where} refused its credentials for container {container!r} ({code}): "
@@ -206,3 +224,130 @@ class PresignView(ContainerView):
             for key in keys
         ]
         return Response({"method": method, "expires_in": expires_in, "urls": urls})
+
+
+class MultipartCreateSerializer(serializers.Serializer):
+    key = serializers.CharField(trim_whitespace=False, validators=[_key])
+    size = serializers.IntegerField(min_value=1, max_value=MAX_OBJECT_SIZE)
+
+
+class MultipartUploadSerializer(serializers.Serializer):
+    key = serializers.CharField(trim_whitespace=False, validators=[_key])
+    upload_id = serializers.CharField(max_length=1024)
+
+
+class PartSerializer(serializers.Serializer):
+    part_number = serializers.IntegerField(min_value=1, max_value=MAX_PARTS)
+    etag = serializers.CharField(max_length=256)
+
+
+class MultipartCompleteSerializer(MultipartUploadSerializer):
+    parts = PartSerializer(many=True, min_length=1, max_length=MAX_PARTS)
+
+
+def part_size(size: int) -> int:
+    """The smallest whole-MiB part size, at least MIN_PART_SIZE, that needs no more than
+    MAX_PARTS parts."""
+    mib = 1024**2
+    return max(MIN_PART_SIZE, math.ceil(size / MAX_PARTS / mib) * mib)
+
+
+class MultipartView(ContainerView):
+    """Start an upload in parts: one presigned URL a part, each PUT in any order."""
+
+    @extend_schema(request=MultipartCreateSerializer, responses={201: {"type": "object"}})
+    def post(self, request, project, alias, container):
+        body = MultipartCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        key, size = body.validated_data["key"], body.validated_data["size"]
+        s3 = self.s3(alias, container)
+        try:
+            upload_id = s3.create_multipart_upload(Bucket=container, Key=key)["UploadId"]
+        except (ClientError, BotoCoreError) as exc:
+            raise self.s3_error(exc, container) from exc
+        each = part_size(size)
+        parts = [
+            {
+                "part_number": number,
+                "url": s3.generate_presigned_url(
+                    "upload_part",
+                    Params={
+                        "Bucket": container,
+                        "Key": key,
+                        "UploadId": upload_id,
+                        "PartNumber": number,
+                    },
+                    ExpiresIn=URL_LIFETIME,
+                ),
+            }
+            for number in range(1, math.ceil(size / each) + 1)
+        ]
+        return Response(
+            {
+                "key": key,
+                "upload_id": upload_id,
+                "part_size": each,
+                "expires_in": URL_LIFETIME,
+                "parts": parts,
+            },
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class MultipartCompleteView(ContainerView):
+    """Join the uploaded parts into the object."""
+
+    @extend_schema(request=MultipartCompleteSerializer, responses={200: {"type": "object"}})
+    def post(self, request, project, alias, container):
+        body = MultipartCompleteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        upload = body.validated_data
+        parts = sorted(upload["parts"], key=lambda p: p["part_number"])
+        s3 = self.s3(alias, container)
+        try:
+            done = s3.complete_multipart_upload(
+                Bucket=container,
+                Key=upload["key"],
+                UploadId=upload["upload_id"],
+                MultipartUpload={
+                    "Parts": [{"PartNumber": p["part_number"], "ETag": p["etag"]} for p in parts]
+                },
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self.s3_error(exc, container) from exc
+        return Response({"key": upload["key"], "etag": done.get("ETag", "").strip('"')})
+
+
+class MultipartAbortView(ContainerView):
+    """Give up an upload in parts: the object store drops the parts already sent."""
+
+    @extend_schema(request=MultipartUploadSerializer, responses={204: None})
+    def post(self, request, project, alias, container):
+        body = MultipartUploadSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        s3 = self.s3(alias, container)
+        try:
+            s3.abort_multipart_upload(
+                Bucket=container,
+                Key=body.validated_data["key"],
+                UploadId=body.validated_data["upload_id"],
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self.s3_error(exc, container) from exc
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# Under .../datastores/{alias}/containers/{container}/objects/
+urlpatterns = [
+    path("", ObjectListView.as_view(), name="datastore-objects"),
+    path("presign/", PresignView.as_view(), name="datastore-objects-presign"),
+    path("multipart/", MultipartView.as_view(), name="datastore-objects-multipart"),
+    path(
+        "multipart/complete/",
+        MultipartCompleteView.as_view(),
+        name="datastore-objects-multipart-complete",
+    ),
+    path(
+        "multipart/abort/", MultipartAbortView.as_view(), name="datastore-objects-multipart-abort"
+    ),
+]

@@ -1,7 +1,6 @@
-from django.urls import path
+from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from .data import ObjectListView, PresignView
 from .datastores import DatastoreViewSet
 from .tokens import ApiTokenViewSet
 from .views import ProjectView, QuotaView
@@ -15,13 +14,7 @@ urlpatterns = [
     path("quota/", QuotaView.as_view(), name="project-quota"),
     path(
         "datastores/<str:alias>/containers/<str:container>/objects/",
-        ObjectListView.as_view(),
-        name="datastore-objects",
-    ),
-    path(
-        "datastores/<str:alias>/containers/<str:container>/objects/presign/",
-        PresignView.as_view(),
-        name="datastore-objects-presign",
+        include("nbcloud.projects.api.data"),
     ),
     *router.urls,
 ]
