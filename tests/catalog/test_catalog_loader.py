@@ -119,14 +119,15 @@ def test_editors_come_with_their_packages(real):
 
 def test_the_dockerfile_template_covers_every_environment():
     template = (ENVIRONMENTS / "Dockerfile").read_text()
-    assert "ARG BASE=nbcloud/base:latest\nFROM ${BASE}" in template
+    assert "ARG BASE=nbcloud/base:latest\nFROM ${BASE} AS build" in template
     for needle in (
         "--system-site-packages /opt/env",
         "PIP_USER=1",
         "PYTHONUSERBASE=/workspace/.local",
         "USER nbuser",
         "WORKDIR /workspace",
-        "COPY ${REQUIREMENTS}",
+        "--no-index --find-links /tmp/wheels",  # no network inside the build
+        "COPY --from=build /opt/env /opt/env",  # the wheels stay behind
     ):
         assert needle in template
     base = (ENVIRONMENTS / "base" / "build-base.sh").read_text()
