@@ -52,10 +52,6 @@ def template() -> Path:
     return Path(settings.NBCLOUD_ENVIRONMENTS_DIR) / "Dockerfile"
 
 
-def image_name(framework_id: str, version: str | None = None) -> str:
-    return environments.resolve(framework_id, version)[1].image
-
-
 def _base_id(api: docker.DockerClient) -> str:
     base = settings.NBCLOUD_DOCKER_BASE_IMAGE
     try:
@@ -67,12 +63,12 @@ def _base_id(api: docker.DockerClient) -> str:
         ) from None
 
 
-def build_key(framework_id: str, version: str | None, base_id: str) -> str:
-    _, found = environments.resolve(framework_id, version)
+def build_key(reqs: tuple[str, ...], python: str, base_id: str) -> str:
+    """A digest of everything that goes into an environment's image."""
     payload = {
         "template": template().read_text(),
-        "requirements": list(environments.requirements(framework_id, found.version)),
-        "python": found.python,
+        "requirements": list(reqs),
+        "python": python,
         "base": base_id,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -85,12 +81,6 @@ def _built_key(api: docker.DockerClient, image: str) -> str | None:
         return None
 
 
-def is_built(framework_id: str, version: str | None = None) -> bool:
-    api = client()
-    key = build_key(framework_id, version, _base_id(api))
-    return _built_key(api, image_name(framework_id, version)) == key
-
-
 def _wheel_platforms() -> list[str]:
     """Every manylinux tag the image's glibc accepts (pip does not infer older ones)."""
     arch = platform.machine()
@@ -98,7 +88,9 @@ def _wheel_platforms() -> list[str]:
     return [*tags, f"manylinux2014_{arch}", f"manylinux2010_{arch}", f"manylinux1_{arch}"]
 
 
-def download_wheels(reqs: tuple[str, ...], python: str, dest: Path, log) -> None:
+def download_wheels(
+    reqs: tuple[str, ...], python: str, dest: Path, log: Callable[[str], object]
+) -> None:
     """Fill dest with wheels of reqs and their dependencies for the image's Python."""
     argv = [
         sys.executable,
@@ -139,13 +131,13 @@ def build(
     """Build the environment's image unless it is up to date (or force); return its name."""
     framework, found = environments.resolve(framework_id, version)
     environment = f"{framework.id}:{found.version}"
+    reqs = environments.requirements(framework.id, found.version)
     api = client()
-    key = build_key(framework.id, found.version, _base_id(api))
+    key = build_key(reqs, found.python, _base_id(api))
     image = found.image
     if not force and _built_key(api, image) == key:
         log(f"{environment}: {image} is up to date")
         return image
-    reqs = environments.requirements(framework.id, found.version)
     with tempfile.TemporaryDirectory(prefix="nbcloud-image-") as tmp:
         context = Path(tmp)
         shutil.copy(template(), context / "Dockerfile")
