@@ -7,8 +7,8 @@ N queued notebooks, 80% with 1 GPU, 10% with 2 GPUs, 10% with 2 vCPUs. One
 their position in line: N decisions. Beside it, in the same run on the same
 data:
 
-- decide: the same policy in memory alone (the pass's Capacity/Need objects,
-  no transition written): what deciding costs without the database;
+- decide: the same decisions in memory alone (the pass's own Placer over the
+  hosts' capacities, nothing written): what deciding costs;
 - bare SQL: for each placed notebook the one conditional UPDATE that claims
   it (state, host, GPUs), and for each waiting one the UPDATE of its info,
   in one transaction: the least any placement that records its decisions
@@ -96,31 +96,23 @@ def populate(hosts: int, notebooks: int):
     Notebook.objects.bulk_create(rows, batch_size=5000)
 
 
-def decide_in_memory() -> tuple[list, list]:
-    """The pass's decisions without writing them: (placed (id, host, gpus), waiting ids)."""
+def decide_in_memory() -> tuple[list, list, float]:
+    """The pass's decisions, not written: (placed (id, host, gpus), waiting ids, seconds)."""
     from nbcloud.hosts.models import Host, HostState
-    from nbcloud.hosts.services import Need, capacities
+    from nbcloud.hosts.services import Placer, capacities
     from nbcloud.notebooks.models import Notebook
 
     hosts = list(Host.objects.filter(state=HostState.READY).order_by("name"))
-    caps = list(capacities(hosts).values())
     queued = list(Notebook.objects.filter(state="QUEUED").order_by("queued_at", "created_at"))
     started = time.perf_counter()
-    placed, waiting, blocked = [], [], set()
+    placer = Placer(capacities(hosts).values())
+    placed, waiting = [], []
     for notebook in queued:
-        line = (notebook.region, notebook.flavor)
-        need = Need.of(notebook)
-        fit = (
-            []
-            if line in blocked
-            else [c for c in caps if c.host.region == notebook.region and c.fits(need)]
-        )
-        if fit:
-            best = min(fit, key=lambda c: (len(c.free_gpus), c.free_cpus, c.host.name))
-            placed.append((notebook.pk, best.host.pk, best.take(need)))
-        else:
-            blocked.add(line)
+        decision = placer.decide(notebook)
+        if isinstance(decision, int):
             waiting.append(notebook.pk)
+        else:
+            placed.append((notebook.pk, decision[0].host.pk, decision[1]))
     return placed, waiting, time.perf_counter() - started
 
 

@@ -13,9 +13,11 @@ order; SQLite's writer lock does the same) and reads what they hold inside
 that lock, so two schedulers racing for the last GPU cannot both take it.
 """
 
+import bisect
 import logging
 import secrets
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -176,7 +178,7 @@ class Need:
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class Capacity:
     """What a host has left, given the notebooks holding capacity on it."""
 
@@ -254,6 +256,42 @@ def _waiting_message(notebook: Notebook, position: int) -> str:
     )
 
 
+def _fullest_first(capacity: Capacity) -> tuple[int, int, str]:
+    return (len(capacity.free_gpus), capacity.free_cpus, capacity.host.name)
+
+
+class Placer:
+    """The placement policy over capacities in memory: one decision per notebook.
+
+    Per region the hosts are kept fullest first, so the first that fits is
+    the one packing wants; per line (region and flavor), once one notebook
+    waits, those behind it wait too: first come, first served.
+    """
+
+    def __init__(self, capacities: Iterable[Capacity]):
+        self._regions: dict[str, list[Capacity]] = defaultdict(list)
+        for capacity in capacities:
+            self._regions[capacity.host.region].append(capacity)
+        for region in self._regions.values():
+            region.sort(key=_fullest_first)
+        self._waiting: dict[tuple[str, str], int] = {}
+
+    def decide(self, notebook: Notebook) -> tuple[Capacity, list[str]] | int:
+        """The host's capacity (now taken) and the GPUs, or the position in line."""
+        line = (notebook.region, notebook.flavor)
+        if line not in self._waiting:
+            need = Need.of(notebook)
+            region = self._regions[notebook.region]
+            best = next((c for c in region if c.fits(need)), None)
+            if best is not None:
+                region.remove(best)
+                gpus = best.take(need)
+                bisect.insort(region, best, key=_fullest_first)
+                return best, gpus
+        self._waiting[line] = self._waiting.get(line, 0) + 1
+        return self._waiting[line]
+
+
 def place_queued() -> list[tuple[str, str]]:
     """Place every waiting notebook that fits, in order; returns (notebook id, host).
 
@@ -267,52 +305,45 @@ def place_queued() -> list[tuple[str, str]]:
         hosts = list(
             Host.objects.select_for_update().filter(state=HostState.READY).order_by("name")
         )
-        by_region = defaultdict(list)
-        for capacity in capacities(hosts).values():
-            by_region[capacity.host.region].append(capacity)
+        placer = Placer(capacities(hosts).values())
         waiting = (
             Notebook.objects.select_for_update()
             .filter(Q(state=State.QUEUED) | Q(state=State.RESTARTING, host=None))
             .order_by("queued_at", "created_at")
         )
-        positions: dict[tuple[str, str], int] = {}
         moved_up: list[Notebook] = []
         for notebook in waiting:
-            line = (notebook.region, notebook.flavor)
-            candidates = []
-            if line not in positions:
-                need = Need.of(notebook)
-                candidates = [c for c in by_region[notebook.region] if c.fits(need)]
-            if candidates:
-                best = min(candidates, key=lambda c: (len(c.free_gpus), c.free_cpus, c.host.name))
-                notebook_services.transition(
-                    notebook,
-                    State.STARTING,
-                    actor=notebook_services.SYSTEM,
-                    code=InfoCode.PLACED,
-                    message=f"Placed on host {best.host.name}.",
-                    host=best.host,
-                    gpu_uuids=best.take(need),
-                    # A new secret for every run: whoever could open the
-                    # editor before loses it when the notebook restarts.
-                    editor_secret=secrets.token_hex(24),
-                )
-                start_notebook.delay_on_commit(str(notebook.pk), host=best.host.name)
-                placed.append((str(notebook.pk), best.host.name))
+            decision = placer.decide(notebook)
+            if isinstance(decision, int):
+                message = _waiting_message(notebook, decision)
+                if notebook.state == State.RESTARTING:
+                    notebook_services.transition(
+                        notebook,
+                        State.QUEUED,
+                        actor=notebook_services.SYSTEM,
+                        code=InfoCode.WAITING_FOR_CAPACITY,
+                        message=message,
+                    )
+                elif notebook.info_message != message:
+                    notebook.info_code = InfoCode.WAITING_FOR_CAPACITY
+                    notebook.info_message = message
+                    moved_up.append(notebook)
                 continue
-            positions[line] = positions.get(line, 0) + 1
-            message = _waiting_message(notebook, positions[line])
-            if notebook.state == State.RESTARTING:
-                notebook_services.transition(
-                    notebook,
-                    State.QUEUED,
-                    actor=notebook_services.SYSTEM,
-                    code=InfoCode.WAITING_FOR_CAPACITY,
-                    message=message,
-                )
-            elif notebook.info_message != message:
-                notebook.info_code, notebook.info_message = InfoCode.WAITING_FOR_CAPACITY, message
-                moved_up.append(notebook)
+            best, gpus = decision
+            notebook_services.transition(
+                notebook,
+                State.STARTING,
+                actor=notebook_services.SYSTEM,
+                code=InfoCode.PLACED,
+                message=f"Placed on host {best.host.name}.",
+                host=best.host,
+                gpu_uuids=gpus,
+                # A new secret for every run: whoever could open the editor
+                # before loses it when the notebook restarts.
+                editor_secret=secrets.token_hex(24),
+            )
+            start_notebook.delay_on_commit(str(notebook.pk), host=best.host.name)
+            placed.append((str(notebook.pk), best.host.name))
         # Every placement moves those behind it up: one statement per batch,
         # not one per notebook in line.
         Notebook.objects.bulk_update(moved_up, ["info_code", "info_message"], batch_size=1000)
