@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -164,6 +165,12 @@ def test_errors_name_the_datastore_the_container_and_the_object(
     assert "../escape.txt: this key would be written outside" in escaped.stderr
     assert (dest / "ok.txt").read_bytes() == b"ok" and not (tmp_path / "escape.txt").exists()
 
+    dead = ["datastore", "add", "s3", "dead", "--endpoint", "http://127.0.0.1:9"]
+    assert nbc([*dead, "--access-key", "k", "--secret-key", "s"], as_alice).exit_code == 0
+    unreachable = nbc(["data", "upload", "dead", BUCKET, str(dest / "ok.txt")], as_alice)
+    assert unreachable.exit_code == 1
+    assert "Cannot reach datastore 'dead' (http://127.0.0.1:9)" in unreachable.stderr
+
     nothing = nbc(["data", "upload", lake, BUCKET, str(tmp_path / "absent")], as_alice)
     assert nothing.exit_code == 2 and "is not a file or a folder" in nothing.output
 
@@ -211,6 +218,7 @@ def test_presign_api_checks_its_input_and_its_tenant(
     ).json()
     assert answer["expires_in"] == 60 and answer["urls"][0]["key"] == "a b/c.txt"
     assert answer["urls"][0]["url"].startswith(f"{s3_endpoint}/{BUCKET}/a%20b/c.txt?")
+    assert "X-Amz-Signature=" in answer["urls"][0]["url"]  # SigV4
     assert "the-secret-key" not in answer["urls"][0]["url"]
 
     # Pages follow a cursor.
@@ -225,8 +233,6 @@ def test_presign_api_checks_its_input_and_its_tenant(
 
 
 def test_store_errors_read_as_sentences():
-    import httpx
-
     denied = httpx.Response(
         403,
         text="<?xml version='1.0'?><Error><Code>AccessDenied</Code><Message>Request has expired"
@@ -281,3 +287,37 @@ def test_multipart_api_refuses_bad_parts_and_aborts(alice_api, bob_api, lake_row
     assert bucket.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
     gone = alice_api.post(url + "abort/", ids, format="json")
     assert gone.status_code == 404 and "No such multipart upload" in gone.json()["message"]
+
+
+def test_transfers_retry_a_5xx_and_a_dropped_connection_then_give_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "RETRY_DELAY", 0)
+    file = tmp_path / "f.bin"
+    file.write_bytes(os.urandom(2 * data.CHUNK + 5))
+    answers = iter(["503", "drop", "ok"])
+    received: list[int] = []
+
+    def store(request):
+        answer = next(answers)
+        body = request.read()
+        if answer == "drop":
+            raise httpx.ReadError("connection reset by peer")
+        if answer == "503":
+            return httpx.Response(503, text="<Error><Code>SlowDown</Code></Error>")
+        received.append(len(body))
+        return httpx.Response(200, headers={"ETag": '"abc"'})
+
+    moved: list[int] = []
+    piece = data.Piece(data.Item("k", file, file.stat().st_size), "http://store/k")
+    with httpx.Client(transport=httpx.MockTransport(store)) as http:
+        data.upload_piece(http, piece, moved.append, lambda n: None)
+    assert received == [2 * data.CHUNK + 5] and piece.etag == '"abc"'
+    assert sum(moved) == 2 * data.CHUNK + 5  # bytes of failed tries taken back
+
+    def down(request):
+        raise httpx.ConnectError("[Errno 111] Connection refused")
+
+    with (
+        httpx.Client(transport=httpx.MockTransport(down)) as http,
+        pytest.raises(data.TransferFailed, match="k: cannot reach the object store: connection"),
+    ):
+        data.upload_piece(http, piece, moved.append, lambda n: None)

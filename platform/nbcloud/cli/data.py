@@ -36,7 +36,7 @@ from rich.progress import (
 from rich.text import Text
 
 from . import output
-from .client import ApiClient, ApiError, Unreachable
+from .client import ApiClient, ApiError, Unreachable, _reason
 from .context import api
 from .output import Format, OutputOption
 
@@ -51,6 +51,7 @@ PRESIGN_BATCH = 100
 # Files this large go up in parts, several at once (and may pass S3's 5 GiB for one PUT).
 MULTIPART_THRESHOLD = 64 * 1024**2
 ATTEMPTS = 3
+RETRY_DELAY = 0.5  # seconds, doubled at each try
 TRANSFER_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
 AliasArg = Annotated[
@@ -132,10 +133,10 @@ def _retrying(key: str, attempt: Callable[[], None]) -> None:
         except _Retry as exc:
             failure = str(exc)
         except httpx.TransportError as exc:
-            failure = f"{key}: {exc or type(exc).__name__}"
+            failure = f"{key}: cannot reach the object store: {_reason(exc)}"
         if number == ATTEMPTS:
             raise TransferFailed(failure)
-        time.sleep(0.5 * 2**number)
+        time.sleep(RETRY_DELAY * 2**number)
 
 
 @dataclass

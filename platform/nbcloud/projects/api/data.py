@@ -122,7 +122,8 @@ class ContainerView(ProjectScopedMixin, APIView):
                 }
             )
         self.datastore = datastore
-        return datastore.s3_client()
+        # SigV4: the version every S3-compatible store accepts (AWS refuses v2 in new regions).
+        return datastore.s3_client(signature_version="s3v4")
 
     def s3_error(self, exc: Exception, container: str) -> exceptions.APIException:
         """An S3 failure in the API's words, naming the datastore and the container."""
