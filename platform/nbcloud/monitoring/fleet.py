@@ -14,9 +14,9 @@ import logging
 from dataclasses import dataclass, field
 
 import redis
+from django.conf import settings
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from django.conf import settings
 
 log = logging.getLogger(__name__)
 PREFIX = "nbcloud:metrics:"
@@ -60,19 +60,23 @@ def broker_redis() -> redis.Redis | None:
     """A client of the broker's Redis (None when the broker is not Redis)."""
     global _client
     if _client is None:
-        url = settings.CELERY_BROKER_URL
-        # One try, briefly: a scrape or a task must not wait on a broker that is down.
-        options = {
-            "socket_timeout": 2,
-            "socket_connect_timeout": 2,
-            "retry": Retry(NoBackoff(), 0),
-            "retry_on_error": [],
-        }
-        if url.startswith("redis+socket://"):
-            _client = redis.Redis(unix_socket_path=url.removeprefix("redis+socket://"), **options)
-        elif url.startswith(("redis://", "rediss://")):
-            _client = redis.Redis.from_url(url, **options)
+        _client = connect(settings.CELERY_BROKER_URL)
     return _client
+
+
+def connect(url: str) -> redis.Redis | None:
+    # One try, briefly: a scrape or a task must not wait on a broker that is down.
+    options = {
+        "socket_timeout": 2,
+        "socket_connect_timeout": 2,
+        "retry": Retry(NoBackoff(), 0),
+        "retry_on_error": [],
+    }
+    if url.startswith("redis+socket://"):
+        return redis.Redis(unix_socket_path=url.removeprefix("redis+socket://"), **options)
+    if url.startswith(("redis://", "rediss://")):
+        return redis.Redis.from_url(url, **options)
+    return None
 
 
 def _key(metric) -> str:

@@ -32,9 +32,13 @@ def oldest_kept(now: datetime | None = None) -> datetime:
 
 
 def record(taken: list[NotebookSample]) -> None:
-    """Store a round of samples and forget those past the retention."""
-    if taken:
-        NotebookSample.objects.bulk_create(taken)
+    """Store a round of samples and forget those past the retention.
+
+    A host with nothing running writes nothing (SQLite has one writer at a time).
+    """
+    if not taken:
+        return
+    NotebookSample.objects.bulk_create(taken)
     NotebookSample.objects.filter(at__lt=oldest_kept()).delete()
 
 
