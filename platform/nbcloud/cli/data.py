@@ -55,10 +55,16 @@ RETRY_DELAY = 0.5  # seconds, doubled at each try
 TRANSFER_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
 AliasArg = Annotated[
-    str, typer.Argument(help="An s3 datastore's alias (`nbc datastore list`).", show_default=False)
+    str,
+    typer.Argument(
+        metavar="ALIAS", help="An s3 datastore's alias (`nbc datastore list`).", show_default=False
+    ),
 ]
 ContainerArg = Annotated[
-    str, typer.Argument(help="The container (bucket) in that datastore.", show_default=False)
+    str,
+    typer.Argument(
+        metavar="CONTAINER", help="The container (bucket) in that datastore.", show_default=False
+    ),
 ]
 PrefixOption = Annotated[str, typer.Option("--prefix", "-p", help="Only keys starting with this.")]
 JobsOption = Annotated[
@@ -470,7 +476,9 @@ def upload(
     paths: Annotated[
         list[Path],
         typer.Argument(
-            help="Files or folders (a folder is uploaded with its tree).", show_default=False
+            metavar="PATH",
+            help="Files or folders (a folder is uploaded with its tree).",
+            show_default=False,
         ),
     ],
     prefix: Annotated[
@@ -501,7 +509,9 @@ def download(
     keys: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Object keys (left out: every object under --prefix).", show_default=False
+            metavar="KEY",
+            help="Object keys (left out: every object under --prefix).",
+            show_default=False,
         ),
     ] = None,
     prefix: PrefixOption = "",

@@ -26,7 +26,10 @@ class DatastoreType(StrEnum):
 
 
 AliasArg = Annotated[
-    str, typer.Argument(help="The datastore's alias (`nbc datastore list`).", show_default=False)
+    str,
+    typer.Argument(
+        metavar="ALIAS", help="The datastore's alias (`nbc datastore list`).", show_default=False
+    ),
 ]
 
 
