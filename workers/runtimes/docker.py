@@ -85,7 +85,7 @@ def container_config(spec: LaunchSpec, port: int, host_cpus: int) -> dict:
         "command": argv,
         "user": f"{spec.uid}:{spec.uid}",
         "working_dir": "/workspace",
-        "environment": editor_environment(in_image, ENV_DIR, secret_env),
+        "environment": editor_environment(in_image, secret_env),
         "labels": {
             LABEL_NOTEBOOK: spec.notebook_id,
             LABEL_PROJECT: spec.project,

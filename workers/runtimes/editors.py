@@ -36,18 +36,18 @@ def editor_command(
     raise StartError(f"Unknown editor {spec.editor_id!r}.")
 
 
-def editor_environment(spec: LaunchSpec, env_dir: Path, secret_env: dict[str, str]) -> dict:
+def editor_environment(spec: LaunchSpec, secret_env: dict[str, str]) -> dict:
     """The editor's environment variables, the same on every runtime: a plain `pip
     install` lands in the workspace (user site) and survives stop/start."""
     return {
-        "PATH": f"/workspace/.local/bin:{env_dir / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        "PATH": f"/workspace/.local/bin:{spec.env_dir / 'bin'}:/usr/local/bin:/usr/bin:/bin",
         "HOME": "/workspace",
         "USER": "nbuser",
         "LANG": "C.UTF-8",
         "SHELL": "/bin/bash",
         "PYTHONUSERBASE": "/workspace/.local",
         "PIP_USER": "1",
-        "VIRTUAL_ENV": str(env_dir),
+        "VIRTUAL_ENV": str(spec.env_dir),
         "NBCLOUD_NOTEBOOK_ID": spec.notebook_id,
         **spec.env_vars,
         **secret_env,

@@ -123,7 +123,7 @@ class ProcessRuntime(Runtime):
         argv, secret_env = editor_command(self.spec, port)
         env = {
             "CUDA_VISIBLE_DEVICES": ",".join(self.spec.gpu_uuids),
-            **editor_environment(self.spec, self.spec.env_dir, secret_env),
+            **editor_environment(self.spec, secret_env),
         }
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
