@@ -8,6 +8,7 @@ come from the Redis-backed counters in `fleet`.
 
 from collections import Counter as Tally
 
+from django.db.models import Count
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -40,7 +41,13 @@ class PlatformCollector:
         family = GaugeMetricFamily(
             "nbcloud_notebooks", "Notebooks by state and region.", labels=["state", "region"]
         )
-        counts = Tally(Notebook.objects.exclude(state=State.DELETED).values_list("state", "region"))
+        counts = {
+            (row["state"], row["region"]): row["n"]
+            for row in Notebook.objects.exclude(state=State.DELETED)
+            .values("state", "region")
+            .annotate(n=Count("pk"))
+            .order_by()
+        }
         regions = set(catalog().regions) | {region for _, region in counts}
         for region in sorted(regions):
             for state in State.values:
