@@ -250,6 +250,9 @@ class DockerRuntime(Runtime):
             container.remove(force=True)
         except docker.errors.NotFound:
             return  # removed by a concurrent stop
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: that stop is removing it now
+                raise
 
     def stats(self) -> dict:
         container = self._container()
