@@ -32,7 +32,7 @@ from nbcloud.notebooks import services
 from nbcloud.notebooks.models import Notebook, NotebookEvent
 from nbcloud.notebooks.states import InfoCode, State
 
-from . import lifecycle
+from . import ledger, lifecycle, volumes, workspace
 from .routes import Queue
 from .runtimes import StartError
 from .runtimes.editors import readiness_headers
@@ -126,9 +126,14 @@ def restart(notebook_id: str, host: str) -> None:
     runtime = lifecycle.runtime_for(notebook)
     try:
         runtime.stop(settings.NBCLOUD_EDITOR_STOP_TIMEOUT)
+        if notebook.volumes:  # written data goes out, and the mounts come back
+            volumes.push(notebook)
+            mounts = volumes.prepare(notebook, workspace.local_path(notebook))
+            runtime = lifecycle.runtime_for(notebook, mounts)
         runtime.load_state({})
         runtime.start()
         services.save_runtime_state(notebook, runtime.get_state())
+        ledger.record(host, notebook, runtime.get_state())
         lifecycle.wait_ready(runtime, settings.NBCLOUD_EDITOR_READY_TIMEOUT)
     except Exception as exc:
         log.exception("notebook %s failed to restart on %s", notebook_id, host)

@@ -115,10 +115,17 @@ def test_a_long_computation_without_a_client_is_not_idle_then_idle_stops(
     assert time.monotonic() - began >= COMPUTATION - 5  # it did run three idle timeouts
     assert not row.events.filter(code="IDLE_WARNING").exists()
 
-    checks_until(alice_api, url, lambda s: s["state"] == "STOPPED", 90, "the idle stop")
-    codes = list(row.events.values_list("code", flat=True))
-    assert codes[-3:] == ["IDLE_WARNING", "IDLE_TIMEOUT", "STOPPED"], codes
-    stop = row.events.get(code="IDLE_TIMEOUT")
+    stopped = checks_until(
+        alice_api, url, lambda s: s["state"] == "STOPPED" and s, 90, "the idle stop"
+    )
+    assert stopped["info"]["code"] == "IDLE_TIMEOUT"  # the status says why
+    events = list(row.events.values_list("to_state", "code"))
+    assert events[-3:] == [
+        ("RUNNING", "IDLE_WARNING"),
+        ("STOPPING", "IDLE_TIMEOUT"),
+        ("STOPPED", "IDLE_TIMEOUT"),
+    ], events
+    stop = row.events.get(to_state="STOPPING")
     assert stop.at.timestamp() >= finished + IDLE_TIMEOUT - CHECK_EVERY - 2
     assert "idle_timeout 20 s" in stop.message
     # The workspace was saved by the normal stop: the result is in the backup.
@@ -151,7 +158,7 @@ def test_keepalive_and_gateway_traffic_postpone_the_idle_stop(
     last_kept = time.time()
 
     checks_until(alice_api, url, lambda s: s["state"] == "STOPPED", 90, "the idle stop")
-    stop = row.events.get(code="IDLE_TIMEOUT")
+    stop = row.events.get(to_state="STOPPING", code="IDLE_TIMEOUT")
     assert stop.at.timestamp() >= last_kept + IDLE_TIMEOUT - CHECK_EVERY - 2
 
 
@@ -179,7 +186,10 @@ def test_max_runtime_restarts_with_the_workspace_then_stops(notebook, alice_api,
 
     patched = alice_api.patch(url, {"timeout_auto_restart": False}, format="json")
     assert patched.status_code == 200, patched.content
-    checks_until(alice_api, url, lambda s: s["state"] == "STOPPED", 90, "the max_runtime stop")
+    stopped = checks_until(
+        alice_api, url, lambda s: s["state"] == "STOPPED" and s, 90, "the max_runtime stop"
+    )
+    assert stopped["info"]["code"] == "MAX_RUNTIME"
     stop = row.events.get(to_state="STOPPING")
     assert stop.code == "MAX_RUNTIME" and "max_runtime (5 s)" in stop.message
     assert row.backups.count() == 1

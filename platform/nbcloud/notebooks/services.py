@@ -379,6 +379,10 @@ def editor_died(notebook: Notebook, message: str) -> None:
     transition(notebook, State.STOPPING, actor=SYSTEM, code=InfoCode.EDITOR_DIED, message=message)
 
 
+# Stops for these reasons end STOPPED with the reason as the status' info.
+LIMIT_CODES = frozenset({InfoCode.IDLE_TIMEOUT, InfoCode.MAX_RUNTIME})
+
+
 def finish_stop(
     notebook: Notebook,
     *,
@@ -393,6 +397,9 @@ def finish_stop(
         target, code, message = State.FAILED, failure_code, failure
     elif entered is not None and entered.code in FAILURE_CODES:
         target, code, message = State.FAILED, entered.code, entered.message
+    elif entered is not None and entered.code in LIMIT_CODES:
+        # Stopped by a limit: the status keeps saying which.
+        target, code, message = State.STOPPED, entered.code, entered.message
     else:
         target, code, message = State.STOPPED, InfoCode.STOPPED, "Stopped; the workspace is saved."
     fields = _release_fields()
