@@ -58,13 +58,17 @@ def parse_since(raw: str | None) -> datetime | None:
     """`?since=`: an ISO 8601 time, or a number of seconds back."""
     if not raw:
         return None
-    if raw.isdigit():
+    if raw.isdigit() and len(raw) <= 9:
         return timezone.now() - timedelta(seconds=int(raw))
-    at = parse_datetime(raw.replace(" ", "+"))  # a '+' in a query string arrives as ' '
+    try:
+        at = parse_datetime(raw.replace(" ", "+"))  # a '+' in a query string arrives as ' '
+    except ValueError:
+        at = None
     if at is None:
         raise serializers.ValidationError(
             {
-                "since": f"{raw!r} is neither an ISO 8601 time (2026-01-31T12:00:00Z) nor seconds back (600)"
+                "since": f"{raw[:40]!r} is neither an ISO 8601 time (2026-01-31T12:00:00Z) "
+                "nor seconds back (600)"
             }
         )
     return at if timezone.is_aware(at) else at.replace(tzinfo=UTC)
