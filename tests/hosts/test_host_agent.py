@@ -10,6 +10,7 @@ import psutil
 import pytest
 from conftest import ROOT, _service_env, _stop_service, wait_for
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 from host_factories import CELERY, fresh, host_worker, make_host, make_notebook
 
@@ -18,7 +19,7 @@ from nbcloud.hosts.models import Host, HostState
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import State
 from workers import ledger, workspace
-from workers.host_agent import sweep_stale_editors
+from workers.host_agent import HostIdentity, identify, sweep_stale_editors
 
 
 @pytest.mark.django_db(transaction=True)
@@ -125,3 +126,18 @@ def test_the_current_run_is_left_alone_and_a_plain_stop_keeps_the_workspace(
     assert sweep_stale_editors("me") == [str(notebook.pk)]
     assert stale_editor.wait(5) is not None
     assert local.exists()
+
+
+def test_without_host_options_a_worker_serves_the_host_its_queues_name(settings):
+    settings.NBCLOUD_HOST_NAME, settings.NBCLOUD_HOST_REGION = "gpu-9", "BHS"
+    settings.NBCLOUD_HOST_LABELS = "rack=r9"
+    assert identify({"control", "billing"}, None, None, None) is None
+    assert identify({"control", "host.gpu-9"}, None, None, None) == HostIdentity(
+        "gpu-9", "BHS", {"rack": "r9"}
+    )
+    # The options win over the settings, and need no -Q.
+    assert identify(set(), "gpu-1", "GRA", "ib=true") == HostIdentity(
+        "gpu-1", "GRA", {"ib": "true"}
+    )
+    with pytest.raises(ImproperlyConfigured, match="--host-labels='ib'"):
+        identify(set(), "gpu-1", "GRA", "ib")

@@ -155,3 +155,17 @@ def test_a_host_that_heart_beats_is_not_lost(alpha):
     services.heartbeat("h")
     assert services.mark_lost(timezone.now() - timedelta(seconds=60)) == []
     assert fresh(host).state == HostState.READY
+
+
+def test_a_notebook_restarting_on_a_lost_host_waits_in_line_again(alpha):
+    doomed = make_host("doomed", cpus=1, memory_gib=8)
+    notebook = placed(make_notebook(alpha, "nb", cpu=1))
+    type(notebook).objects.filter(pk=notebook.pk).update(state=State.RESTARTING)
+    silent_for(doomed, 90)
+    reconcile.run()
+    notebook = fresh(notebook)
+    assert (notebook.state, notebook.host) == (State.QUEUED, None)
+    assert notebook.events.filter(
+        from_state=State.RESTARTING, to_state=State.QUEUED, code=InfoCode.HOST_LOST
+    ).exists()
+    assert "position 1 in region GRA" in notebook.info_message
