@@ -23,6 +23,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections, connections
 
+from nbcloud.catalog.services import catalog
 from nbcloud.hosts import services as host_services
 from nbcloud.hosts.inventory import parse_labels
 from nbcloud.notebooks.models import Notebook
@@ -46,8 +47,6 @@ def identify(
     consumed: set[str], host_name: str | None, region: str | None, labels: str | None
 ) -> HostIdentity | None:
     """The host a worker serves, or None for a worker of control queues only."""
-    from nbcloud.catalog.services import catalog
-
     name = host_name or settings.NBCLOUD_HOST_NAME
     if not host_name and host_queue(name) not in consumed:
         return None
