@@ -37,6 +37,20 @@ def timed(func, repeat: int) -> tuple[float, list[float]]:
     return statistics.median(samples), samples
 
 
+def notebook_row(project, name: str, **fields):
+    from nbcloud.notebooks.models import Notebook
+
+    spec = {
+        "framework_id": "conda",
+        "framework_version": "py311",
+        "editor_id": "jupyterlab",
+        "flavor": "ai1-1-cpu",
+        "cpu": 1,
+        "region": "GRA",
+    }
+    return Notebook(project=project, name=name, **{**spec, **fields})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="1000,10000,100000")
@@ -97,14 +111,12 @@ def main() -> None:
             state = STATES[i % len(STATES)]
             host = hosts[i % len(hosts)] if state == "RUNNING" else None
             rows.append(
-                Notebook(
-                    project=project,
-                    name=f"n{i}",
-                    framework_id="conda",
-                    framework_version="py311",
-                    editor_id="jupyterlab",
+                notebook_row(
+                    project,
+                    f"n{i}",
                     flavor="ai1-1-gpu",
                     gpu=1,
+                    cpu=0,
                     region="GRA" if i % 2 else "BHS",
                     state=state,
                     host=host,
@@ -135,20 +147,7 @@ def main() -> None:
     # One notebook's last hour among 100 sampled ones (the JSON metrics API's read).
     reset()
     sampled = Notebook.objects.bulk_create(
-        [
-            Notebook(
-                project=project,
-                name=f"s{i}",
-                framework_id="conda",
-                framework_version="py311",
-                editor_id="jupyterlab",
-                flavor="ai1-1-cpu",
-                cpu=1,
-                region="GRA",
-                state="RUNNING",
-            )
-            for i in range(100)
-        ]
+        [notebook_row(project, f"s{i}", state="RUNNING") for i in range(100)]
     )
     now = timezone.now()
     NotebookSample.objects.bulk_create(

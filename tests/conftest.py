@@ -384,8 +384,8 @@ class Kernel:
         ws_url = base_url.replace("http://", "ws://", 1) + f"api/kernels/{self.id}/channels"
         self.ws = websocket.create_connection(ws_url, header=headers, timeout=60)
 
-    def execute(self, code: str, timeout: float = 120) -> str:
-        """Run code; return its stdout, or raise with the traceback."""
+    def submit(self, code: str) -> str:
+        """Send code to run without waiting; returns the request's message id."""
         import json
         import uuid
 
@@ -414,6 +414,13 @@ class Kernel:
                 }
             )
         )
+        return msg_id
+
+    def execute(self, code: str, timeout: float = 120) -> str:
+        """Run code; return its stdout, or raise with the traceback."""
+        import json
+
+        msg_id = self.submit(code)
         out, error, deadline = [], None, time.monotonic() + timeout
         while time.monotonic() < deadline:
             msg = json.loads(self.ws.recv())

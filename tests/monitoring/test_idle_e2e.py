@@ -9,9 +9,7 @@ notebook stops an idle timeout after the computation ends, its workspace
 saved. Beat is played by the test, sending the check every 3 s.
 """
 
-import json
 import time
-import uuid
 
 import pytest
 import requests
@@ -69,24 +67,7 @@ def checks_until(api, url, predicate, timeout: float, what: str):
 
 def submit_and_leave(kernel: Kernel, code: str) -> None:
     """Send code to run, then drop the connection as a closed browser tab does."""
-    kernel.ws.send(
-        json.dumps(
-            {
-                "header": {
-                    "msg_id": uuid.uuid4().hex,
-                    "msg_type": "execute_request",
-                    "username": "test",
-                    "session": uuid.uuid4().hex,
-                    "version": "5.3",
-                },
-                "parent_header": {},
-                "metadata": {},
-                "channel": "shell",
-                "buffers": [],
-                "content": {"code": code, "silent": False, "store_history": False},
-            }
-        )
-    )
+    kernel.submit(code)
     time.sleep(1)
     kernel.ws.close()
 
