@@ -154,3 +154,40 @@ def test_gpu_readings_are_exported_per_gpu(fake_nvml, editor, this_host):
     assert exposed[("nbcloud_notebook_gpu_utilization_percent", labels)] == 87
     assert exposed[("nbcloud_notebook_gpu_memory_used_bytes", labels)] == 503316480
     assert exposed[("nbcloud_notebook_gpu_memory_total_bytes", labels)] == 85520809984
+
+
+@pytest.fixture
+def contained(transactional_db, broker_url, docker_image, alpha, settings):
+    """A notebook whose JupyterLab runs in a container on a docker-runtime host."""
+    from nbcloud.hosts import services as host_services
+    from nbcloud.hosts.inventory import read_inventory
+
+    host = host_services.register(
+        "sampled-docker", "BHS", read_inventory(settings.NBCLOUD_WORKSPACES_DIR), "docker"
+    )
+    notebook = make_notebook(
+        alpha, state="STARTING", host=host, region="BHS", editor_secret="d" * 48
+    )
+    lifecycle.start(str(notebook.pk), host.name)
+    notebook.refresh_from_db()
+    assert notebook.state == "RUNNING", notebook.info_message
+    yield notebook
+    lifecycle.runtime_for(notebook).stop(5)
+    workspace.remove_local(notebook)
+
+
+def test_sampler_reads_a_container_through_the_same_contract(contained):
+    runtime = lifecycle.runtime_for(contained)
+    kernel = Kernel(runtime.endpoint.url, {"Authorization": f"token {contained.editor_secret}"})
+    host_sampler = sampler.Sampler("sampled-docker", gpus=sampler.Gpus())
+    try:
+        host_sampler.sample()
+        kernel.execute("import time\nt = time.time()\nwhile time.time() - t < 3: pass")
+        (sample,) = host_sampler.sample()
+    finally:
+        kernel.close()
+    assert 0.3 < sample.cpu_cores <= psutil.cpu_count()
+    assert sample.memory_bytes > 20 * 2**20  # JupyterLab and a kernel, as the cgroup counts
+    # The container's cgroup limit is the flavor's memory.
+    assert sample.memory_limit_bytes == lifecycle.launch_spec(contained).memory_bytes
+    assert sample.network_rx_bytes is not None  # the Engine reports the container's network
