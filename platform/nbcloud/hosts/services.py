@@ -151,7 +151,7 @@ def _host_lost(notebook: Notebook, host: Host) -> None:
         actor=notebook_services.SYSTEM,
         code=InfoCode.HOST_LOST,
         message=message,
-        **{**notebook_services._release_fields(), "last_stopped_at": heard},
+        **{**notebook_services.release_fields(), "last_stopped_at": heard},
     )
 
 

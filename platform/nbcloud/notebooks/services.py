@@ -351,7 +351,8 @@ def mark_running(notebook: Notebook, *, editor_url: str, runtime_state: dict) ->
     )
 
 
-def _release_fields() -> dict:
+def release_fields() -> dict:
+    """What a notebook's row loses when it gives its host's capacity back."""
     return {
         "host": None,
         "gpu_uuids": [],
@@ -369,7 +370,7 @@ def fail_start(notebook: Notebook, message: str, code: InfoCode = InfoCode.START
         actor=SYSTEM,
         code=code,
         message=message,
-        **_release_fields(),
+        **release_fields(),
     )
     _schedule_on_commit()  # freed capacity may start a queued one
 
@@ -402,7 +403,7 @@ def finish_stop(
         target, code, message = State.STOPPED, entered.code, entered.message
     else:
         target, code, message = State.STOPPED, InfoCode.STOPPED, "Stopped; the workspace is saved."
-    fields = _release_fields()
+    fields = release_fields()
     if workspace_size is not None:
         fields["workspace_size"] = workspace_size
     transition(notebook, target, actor=SYSTEM, code=code, message=message, **fields)
@@ -416,6 +417,6 @@ def finish_delete(notebook: Notebook) -> None:
         actor=SYSTEM,
         code=InfoCode.DELETED,
         message="Deleted.",
-        **_release_fields(),
+        **release_fields(),
     )
     _schedule_on_commit()  # freed capacity may start a queued one
