@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from django.utils import timezone
 
 from nbcloud.monitoring import samples
@@ -172,7 +172,9 @@ class SamplerThread(threading.Thread):
             except Exception:
                 log.exception("sampling notebooks failed")
             finally:
-                close_old_connections()
+                # Not kept between rounds: a pool process forked meanwhile must not
+                # inherit (and at its exit close) this thread's connection.
+                connections.close_all()
             self.stopping.wait(max(0.0, self.interval - (time.monotonic() - began)))
 
     def stop(self) -> None:
