@@ -141,3 +141,32 @@ def test_only_hosts_with_idle_limits_are_asked(running, monkeypatch):
     running(idle_timeout=3600)
     idle.check_limits()
     assert sent == [{"host": "h1"}]
+
+
+@pytest.mark.e2e
+def test_code_server_counts_a_client_not_the_probe(
+    transactional_db, broker_url, this_host, conda_env, code_server, alpha
+):
+    """VS Code's own heartbeat: the idle probe (GET /healthz) must not look like use."""
+    import requests
+
+    from workers import lifecycle, workspace
+    from workers.runtimes.editors import code_server_session
+
+    notebook = make_notebook(
+        alpha, state="STARTING", host=this_host, editor_id="vscode", editor_secret="v" * 48
+    )
+    lifecycle.start(str(notebook.pk), this_host.name)
+    notebook.refresh_from_db()
+    assert notebook.state == "RUNNING", notebook.info_message
+    try:
+        now = timezone.now()
+        for _ in range(3):
+            assert idle._editor_activity(notebook, now) is None  # started, never used
+        endpoint = lifecycle.runtime_for(notebook).endpoint
+        cookie = {"code-server-session": code_server_session(notebook.editor_secret)}
+        assert requests.get(endpoint.url, cookies=cookie, timeout=30).status_code == 200
+        assert idle._editor_activity(notebook, timezone.now()) >= now  # a client was there
+    finally:
+        lifecycle.runtime_for(notebook).stop(5)
+        workspace.remove_local(notebook)
