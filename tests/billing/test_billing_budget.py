@@ -217,7 +217,8 @@ def running(alpha, django_capture_on_commit_callbacks):
         memory_bytes=512 * GIB,
         disk_bytes=1000 * GIB,
         gpus=[
-            {"index": i, "uuid": f"GPU-{i}", "model": "V100S", "memory_bytes": 1} for i in range(4)
+            {"index": i, "uuid": f"GPU-{i}", "model": "Tesla V100S", "memory_bytes": 1}
+            for i in range(4)
         ],
     )
     notebook = make_notebook(alpha, gpu=1, state=State.QUEUED)
