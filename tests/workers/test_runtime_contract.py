@@ -169,3 +169,23 @@ def test_processes_left_behind_die_with_the_sandbox(runtime_cls, make_spec):
         capture_output=True,
         text=True,
     ).stdout
+
+
+def test_the_flavors_memory_limit_is_enforced_and_reported(runtime_cls, make_spec):
+    from workers.runtimes import cgroups
+
+    if runtime_cls.name == "process" and cgroups.version() is None:
+        pytest.skip("cgroups are not writable here: the process runtime cannot limit")
+    runtime = runtime_cls(make_spec(cpus=1, memory_bytes=1024**3))
+    runtime.start()
+    try:
+        wait_ready(runtime, 60)
+        assert runtime.stats()["memory_limit_bytes"] == 1024**3
+        if runtime_cls.name == "process":
+            pid = runtime.state["pid"]
+            with open(f"/proc/{pid}/cgroup") as groups:
+                assert f"/nbcloud/{runtime.spec.notebook_id}" in groups.read()
+    finally:
+        runtime.stop(5)
+    if runtime_cls.name == "process":
+        assert cgroups.limits(runtime.spec.notebook_id) == {}

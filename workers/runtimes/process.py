@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 from django.conf import settings
 
+from . import cgroups
 from .base import Endpoint, LaunchSpec, Runtime, StartError, log_file, tail_file
 from .editors import editor_command, editor_environment
 
@@ -128,8 +129,11 @@ class ProcessRuntime(Runtime):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             try:
+                groups = cgroups.create(
+                    self.spec.notebook_id, cpus=self.spec.cpus, memory_bytes=self.spec.memory_bytes
+                )
                 proc = psutil.Popen(
-                    sandbox_argv(self.spec, argv),
+                    cgroups.join_argv(groups, sandbox_argv(self.spec, argv)),
                     stdin=open(os.devnull, "rb"),  # noqa: SIM115
                     stdout=log,
                     stderr=log,
@@ -160,6 +164,7 @@ class ProcessRuntime(Runtime):
     def stop(self, timeout: float) -> None:
         proc = self._process()
         if proc is None:
+            cgroups.remove(self.spec.notebook_id)
             return
         # The whole tree: the sandbox, the editor and its kernels, which may
         # sit in sessions of their own.
@@ -172,6 +177,7 @@ class ProcessRuntime(Runtime):
             with contextlib.suppress(psutil.Error):
                 member.kill()
         _wait_gone(alive, 5)
+        cgroups.remove(self.spec.notebook_id)
 
     def stats(self) -> dict:
         proc = self._process()
@@ -184,7 +190,11 @@ class ProcessRuntime(Runtime):
                 rss += p.memory_info().rss
                 times = p.cpu_times()
                 cpu += times.user + times.system
-        return {"running": True, "processes": len(procs), "memory_bytes": rss, "cpu_seconds": cpu}
+        stats = {"running": True, "processes": len(procs), "memory_bytes": rss, "cpu_seconds": cpu}
+        enforced = cgroups.limits(self.spec.notebook_id)
+        if enforced.get("memory_bytes"):
+            stats["memory_limit_bytes"] = enforced["memory_bytes"]
+        return stats
 
     def logs(self, tail: int = 100) -> str:
         return tail_file(self.log_path, tail)
