@@ -19,11 +19,13 @@ install: $(STAMP)
 
 # What pip cannot bring: bubblewrap (the editors' sandbox), Debian's
 # python3-venv (environments are built from /usr/bin/python3, which the
-# unprivileged sandbox users can run) and chromium (the browser tests).
+# unprivileged sandbox users can run), chromium (the browser tests) and
+# openssh-server (the tests' git server for ssh:// volumes).
 sysdeps:
 	@missing=""; \
 	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
 	/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \

@@ -547,3 +547,32 @@ def docker_containers(docker_api):
         )
 
     return containers
+
+
+@pytest.fixture(scope="session")
+def git_sshd(repos, tmp_path_factory):
+    """sshd on loopback serving `repos` to one key: (ssh URL of demo.git, the private key)."""
+    if os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists():
+        pytest.skip("needs root and openssh-server (make sysdeps installs it)")
+    folder = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "client_key"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / name)], check=True
+        )
+    (folder / "authorized_keys").write_text((folder / "client_key.pub").read_text())
+    port = free_port()
+    (folder / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder / 'host_key'}\n"
+        f"AuthorizedKeysFile {folder / 'authorized_keys'}\nPidFile {folder / 'sshd.pid'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen(
+        ["/usr/sbin/sshd", "-D", "-e", "-f", str(folder / "sshd_config")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: _listening(port), timeout=20, what="sshd")
+    yield f"ssh://root@127.0.0.1:{port}{repos}/demo.git", (folder / "client_key").read_text()
+    _stop_service(proc)

@@ -421,7 +421,9 @@ GIT_ERRORS = (
     ),
     (
         re.compile(
-            r"Authentication failed|could not read Username|terminal prompts disabled", re.I
+            r"Authentication failed|could not read Username|terminal prompts disabled|"
+            r"Permission denied \(publickey|Could not read from remote repository",
+            re.I,
         ),
         "the git server refused the credentials{creds}",
     ),
@@ -462,7 +464,7 @@ def git_datastore(notebook: Notebook, url: str) -> Datastore | None:
 
 
 def _git_error(volume: dict, store: Datastore | None, stderr: str, secrets: list[str]) -> str:
-    host = urlsplit(volume["url"]).netloc
+    host = urlsplit(volume["url"]).netloc.rsplit("@", 1)[-1]  # never a user name
     creds = f" of datastore {store.alias!r}; update its username and password" if store else ""
     if not store:
         creds = f"; a private repository needs a git datastore for host {host}"
@@ -500,7 +502,7 @@ def clone_git_volume(
     status.update(index, force=True, state="RUNNING")
     store = git_datastore(notebook, volume["url"])
     secrets = store.secrets() if store else {}
-    env = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false", "GIT_SSH_COMMAND": "false"}
+    env = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false"}
     with tempfile.TemporaryDirectory(dir=settings.DATA_DIR) as private:
         if store and secrets.get("password"):
             askpass = Path(private) / "askpass"
@@ -511,14 +513,18 @@ def clone_git_volume(
                 NBCLOUD_GIT_USERNAME=store.username,
                 NBCLOUD_GIT_PASSWORD=secrets["password"],
             )
+        # ssh with the datastore's key or none at all: never the host's own keys or config.
+        identity = "/dev/null"
         if store and secrets.get("ssh_private_key"):
             key = Path(private) / "id"
             key.write_text(secrets["ssh_private_key"].rstrip("\n") + "\n")
             key.chmod(0o600)
-            env["GIT_SSH_COMMAND"] = (
-                f"ssh -i {key} -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new "
-                f"-o UserKnownHostsFile={Path(private) / 'known_hosts'}"
-            )
+            identity = str(key)
+        env["GIT_SSH_COMMAND"] = (
+            f"ssh -F /dev/null -i {identity} -o IdentitiesOnly=yes -o BatchMode=yes "
+            f"-o StrictHostKeyChecking=accept-new "
+            f"-o UserKnownHostsFile={Path(private) / 'known_hosts'}"
+        )
         staging = target.with_name(f".{target.name}.cloning")
         shutil.rmtree(staging, ignore_errors=True)
         options = {"single_branch": True}

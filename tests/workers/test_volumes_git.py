@@ -184,3 +184,23 @@ def test_files_in_the_way_are_not_overwritten(project, git_daemon, tmp_path):
     with pytest.raises(volumes.VolumeError, match="already holds files"):
         _clone(project, tmp_path / "ws", f"{git_daemon}/demo.git:/workspace/demo")
     assert (tmp_path / "ws" / "demo" / "precious.txt").read_text() == "mine"
+
+
+def test_private_clone_over_ssh_with_a_key(project, git_sshd, tmp_path):
+    url, key = git_sshd
+    store = Datastore(project=project, alias="keyed", type="git", host="127.0.0.1")
+    store.set_secrets({"ssh_private_key": key})
+    store.save()
+    _clone(project, tmp_path / "ws", f"{url}@dev:/workspace/viassh")
+    assert (tmp_path / "ws" / "viassh" / "dev.txt").read_text() == "on dev\n"
+    assert "PRIVATE KEY" not in "".join(
+        p.read_text(errors="replace")
+        for p in (tmp_path / "ws" / "viassh" / ".git").glob("*")
+        if p.is_file()
+    )
+
+
+def test_ssh_without_a_key_is_refused_with_the_fix(project, git_sshd, tmp_path):
+    url, _ = git_sshd
+    with pytest.raises(volumes.VolumeError, match="needs a git datastore for host 127.0.0.1"):
+        _clone(project, tmp_path / "ws", f"{url}:/workspace/viassh")

@@ -3,6 +3,7 @@
 Volumes follow OVH's `--volume` syntax:
   object storage: container@alias[/prefix]:/mount/path[:RO|RW|RWD][:cache]
   git:            https://host/owner/repo.git[@branch]:/mount/path[:RO|RW]
+                  (also http://, git:// and ssh://[user@]host[:port]/path.git)
 Labels and selectors follow Kubernetes' syntax for keys and values.
 """
 
@@ -39,7 +40,8 @@ SYSTEM_PATHS = (
 )
 WORKSPACE = "/workspace"
 GIT_URL = re.compile(
-    r"^(?P<url>(?:https?|git)://[^\s@:/]+(?::\d+)?/[^\s@:]+?\.git)(?:@(?P<branch>[^\s:]+))?"
+    r"^(?P<url>(?:(?:https?|git)://|ssh://(?:[A-Za-z0-9._-]+@)?)[^\s@:/]+(?::\d+)?/[^\s@:]+?\.git)"
+    r"(?:@(?P<branch>[^\s:]+))?"
     r":(?P<mount>/[^:]*)(?::(?P<perm>[A-Za-z]+))?$"
 )
 OBJECT_VOLUME = re.compile(
