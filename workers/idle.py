@@ -29,7 +29,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from nbcloud.notebooks import services
-from nbcloud.notebooks.models import Notebook, NotebookEvent
+from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import InfoCode, State
 
 from . import ledger, lifecycle, volumes, workspace
@@ -263,14 +263,7 @@ def _warn(notebook: Notebook, since: datetime, stop_at: datetime) -> None:
         f"Idle since {since:%Y-%m-%d %H:%M:%S} UTC: it stops at {stop_at:%H:%M:%S} UTC "
         "unless it is used or kept alive (POST .../keepalive/)."
     )
-    NotebookEvent.objects.create(
-        notebook=notebook,
-        actor=services.SYSTEM,
-        from_state=State.RUNNING,
-        to_state=State.RUNNING,
-        code=InfoCode.IDLE_WARNING,
-        message=message,
-    )
+    services.record_event(notebook, InfoCode.IDLE_WARNING, message)
     services.set_info(notebook, InfoCode.IDLE_WARNING, message)
 
 

@@ -39,6 +39,7 @@ from nbcloud.notebooks.states import State
 from nbcloud.projects.models import Datastore
 
 from .runtimes.base import Mount
+from .workspace import chown_tree
 
 log = logging.getLogger(__name__)
 WORKSPACE = PurePosixPath("/workspace")
@@ -179,13 +180,16 @@ def _workspace_target(workspace: Path, mount_path: str) -> Path:
     return workspace / PurePosixPath(mount_path).relative_to(WORKSPACE)
 
 
-def _chown_tree(path: Path, uid: int) -> None:
-    if os.geteuid() != 0 or not path.exists():
-        return
-    os.lchown(path, uid, uid)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            os.lchown(os.path.join(root, name), uid, uid)
+def _make_dirs(workspace: Path, target: Path, uid: int) -> None:
+    """`target` and its missing parents below the workspace, owned by the notebook's user."""
+    missing = []
+    while target != workspace and not target.exists():
+        missing.append(target)
+        target = target.parent
+    for path in reversed(missing):
+        path.mkdir()
+        if os.geteuid() == 0:
+            os.lchown(path, uid, uid)
 
 
 # Object storage.
@@ -347,20 +351,31 @@ def pull_object_volume(notebook: Notebook, index: int, volume: dict, status: Syn
     return directory
 
 
-def push_object_volume(notebook: Notebook, index: int, volume: dict, status: SyncStatus) -> None:
-    """Upload new and changed files; with RWD also delete what the user deleted."""
-    store = _datastore(notebook, volume)
-    directory = volume_dir(notebook, index, volume)
-    if not directory.exists():
-        status.update(index, force=True, state="DONE", message="nothing pulled: nothing to push")
-        return
-    prefix = _prefix(volume)
+def _local_changes(directory: Path, volume: dict):
+    """(manifest, local files, changed files, deleted files) of a pulled directory."""
     manifest = _read_manifest(directory)
     local = _local_files(directory)
     changed = [rel for rel, st in local.items() if not _unchanged(manifest.get(rel), st)]
     deleted = [rel for rel in manifest if rel not in local] if volume["permission"] == "RWD" else []
+    return manifest, local, changed, deleted
+
+
+def push_object_volume(
+    notebook: Notebook, index: int, volume: dict, status: SyncStatus, entry: int
+) -> None:
+    """Upload new and changed files; with RWD also delete what the user deleted.
+
+    `index` is the volume's place in the notebook's spec, `entry` its place in `status`.
+    """
+    store = _datastore(notebook, volume)
+    directory = volume_dir(notebook, index, volume)
+    if not directory.exists():
+        status.update(entry, force=True, state="DONE", message="nothing pulled: nothing to push")
+        return
+    prefix = _prefix(volume)
+    manifest, local, changed, deleted = _local_changes(directory, volume)
     status.update(
-        index,
+        entry,
         force=True,
         state="RUNNING",
         files_total=len(changed) + len(deleted),
@@ -375,14 +390,14 @@ def push_object_volume(notebook: Notebook, index: int, volume: dict, status: Syn
                     str(directory / rel),
                     volume["container"],
                     prefix + rel,
-                    subscribers=[_Progress(status, index)],
+                    subscribers=[_Progress(status, entry)],
                 )
                 for rel in changed
             ]
             for future in futures:
                 future.result()
                 done += 1
-                status.update(index, files_done=done)
+                status.update(entry, files_done=done)
         for start in range(0, len(deleted), 1000):
             batch = deleted[start : start + 1000]
             client.delete_objects(
@@ -392,7 +407,7 @@ def push_object_volume(notebook: Notebook, index: int, volume: dict, status: Syn
             for rel in batch:
                 manifest.pop(rel, None)
             done += len(batch)
-            status.update(index, files_done=done)
+            status.update(entry, files_done=done)
         if changed:
             # The ETags the store gave the new objects, for the next pull's comparison.
             remote = _list_objects(client, volume["container"], prefix)
@@ -409,7 +424,7 @@ def push_object_volume(notebook: Notebook, index: int, volume: dict, status: Syn
     finally:
         client.close()
     _write_manifest(directory, manifest)
-    status.update(index, force=True, state="DONE")
+    status.update(entry, force=True, state="DONE")
 
 
 # Git.
@@ -533,7 +548,7 @@ def clone_git_volume(
         if volume["branch"]:
             options["branch"] = volume["branch"]
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            _make_dirs(workspace, target.parent, notebook.sandbox_uid)
             git.Repo.clone_from(volume["url"], staging, env=env, **options)
         except git.GitCommandError as exc:
             shutil.rmtree(staging, ignore_errors=True)
@@ -543,6 +558,7 @@ def clone_git_volume(
     if target.exists():
         target.rmdir()  # empty, checked above
     staging.rename(target)
+    chown_tree(target, notebook.sandbox_uid)
     files = sum(len(names) for _, _, names in os.walk(target))
     status.update(index, force=True, state="DONE", files_done=files, files_total=files)
 
@@ -554,11 +570,8 @@ def _pending_push(notebook: Notebook, index: int, volume: dict) -> bool:
     directory = volume_dir(notebook, index, volume)
     if volume["permission"] == "RO" or not directory.exists():
         return False
-    manifest = _read_manifest(directory)
-    local = _local_files(directory)
-    return any(not _unchanged(manifest.get(r), st) for r, st in local.items()) or (
-        volume["permission"] == "RWD" and any(r not in local for r in manifest)
-    )
+    _, _, changed, deleted = _local_changes(directory, volume)
+    return bool(changed or deleted)
 
 
 def prepare(notebook: Notebook, workspace: Path) -> list[Mount]:
@@ -582,14 +595,14 @@ def prepare(notebook: Notebook, workspace: Path) -> list[Mount]:
             if volume.get("cache"):
                 _claim_cache(notebook, index, volume)
             directory = pull_object_volume(notebook, index, volume, status)
-            _chown_tree(directory, notebook.sandbox_uid)
+            chown_tree(directory, notebook.sandbox_uid)
             os.chmod(directory, 0o700)
-            _workspace_target(workspace, volume["mount_path"]).mkdir(parents=True, exist_ok=True)
+            target = _workspace_target(workspace, volume["mount_path"])
+            _make_dirs(workspace, target, notebook.sandbox_uid)
             mounts.append(Mount(str(directory), volume["mount_path"], volume["permission"] == "RO"))
     except VolumeError as exc:
         _mark_failed(status, str(exc))
         raise
-    _chown_tree(workspace, notebook.sandbox_uid)  # clones, and mount points of binds
     return mounts
 
 
@@ -605,20 +618,10 @@ def push(notebook: Notebook, *, only: list[int] | None = None) -> None:
     status = SyncStatus(notebook, "push", [v for _, v in writable])
     for position, (index, volume) in enumerate(writable):
         try:
-            push_object_volume(notebook, index, volume, _Slot(status, position))
+            push_object_volume(notebook, index, volume, status, position)
         except VolumeError as exc:
             _mark_failed(status, str(exc), position)
             raise
-
-
-class _Slot:
-    """One entry of a SyncStatus, addressed by the volume's own index."""
-
-    def __init__(self, status: SyncStatus, position: int):
-        self.status, self.position = status, position
-
-    def update(self, index: int, **fields) -> None:
-        self.status.update(self.position, **fields)
 
 
 def _mark_failed(status: SyncStatus, message: str, position: int | None = None) -> None:

@@ -84,7 +84,8 @@ def tree_size(path: Path) -> int:
     return total
 
 
-def _chown_tree(path: Path, uid: int) -> None:
+def chown_tree(path: Path, uid: int) -> None:
+    """Give `path` and everything below it to `uid` (as root; elsewhere nothing to do)."""
     if os.geteuid() != 0:
         return
     os.lchown(path, uid, uid)
@@ -104,7 +105,7 @@ def prepare(notebook: Notebook) -> Path:
             path.mkdir(mode=0o700)
         else:
             restore(latest, path)
-    _chown_tree(path, notebook.sandbox_uid)
+    chown_tree(path, notebook.sandbox_uid)
     os.chmod(path, 0o700)
     return path
 

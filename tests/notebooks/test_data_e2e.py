@@ -5,7 +5,6 @@ mount and the workspace; a datasync and a stop push the object; a start
 brings everything back; a fork of the backup finds the same files.
 """
 
-import boto3
 import pytest
 from conftest import Kernel, wait_for, wait_state
 
@@ -14,18 +13,13 @@ from nbcloud.notebooks.models import Notebook
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 BUCKET = "e2e-data"
-KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
 @pytest.fixture
-def bucket(s3_endpoint):
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **KEYS)
-    client.create_bucket(Bucket=BUCKET)
+def bucket(s3_bucket):
+    client = s3_bucket(BUCKET)
     client.put_object(Bucket=BUCKET, Key="input/data.csv", Body=b"x,y\n1,2\n")
-    yield client
-    for item in client.list_objects_v2(Bucket=BUCKET).get("Contents", []):
-        client.delete_object(Bucket=BUCKET, Key=item["Key"])
-    client.delete_bucket(Bucket=BUCKET)
+    return client
 
 
 def _read(kernel: Kernel, path: str) -> str:
