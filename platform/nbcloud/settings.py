@@ -262,11 +262,12 @@ NBCLOUD_CODE_SERVER_DIR = envpath("NBCLOUD_CODE_SERVER_DIR", Path("/var/lib/nbcl
 NBCLOUD_WORKSPACES_DIR = envpath("NBCLOUD_WORKSPACES_DIR", DATA_DIR / "workspaces")
 NBCLOUD_RUNTIME = envchoice("NBCLOUD_RUNTIME", "process", ("process", "docker"))
 # The docker runtime: environment images (named in the manifests) build on this base
-# image (environments/base/build-base.sh). Editors run on the host's network, each on a
-# free loopback port, or on NBCLOUD_DOCKER_NETWORK (a bridge or user-defined network)
-# with their port published on NBCLOUD_DOCKER_PUBLISH_IP, where the gateway reaches it.
+# image (environments/base/build-base.sh). Each editor runs in a network namespace of
+# its own connected through pasta (`isolated`, as on the process runtime), or on
+# NBCLOUD_DOCKER_NETWORK (a bridge or user-defined network) with its port published on
+# NBCLOUD_DOCKER_PUBLISH_IP, where the gateway reaches it; `host` is refused.
 NBCLOUD_DOCKER_BASE_IMAGE = envstr("NBCLOUD_DOCKER_BASE_IMAGE", "nbcloud/base:latest")
-NBCLOUD_DOCKER_NETWORK = envstr("NBCLOUD_DOCKER_NETWORK", "host")
+NBCLOUD_DOCKER_NETWORK = envstr("NBCLOUD_DOCKER_NETWORK", "isolated")
 NBCLOUD_DOCKER_PUBLISH_IP = envstr("NBCLOUD_DOCKER_PUBLISH_IP", "127.0.0.1")
 NBCLOUD_HOST_NAME = envstr("NBCLOUD_HOST_NAME", "local")
 NBCLOUD_HOST_REGION = envstr("NBCLOUD_HOST_REGION", "GRA")

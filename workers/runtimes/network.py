@@ -195,11 +195,9 @@ def relay_running(state: dict) -> bool:
 
 
 def create(notebook_id: str, uid: int, port: int, log_path: Path) -> dict:
-    """A fresh namespace for the notebook, connected through pasta, with host
-    127.0.0.1:`port` forwarded to the namespace's 127.0.0.1:`port`. Returns the
-    runtime state to keep: {"netns", "pasta_pid", "pasta_create_time"}."""
+    """A fresh namespace for the notebook, connected through pasta (see `connect`).
+    Returns the runtime state to keep: {"netns", "pasta_pid", "pasta_create_time"}."""
     ensure_firewall()
-    _tun_usable()
     name = netns_name(notebook_id)
     if netns_path(notebook_id).exists():  # left by a host that went down
         _run(["ip", "netns", "delete", name])
@@ -209,6 +207,27 @@ def create(notebook_id: str, uid: int, port: int, log_path: Path) -> dict:
             "This host cannot give notebooks a network namespace.",
             f"ip netns add {name}: {done.stderr.strip()}",
         )
+    try:
+        return {"netns": name, **connect(netns_path(notebook_id), uid, port, log_path)}
+    except BaseException:
+        destroy({"netns": name})
+        raise
+
+
+def connect(netns: Path, uid: int, port: int, log_path: Path) -> dict:
+    """Connect the namespace at `netns` (a /run/netns file, or a process's
+    /proc/<pid>/ns/net) to the outside through pasta running as `uid`, with host
+    127.0.0.1:`port` forwarded to the namespace's 127.0.0.1:`port`. Returns
+    {"pasta_pid", "pasta_create_time"}."""
+    first = settings.NBCLOUD_SANDBOX_UID_BASE
+    if not first <= uid < first + settings.NBCLOUD_SANDBOX_UID_COUNT:
+        raise StartError(
+            "This notebook's uid is outside the sandbox range; it cannot be isolated.",
+            f"uid {uid} is not in NBCLOUD_SANDBOX_UID_BASE={first} + "
+            f"NBCLOUD_SANDBOX_UID_COUNT={settings.NBCLOUD_SANDBOX_UID_COUNT}",
+        )
+    ensure_firewall()
+    _tun_usable()
     argv = [
         "setpriv",
         f"--reuid={uid}",
@@ -221,7 +240,7 @@ def create(notebook_id: str, uid: int, port: int, log_path: Path) -> dict:
         "--quiet",
         "--config-net",
         "--netns",
-        str(netns_path(notebook_id)),
+        str(netns),
         # Only the editor's port comes in, on the host's loopback; nothing of the
         # host's loopback goes out (pasta's defaults forward every bound port both
         # ways), and the gateway address is not mapped to the host.
@@ -235,6 +254,7 @@ def create(notebook_id: str, uid: int, port: int, log_path: Path) -> dict:
         "none",
         "--no-map-gw",
     ]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
         try:
             proc = psutil.Popen(
@@ -247,26 +267,26 @@ def create(notebook_id: str, uid: int, port: int, log_path: Path) -> dict:
                 start_new_session=True,
             )
         except FileNotFoundError as exc:
-            destroy({"netns": name})
             raise StartError(
                 "This host cannot give notebooks a network (pasta is missing).",
                 f"{exc}; install it with: apt-get install passt",
             ) from exc
-    state = {"netns": name, "pasta_pid": proc.pid, "pasta_create_time": proc.create_time()}
+    state = {"pasta_pid": proc.pid, "pasta_create_time": proc.create_time()}
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            destroy(state)
             raise StartError(
                 "This host could not connect the notebook's network.",
                 f"pasta exited with status {proc.returncode}; see {log_path}",
             )
-        addresses = _run(["ip", "-n", name, "-4", "-o", "addr", "show", "scope", "global"])
+        addresses = _run(
+            ["nsenter", f"--net={netns}", "ip", "-4", "-o", "addr", "show", "scope", "global"]
+        )
         if addresses.stdout.strip() and _listening(proc, port):
             return state
         time.sleep(0.02)
     destroy(state)
-    raise StartError("This host could not connect the notebook's network in time.", name)
+    raise StartError("This host could not connect the notebook's network in time.", str(netns))
 
 
 def _listening(proc: psutil.Process, port: int) -> bool:
