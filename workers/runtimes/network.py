@@ -142,6 +142,35 @@ table inet {TABLE} {{
 """
 
 
+def check_uid_range() -> None:
+    """The sandbox range must not hold the host's users nor the ids its user
+    namespaces map (/etc/subuid, /etc/subgid): a notebook would share their files."""
+    first = settings.NBCLOUD_SANDBOX_UID_BASE
+    last = first + settings.NBCLOUD_SANDBOX_UID_COUNT - 1
+    clashes = []
+    for table in ("/etc/subuid", "/etc/subgid"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines():
+                parts = line.strip().split(":")
+                if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                    start, count = int(parts[1]), int(parts[2])
+                    if start <= last and first <= start + count - 1:
+                        clashes.append(f"{table}: {line.strip()}")
+    for table in ("/etc/passwd", "/etc/group"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines():
+                parts = line.split(":")
+                if len(parts) > 2 and parts[2].isdigit() and first <= int(parts[2]) <= last:
+                    clashes.append(f"{table}: {parts[0]} ({parts[2]})")
+    if clashes:
+        raise StartError(
+            "This host's sandbox uids are not its own; no notebook starts here.",
+            f"NBCLOUD_SANDBOX_UID_BASE={first} + NBCLOUD_SANDBOX_UID_COUNT="
+            f"{settings.NBCLOUD_SANDBOX_UID_COUNT} overlaps {'; '.join(clashes)}: "
+            "move the range",
+        )
+
+
 def ensure_firewall() -> None:
     """Load (or reload) the rules; a host that cannot enforce them starts no notebook."""
     try:
@@ -226,6 +255,7 @@ def connect(netns: Path, uid: int, port: int, log_path: Path) -> dict:
             f"uid {uid} is not in NBCLOUD_SANDBOX_UID_BASE={first} + "
             f"NBCLOUD_SANDBOX_UID_COUNT={settings.NBCLOUD_SANDBOX_UID_COUNT}",
         )
+    check_uid_range()
     ensure_firewall()
     _tun_usable()
     argv = [
