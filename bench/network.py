@@ -6,8 +6,8 @@ pair) serving a --size-mib file, then downloads it --runs times, interleaved:
   - baseline: from the host itself (curl in the host's namespace);
   - notebook: from inside a notebook's network namespace, as the notebook's
     uid, connected by pasta exactly as the sandbox connects an editor
-    (workers/runtimes/network.py: same relay, same nftables rules).
-Reports medians and the ratio notebook / host. Needs root, pasta, nftables.
+    (workers/runtimes/network.py: the same veth pair, routes and nftables rules).
+Reports medians and the ratio notebook / host. Needs root, iproute2, nftables.
 
     .venv/bin/python bench/network.py [--size-mib 1024] [--runs 5]
 """
@@ -35,7 +35,6 @@ django.setup()
 from django.conf import settings  # noqa: E402
 
 from workers.runtimes import network  # noqa: E402
-from workers.runtimes.process import free_port  # noqa: E402
 
 
 def ip(*args: str, check: bool = True) -> None:
@@ -60,7 +59,6 @@ def main() -> None:
     ns, outer, inner = f"nbb-{tag}", f"nbbh{tag}", f"nbbn{tag}"
     notebook_id = str(uuid.uuid4())
     uid = settings.NBCLOUD_SANDBOX_UID_BASE + settings.NBCLOUD_SANDBOX_UID_COUNT - 1
-    log = Path(tempfile.mkdtemp()) / "pasta.log"
     served = Path(tempfile.mkdtemp())
     with open(served / "blob", "wb") as blob:
         blob.truncate(args.size_mib * 1024**2)
@@ -78,7 +76,7 @@ def main() -> None:
              "-d", str(served), "--bind", "198.51.100.2"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        relay = network.create(notebook_id, uid, free_port(), log)
+        relay = network.create(notebook_id, uid)
         inside = [
             "nsenter", f"--net={network.netns_path(notebook_id)}", "setpriv",
             f"--reuid={uid}", f"--regid={uid}", "--clear-groups",

@@ -307,6 +307,13 @@ NBCLOUD_SANDBOX_DIR = envpath("NBCLOUD_SANDBOX_DIR", DATA_DIR / "sandbox")
 NBCLOUD_DEVICE_ROOT = envpath("NBCLOUD_DEVICE_ROOT", Path("/dev"))
 NBCLOUD_NOTEBOOK_DNS = tuple(d for d in envstr("NBCLOUD_NOTEBOOK_DNS", "").split(",") if d)
 NBCLOUD_NOTEBOOK_BLOCKED_NETWORKS = envnetworks("NBCLOUD_NOTEBOOK_BLOCKED_NETWORKS", "")
+# Each notebook's own address on its host (a veth pair), from this IPv4 pool.
+NBCLOUD_NOTEBOOK_ADDRESSES = envnetworks("NBCLOUD_NOTEBOOK_ADDRESSES", "100.64.0.0/10")[0]
+if NBCLOUD_NOTEBOOK_ADDRESSES.version != 4 or NBCLOUD_NOTEBOOK_ADDRESSES.num_addresses < 16:
+    raise ImproperlyConfigured(
+        f"NBCLOUD_NOTEBOOK_ADDRESSES={NBCLOUD_NOTEBOOK_ADDRESSES} must be an IPv4 network "
+        "of at least 16 addresses, e.g. 100.64.0.0/10"
+    )
 NBCLOUD_NOTEBOOK_PIDS_MAX = envint("NBCLOUD_NOTEBOOK_PIDS_MAX", 4096, minimum=16)
 NBCLOUD_EDITOR_READY_TIMEOUT = envint("NBCLOUD_EDITOR_READY_TIMEOUT", 120, minimum=1)
 NBCLOUD_EDITOR_STOP_TIMEOUT = envint("NBCLOUD_EDITOR_STOP_TIMEOUT", 10, minimum=1)

@@ -28,9 +28,9 @@ def test_a_uid_range_overlapping_subordinate_ids_is_refused(settings, monkeypatc
     network.check_uid_range()  # clear of it
 
 
-def test_a_uid_outside_the_range_gets_no_network(settings, tmp_path):
+def test_a_uid_outside_the_range_gets_no_network(settings):
     with pytest.raises(StartError, match="outside the sandbox range"):
-        network.connect(tmp_path / "netns", 1000, 8888, tmp_path / "log")
+        network.connect("00000000-0000-0000-0000-000000000000", "nbcloud-none", 1000)
 
 
 def test_the_hosts_network_is_refused_for_containers(settings):
@@ -44,10 +44,8 @@ def test_the_hosts_network_is_refused_for_containers(settings):
         container_config(spec, 8888, host_cpus=2)
 
 
-def test_the_rules_keep_sandbox_uids_from_private_and_host_addresses(settings):
-    settings.NBCLOUD_SANDBOX_UID_BASE, settings.NBCLOUD_SANDBOX_UID_COUNT = 3_000_000, 1000
+def test_the_rules_keep_notebooks_from_private_ranges_and_the_host():
     rules = network.ruleset()
-    assert "meta skuid 3000000-3000999 jump sandbox" in rules
     for private in (
         "10.0.0.0/8",
         "172.16.0.0/12",
@@ -55,8 +53,16 @@ def test_the_rules_keep_sandbox_uids_from_private_and_host_addresses(settings):
         "100.64.0.0/10",
         "169.254.0.0/16",
         "127.0.0.0/8",
-        "fc00::/7",
-        "fe80::/10",
+        "224.0.0.0/3",
     ):
         assert private in rules
-    assert "fib daddr type { local" in rules
+    assert 'iifname "nbv*" counter reject' in rules  # the host itself
+    assert "meta nfproto ipv6 counter reject" in rules
+    assert "fib saddr . iif oif missing counter drop" in rules  # no other source address
+
+
+def test_notebook_addresses_follow_their_unique_uids(settings):
+    base = settings.NBCLOUD_SANDBOX_UID_BASE
+    addresses = {network.address_of(base + i) for i in range(1000)}
+    assert len(addresses) == 1000
+    assert all(a.startswith("100.") for a in addresses)

@@ -10,9 +10,8 @@ requested by UUID, and labels naming the notebook, its project and this host.
 
 Networking (NBCLOUD_DOCKER_NETWORK): `isolated` (the default) gives the container a
 network namespace of its own with nothing in it (Docker's `none`), which the worker
-connects to the outside through pasta as the process runtime does (network.py): the
-public Internet only, and the editor's port forwarded from the host's loopback, where
-the gateway reaches it. Any other value names a network (`bridge`, or a user-defined
+joins to the host as the process runtime does (network.py): an address of its own,
+where the gateway reaches the editor, and the public Internet only. Any other value names a network (`bridge`, or a user-defined
 one) on which the editor listens on port 8888, published on NBCLOUD_DOCKER_PUBLISH_IP;
 what such a network may reach is then the operator's to restrict. The host's own
 network (`host`) is refused: notebooks would reach every service on the host.
@@ -83,7 +82,7 @@ def container_config(spec: LaunchSpec, port: int, host_cpus: int) -> dict:
             "NBCLOUD_DOCKER_NETWORK=host is refused: use isolated (the default)",
         )
     if isolated():
-        argv, secret_env = editor_command(in_image, port)
+        argv, secret_env = editor_command(in_image, port, "0.0.0.0")
         network = {"network_mode": "none"}
     else:
         argv, secret_env = editor_command(in_image, CONTAINER_PORT, "0.0.0.0")
@@ -156,7 +155,7 @@ class DockerRuntime(Runtime):
     def endpoint(self) -> Endpoint | None:
         if "port" not in self.state:
             return None
-        host = "127.0.0.1" if isolated() else settings.NBCLOUD_DOCKER_PUBLISH_IP
+        host = self.state["address"] if isolated() else settings.NBCLOUD_DOCKER_PUBLISH_IP
         return Endpoint(host, self.state["port"], self.spec.base_url)
 
     def _container(self, by_name: bool = False) -> Container | None:
@@ -226,15 +225,12 @@ class DockerRuntime(Runtime):
             container.reload()
         if isolated():
             port = int(container.labels[LABEL_PORT])
-            relay = {k: v for k, v in self.state.items() if k.startswith("pasta_")}
-            if not network.relay_running(relay):
-                relay = network.connect(
-                    Path(f"/proc/{container.attrs['State']['Pid']}/ns/net"),
-                    self.spec.uid,
-                    port,
-                    log_file(self.spec.notebook_id),
+            joined = {k: self.state[k] for k in ("iface", "address") if k in self.state}
+            if not network.attached(joined):
+                joined = network.connect(
+                    self.spec.notebook_id, str(container.attrs["State"]["Pid"]), self.spec.uid
                 )
-            self.state = {"container_id": container.id, "port": port, **relay}
+            self.state = {"container_id": container.id, "port": port, **joined}
             return self.endpoint
         bindings = container.attrs["NetworkSettings"]["Ports"] or {}
         published = bindings.get(f"{CONTAINER_PORT}/tcp") or []

@@ -1,32 +1,31 @@
 """A network namespace per notebook: the public Internet, and nothing private.
 
-Each editor runs in a network namespace of its own (`ip netns`), so it sees
-neither the host's loopback (the broker, the database, the API, Flower, the
-metrics, other notebooks' editors and kernels) nor its interfaces. pasta
-(Debian package `passt`) connects the namespace to the outside: it relays the
-namespace's connections through ordinary sockets of the host, and it forwards
-exactly one port of the host's loopback, the editor's, into the namespace, so
-that only the gateway (on the host) reaches the editor.
+Each editor runs in a network namespace of its own, so it sees neither the
+host's loopback (the broker, the database, the API, Flower, the metrics, other
+notebooks' editors and kernels) nor the host's interfaces. A veth pair joins it
+to the host: the notebook's end is `eth0` with one address of its own from
+NBCLOUD_NOTEBOOK_ADDRESSES (100.64.0.0/10 by default), the host's end
+`nbv<notebook>` holds the notebooks' gateway address 169.254.1.1. The host routes
+and masquerades the notebook's traffic in the kernel, at the host's own speed.
 
-pasta runs as the notebook's uid, so every socket it opens on the notebook's
-behalf carries that uid. The host's nftables (table `inet nbcloud`, which
-nothing inside a notebook can change) reject every new connection from a
-sandbox uid to an address of the host itself or of a private, shared,
-link-local, loopback or multicast range (NBCLOUD_NOTEBOOK_BLOCKED_NETWORKS adds
-more, e.g. the host's own LAN when it is public), except DNS to the resolvers
-the sandbox is given.
+The host's nftables (table `inet nbcloud`, loaded before each start, which
+nothing inside a notebook can change) decide what may pass:
+- from a notebook to the host itself (any of its addresses): nothing but the
+  replies to the gateway's own connections;
+- from a notebook onwards: new connections to the public Internet only, never to
+  a private, shared, link-local, loopback or multicast range, another notebook, or
+  NBCLOUD_NOTEBOOK_BLOCKED_NETWORKS (e.g. the host's LAN when it is public); DNS
+  only to the resolvers the sandbox is given; never with another source address;
+- into a notebook: only the host (the gateway) opens connections; nothing is
+  forwarded in.
 """
 
 import contextlib
 import ipaddress
 import logging
-import os
-import stat
 import subprocess
-import time
 from pathlib import Path
 
-import psutil
 from django.conf import settings
 
 from .base import StartError
@@ -35,12 +34,14 @@ log = logging.getLogger(__name__)
 
 TABLE = "nbcloud"
 NETNS_DIR = Path("/run/netns")
+IFACE_PREFIX = "nbv"
+GATEWAY = "169.254.1.1"  # the host's end of every notebook's veth pair
 # The launcher's own environment: fixed, never the notebook's.
 LAUNCH_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 BLOCKED_V4 = (
     "0.0.0.0/8",  # "this network"
     "10.0.0.0/8",  # RFC 1918
-    "100.64.0.0/10",  # carrier-grade NAT (RFC 6598)
+    "100.64.0.0/10",  # carrier-grade NAT (RFC 6598), and the notebooks' own addresses
     "127.0.0.0/8",  # loopback
     "169.254.0.0/16",  # link-local, cloud metadata services
     "172.16.0.0/12",  # RFC 1918
@@ -49,16 +50,6 @@ BLOCKED_V4 = (
     "198.18.0.0/15",  # benchmarking
     "224.0.0.0/3",  # multicast and reserved, broadcast
 )
-BLOCKED_V6 = (
-    "::/127",  # unspecified, loopback
-    "::ffff:0:0/96",  # IPv4-mapped: the IPv4 rules decide
-    "64:ff9b:1::/48",  # local-use NAT64
-    "100::/64",  # discard
-    "fc00::/7",  # unique local (ULA)
-    "fe80::/10",  # link-local
-    "ff00::/8",  # multicast
-)
-PASTA_CAPS = "+sys_admin,+net_admin"
 
 
 def netns_name(notebook_id: str) -> str:
@@ -69,31 +60,58 @@ def netns_path(notebook_id: str) -> Path:
     return NETNS_DIR / netns_name(notebook_id)
 
 
+def iface_name(notebook_id: str) -> str:
+    return IFACE_PREFIX + notebook_id.replace("-", "")[:12]  # at most 15 characters
+
+
+def address_of(uid: int) -> str:
+    """The notebook's address: its uid's place in the sandbox range, in the pool
+    (uids are unique, so addresses are too until the pool wraps around)."""
+    pool = settings.NBCLOUD_NOTEBOOK_ADDRESSES
+    offset = uid - settings.NBCLOUD_SANDBOX_UID_BASE
+    return str(pool.network_address + 2 + offset % (pool.num_addresses - 3))
+
+
 def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         argv, env=LAUNCH_ENV, capture_output=True, text=True, timeout=30, check=False, **kwargs
     )
 
 
+def _must(argv: list[str], what: str, **kwargs) -> None:
+    try:
+        done = _run(argv, **kwargs)
+    except FileNotFoundError as exc:
+        raise StartError(
+            "This host cannot give notebooks a network of their own.",
+            f"{exc}; install iproute2 and nftables",
+        ) from exc
+    if done.returncode != 0:
+        raise StartError(
+            "This host cannot give notebooks a network of their own.",
+            f"{what}: {' '.join(argv)}: {done.stderr.strip()}",
+        )
+
+
 def resolvers() -> list[str]:
     """The name servers notebooks use: NBCLOUD_NOTEBOOK_DNS, else the host's own
     that a namespace can reach (a loopback stub resolver is not one of them)."""
-    configured = settings.NBCLOUD_NOTEBOOK_DNS
-    if configured:
-        return list(configured)
+    if settings.NBCLOUD_NOTEBOOK_DNS:
+        return list(settings.NBCLOUD_NOTEBOOK_DNS)
     found = []
     with contextlib.suppress(OSError):
         for line in Path("/etc/resolv.conf").read_text().splitlines():
             parts = line.split()
             if len(parts) >= 2 and parts[0] == "nameserver":
                 with contextlib.suppress(ValueError):
-                    if not ipaddress.ip_address(parts[1].split("%")[0]).is_loopback:
-                        found.append(parts[1])
+                    address = ipaddress.ip_address(parts[1].split("%")[0])
+                    if address.version == 4 and not address.is_loopback:
+                        found.append(str(address))
     return found
 
 
 def resolv_conf() -> Path:
-    """The sandbox's /etc/resolv.conf (written once per worker; world-readable)."""
+    """The sandbox's /etc/resolv.conf (world-readable, rewritten when it changes)."""
     path = settings.NBCLOUD_SANDBOX_DIR / "resolv.conf"
     text = "".join(f"nameserver {ns}\n" for ns in resolvers()) or "# no resolver\n"
     if not path.exists() or path.read_text() != text:
@@ -106,15 +124,12 @@ def resolv_conf() -> Path:
 
 
 def ruleset() -> str:
-    """The nftables table that keeps sandbox uids to public addresses (atomic reload)."""
-    first = settings.NBCLOUD_SANDBOX_UID_BASE
-    last = first + settings.NBCLOUD_SANDBOX_UID_COUNT - 1
+    """The nftables table that keeps notebooks to the public Internet (atomic reload)."""
     extra = settings.NBCLOUD_NOTEBOOK_BLOCKED_NETWORKS
     v4 = [*BLOCKED_V4, *(str(n) for n in extra if n.version == 4)]
-    v6 = [*BLOCKED_V6, *(str(n) for n in extra if n.version == 6)]
-    dns = [ipaddress.ip_address(ns.split("%")[0]) for ns in resolvers()]
-    dns4 = [str(a) for a in dns if a.version == 4]
-    dns6 = [str(a) for a in dns if a.version == 6]
+    pool = str(settings.NBCLOUD_NOTEBOOK_ADDRESSES)
+    dns = resolvers()
+    iface = f'"{IFACE_PREFIX}*"'
 
     def elements(items: list[str]) -> str:
         return f"elements = {{ {', '.join(items)} }}" if items else ""
@@ -123,23 +138,51 @@ def ruleset() -> str:
 delete table inet {TABLE}
 table inet {TABLE} {{
   set blocked4 {{ type ipv4_addr; flags interval; auto-merge; {elements(v4)} }}
-  set blocked6 {{ type ipv6_addr; flags interval; auto-merge; {elements(v6)} }}
-  set dns4 {{ type ipv4_addr; {elements(dns4)} }}
-  set dns6 {{ type ipv6_addr; {elements(dns6)} }}
-  chain output {{
-    type filter hook output priority filter; policy accept;
-    meta skuid {first}-{last} jump sandbox
+  set dns4 {{ type ipv4_addr; {elements(dns)} }}
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname {iface} ct state established,related accept
+    iifname {iface} counter reject with icmpx admin-prohibited
   }}
-  chain sandbox {{
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    iifname {iface} jump from_notebook
+    oifname {iface} ct state established,related accept
+    oifname {iface} counter reject with icmpx admin-prohibited
+  }}
+  chain from_notebook {{
+    fib saddr . iif oif missing counter drop
+    meta nfproto ipv6 counter reject with icmpx admin-prohibited
     ct state established,related accept
     meta l4proto {{ tcp, udp }} th dport 53 ip daddr @dns4 accept
-    meta l4proto {{ tcp, udp }} th dport 53 ip6 daddr @dns6 accept
-    fib daddr type {{ local, broadcast, multicast, anycast }} counter reject with icmpx admin-prohibited
     ip daddr @blocked4 counter reject with icmpx admin-prohibited
-    ip6 daddr @blocked6 counter reject with icmpx admin-prohibited
+    accept
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr {pool} oifname != {iface} masquerade
   }}
 }}
 """
+
+
+def ensure_firewall() -> None:
+    """Load (or reload) the rules; a host that cannot enforce them starts no notebook."""
+    try:
+        done = _run(["nft", "-f", "-"], input=ruleset())
+    except FileNotFoundError as exc:
+        raise StartError(
+            "This host cannot isolate notebooks' network (nftables is missing).",
+            f"{exc}; install it with: apt-get install nftables",
+        ) from exc
+    if done.returncode != 0:
+        raise StartError(
+            "This host cannot isolate notebooks' network.", f"nft -f: {done.stderr.strip()}"
+        )
+    forwarding = Path("/proc/sys/net/ipv4/ip_forward")
+    if forwarding.read_text().strip() != "1":
+        log.warning("net.ipv4.ip_forward was 0: set to 1 so that notebooks reach the Internet")
+        forwarding.write_text("1\n")
 
 
 def check_uid_range() -> None:
@@ -171,83 +214,21 @@ def check_uid_range() -> None:
         )
 
 
-def ensure_firewall() -> None:
-    """Load (or reload) the rules; a host that cannot enforce them starts no notebook."""
-    try:
-        done = _run(["nft", "-f", "-"], input=ruleset())
-    except FileNotFoundError as exc:
-        raise StartError(
-            "This host cannot isolate notebooks' network (nftables is missing).",
-            f"{exc}; install it with: apt-get install nftables",
-        ) from exc
-    if done.returncode != 0:
-        raise StartError(
-            "This host cannot isolate notebooks' network.",
-            f"nft -f failed: {done.stderr.strip()}",
-        )
-
-
-def _tun_usable() -> None:
-    """pasta, running as the notebook's uid, opens /dev/net/tun: the device's usual
-    mode is 0666 (opening it grants nothing; making an interface needs privileges)."""
-    tun = Path("/dev/net/tun")
-    try:
-        mode = tun.stat().st_mode
-    except FileNotFoundError as exc:
-        raise StartError(
-            "This host cannot give notebooks a network (/dev/net/tun is missing).",
-            "load the tun module: modprobe tun",
-        ) from exc
-    if stat.S_IMODE(mode) & 0o006 != 0o006:
-        log.warning("/dev/net/tun was mode %o: set to 0666, its usual mode", stat.S_IMODE(mode))
-        tun.chmod(0o666)
-
-
-def _process(pid: int | None, create_time: float | None) -> psutil.Process | None:
-    if not pid:
-        return None
-    try:
-        proc = psutil.Process(pid)
-        if create_time and abs(proc.create_time() - create_time) > 1:
-            return None
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            return None
-        return proc
-    except psutil.NoSuchProcess:
-        return None
-
-
-def relay_running(state: dict) -> bool:
-    return _process(state.get("pasta_pid"), state.get("pasta_create_time")) is not None
-
-
-def create(notebook_id: str, uid: int, port: int, log_path: Path) -> dict:
-    """A fresh namespace for the notebook, connected through pasta (see `connect`).
-    Returns the runtime state to keep: {"netns", "pasta_pid", "pasta_create_time"}."""
-    ensure_firewall()
+def create(notebook_id: str, uid: int) -> dict:
+    """A fresh namespace for the notebook, joined to the host (see `connect`).
+    Returns the runtime state to keep: {"netns", "iface", "address"}."""
+    check_uid(uid)
     name = netns_name(notebook_id)
-    if netns_path(notebook_id).exists():  # left by a host that went down
-        _run(["ip", "netns", "delete", name])
-    done = _run(["ip", "netns", "add", name])
-    if done.returncode != 0:
-        raise StartError(
-            "This host cannot give notebooks a network namespace.",
-            f"ip netns add {name}: {done.stderr.strip()}",
-        )
+    destroy({"netns": name, "iface": iface_name(notebook_id)})  # a previous run's, if any
+    _must(["ip", "netns", "add", name], "making the namespace")
     try:
-        return {"netns": name, **connect(netns_path(notebook_id), uid, port, log_path)}
+        return {"netns": name, **connect(notebook_id, name, uid)}
     except BaseException:
-        destroy({"netns": name})
+        destroy({"netns": name, "iface": iface_name(notebook_id)})
         raise
 
 
-def connect(netns: Path, uid: int, port: int, log_path: Path) -> dict:
-    """Connect the namespace at `netns` (a /run/netns file, or a process's
-    /proc/<pid>/ns/net) to the outside through pasta running as `uid`, with host
-    127.0.0.1:`port` forwarded to the namespace's 127.0.0.1:`port`. Returns
-    {"pasta_pid", "pasta_create_time"}."""
+def check_uid(uid: int) -> None:
     first = settings.NBCLOUD_SANDBOX_UID_BASE
     if not first <= uid < first + settings.NBCLOUD_SANDBOX_UID_COUNT:
         raise StartError(
@@ -256,73 +237,39 @@ def connect(netns: Path, uid: int, port: int, log_path: Path) -> dict:
             f"NBCLOUD_SANDBOX_UID_COUNT={settings.NBCLOUD_SANDBOX_UID_COUNT}",
         )
     check_uid_range()
+
+
+def connect(notebook_id: str, netns: str, uid: int) -> dict:
+    """Join the namespace `netns` (a name in /run/netns, or a process id) to the
+    host with a veth pair and the notebook's own address. Returns {"iface", "address"}."""
+    check_uid(uid)
     ensure_firewall()
-    _tun_usable()
-    argv = [
-        "setpriv",
-        f"--reuid={uid}",
-        f"--regid={uid}",
-        "--clear-groups",
-        f"--inh-caps={PASTA_CAPS}",
-        f"--ambient-caps={PASTA_CAPS}",
-        "pasta",
-        "--foreground",
-        "--quiet",
-        "--config-net",
-        "--netns",
-        str(netns),
-        # Only the editor's port comes in, on the host's loopback; nothing of the
-        # host's loopback goes out (pasta's defaults forward every bound port both
-        # ways), and the gateway address is not mapped to the host.
-        "--tcp-ports",
-        f"127.0.0.1/{port}",
-        "--udp-ports",
-        "none",
-        "--tcp-ns",
-        "none",
-        "--udp-ns",
-        "none",
-        "--no-map-gw",
-    ]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as out:
-        try:
-            proc = psutil.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env=LAUNCH_ENV,
-                cwd="/",
-                start_new_session=True,
-            )
-        except FileNotFoundError as exc:
-            raise StartError(
-                "This host cannot give notebooks a network (pasta is missing).",
-                f"{exc}; install it with: apt-get install passt",
-            ) from exc
-    state = {"pasta_pid": proc.pid, "pasta_create_time": proc.create_time()}
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise StartError(
-                "This host could not connect the notebook's network.",
-                f"pasta exited with status {proc.returncode}; see {log_path}",
-            )
-        addresses = _run(
-            ["nsenter", f"--net={netns}", "ip", "-4", "-o", "addr", "show", "scope", "global"]
-        )
-        if addresses.stdout.strip() and _listening(proc, port):
-            return state
-        time.sleep(0.02)
-    destroy(state)
-    raise StartError("This host could not connect the notebook's network in time.", str(netns))
+    iface, address = iface_name(notebook_id), address_of(uid)
+    with contextlib.suppress(FileNotFoundError):
+        _run(["ip", "link", "delete", iface])  # a previous run's, if any
+    _must(
+        ["ip", "link", "add", iface, "type", "veth", "peer", "name", "eth0", "netns", netns],
+        "making the veth pair",
+    )
+    inside = ["ip", "-n", netns] if not netns.isdigit() else ["nsenter", f"--net=/proc/{netns}/ns/net", "ip"]  # fmt: skip
+    with contextlib.suppress(OSError):  # IPv4 only: the host's end gets no IPv6 address
+        Path(f"/proc/sys/net/ipv6/conf/{iface}/disable_ipv6").write_text("1\n")
+    for argv, what in (
+        (["ip", "addr", "add", f"{GATEWAY}/32", "dev", iface], "the gateway address"),
+        (["ip", "link", "set", iface, "up"], "the host's end"),
+        (["ip", "route", "add", f"{address}/32", "dev", iface], "the route to the notebook"),
+        ([*inside, "addr", "add", f"{address}/32", "dev", "eth0"], "the notebook's address"),
+        ([*inside, "link", "set", "lo", "up"], "the notebook's loopback"),
+        ([*inside, "link", "set", "eth0", "up"], "the notebook's end"),
+        ([*inside, "route", "add", GATEWAY, "dev", "eth0", "scope", "link"], "its gateway"),
+        ([*inside, "route", "add", "default", "via", GATEWAY, "dev", "eth0"], "its route"),
+    ):
+        _must(argv, what)
+    return {"iface": iface, "address": address}
 
 
-def _listening(proc: psutil.Process, port: int) -> bool:
-    with contextlib.suppress(psutil.Error):
-        return any(c.laddr and c.laddr.port == port for c in proc.net_connections("tcp"))
-    return False
+def attached(state: dict) -> bool:
+    return bool(state.get("iface")) and Path("/sys/class/net", state["iface"]).exists()
 
 
 def enter_argv(notebook_id: str, argv: list[str]) -> list[str]:
@@ -331,16 +278,9 @@ def enter_argv(notebook_id: str, argv: list[str]) -> list[str]:
 
 
 def destroy(state: dict) -> None:
-    """Stop the relay and remove the namespace (nothing to do when they are gone)."""
-    proc = _process(state.get("pasta_pid"), state.get("pasta_create_time"))
-    if proc is not None:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except psutil.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-    name = state.get("netns")
+    """Remove the veth pair and the namespace (nothing to do when they are gone)."""
+    iface, name = state.get("iface"), state.get("netns")
+    if iface and Path("/sys/class/net", iface).exists():
+        _run(["ip", "link", "delete", iface])
     if name and (NETNS_DIR / name).exists():
         _run(["ip", "netns", "delete", name])

@@ -212,7 +212,7 @@ class ProcessRuntime(Runtime):
     def endpoint(self) -> Endpoint | None:
         if "port" not in self.state:
             return None
-        return Endpoint("127.0.0.1", self.state["port"], self.spec.base_url)
+        return Endpoint(self.state["address"], self.state["port"], self.spec.base_url)
 
     def _process(self) -> psutil.Process | None:
         pid = self.state.get("pid")
@@ -242,23 +242,19 @@ class ProcessRuntime(Runtime):
 
     def start(self) -> Endpoint:
         if self._process() is not None:
-            if not network.relay_running(self.state):  # the editor outlived its relay
-                self.state.update(
-                    network.create(
-                        self.spec.notebook_id, self.spec.uid, self.state["port"], self.log_path
-                    )
-                )
             return self.endpoint
         require_root()
-        network.destroy(self.state)  # a previous run's relay and namespace, if any
+        network.destroy(self.state)  # a previous run's namespace, if any
         port = free_port()
-        argv, secret_env = editor_command(self.spec, port)
+        # Every address of its own namespace: its own loopback, and its own eth0,
+        # where the gateway (on the host) reaches it.
+        argv, secret_env = editor_command(self.spec, port, "0.0.0.0")
         env = {
             "CUDA_VISIBLE_DEVICES": ",".join(self.spec.gpu_uuids),
             **editor_environment(self.spec, secret_env),
         }
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        net = network.create(self.spec.notebook_id, self.spec.uid, port, self.log_path)
+        net = network.create(self.spec.notebook_id, self.spec.uid)
         env_fd = environment_file(env)
         try:
             with open(self.log_path, "ab") as log:
