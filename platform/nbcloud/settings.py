@@ -263,7 +263,7 @@ NBCLOUD_WORKSPACES_DIR = envpath("NBCLOUD_WORKSPACES_DIR", DATA_DIR / "workspace
 NBCLOUD_RUNTIME = envchoice("NBCLOUD_RUNTIME", "process", ("process", "docker"))
 # The docker runtime: environment images (named in the manifests) build on this base
 # image (environments/base/build-base.sh). Each editor runs in a network namespace of
-# its own connected through pasta (`isolated`, as on the process runtime), or on
+# its own joined to the host (`isolated`, as on the process runtime), or on
 # NBCLOUD_DOCKER_NETWORK (a bridge or user-defined network) with its port published on
 # NBCLOUD_DOCKER_PUBLISH_IP, where the gateway reaches it; `host` is refused.
 NBCLOUD_DOCKER_BASE_IMAGE = envstr("NBCLOUD_DOCKER_BASE_IMAGE", "nbcloud/base:latest")

@@ -70,9 +70,9 @@ def isolated() -> bool:
 def container_config(spec: LaunchSpec, port: int, host_cpus: int) -> dict:
     """The keyword arguments of `containers.create` for this notebook's editor.
 
-    Isolated, the editor listens on the loopback of the container's own namespace at
-    `port` (pasta forwards the host's loopback port to it); on another network on all
-    of the container's addresses at CONTAINER_PORT, published.
+    Isolated, the editor listens at `port` in the container's own namespace, where
+    the gateway reaches it at the notebook's address; on another network on all of
+    the container's addresses at CONTAINER_PORT, published.
     """
     in_image = replace(spec, env_dir=ENV_DIR)
     if settings.NBCLOUD_DOCKER_NETWORK == "host":
