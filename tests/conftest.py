@@ -356,7 +356,7 @@ def make_spec(base_dir, conda_env, settings):
     def make(**overrides) -> LaunchSpec:
         notebook_id = str(uuid.uuid4())
         uid = overrides.pop(
-            "uid", settings.NBCLOUD_SANDBOX_UID_BASE + 5_000_000 + int(notebook_id[:4], 16)
+            "uid", settings.NBCLOUD_SANDBOX_UID_BASE + 3_000_000 + int(notebook_id[:4], 16)
         )
         fields = {
             "notebook_id": notebook_id,

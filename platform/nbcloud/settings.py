@@ -293,7 +293,7 @@ if NBCLOUD_HOST_LOST_AFTER <= 2 * NBCLOUD_HEARTBEAT_INTERVAL:
 # The range must not overlap the host's users nor its subordinate ids (/etc/subuid,
 # /etc/subgid, which user namespaces map): hosts refuse to start notebooks otherwise.
 NBCLOUD_SANDBOX_UID_BASE = envint("NBCLOUD_SANDBOX_UID_BASE", 2_000_000_000, minimum=1000)
-NBCLOUD_SANDBOX_UID_COUNT = envint("NBCLOUD_SANDBOX_UID_COUNT", 10_000_000, minimum=1)
+NBCLOUD_SANDBOX_UID_COUNT = envint("NBCLOUD_SANDBOX_UID_COUNT", 4_000_000, minimum=1)
 if NBCLOUD_SANDBOX_UID_BASE + NBCLOUD_SANDBOX_UID_COUNT > 2**32 - 2:
     raise ImproperlyConfigured(
         "NBCLOUD_SANDBOX_UID_BASE + NBCLOUD_SANDBOX_UID_COUNT must stay below 4294967294 "
@@ -309,10 +309,14 @@ NBCLOUD_NOTEBOOK_DNS = tuple(d for d in envstr("NBCLOUD_NOTEBOOK_DNS", "").split
 NBCLOUD_NOTEBOOK_BLOCKED_NETWORKS = envnetworks("NBCLOUD_NOTEBOOK_BLOCKED_NETWORKS", "")
 # Each notebook's own address on its host (a veth pair), from this IPv4 pool.
 NBCLOUD_NOTEBOOK_ADDRESSES = envnetworks("NBCLOUD_NOTEBOOK_ADDRESSES", "100.64.0.0/10")[0]
-if NBCLOUD_NOTEBOOK_ADDRESSES.version != 4 or NBCLOUD_NOTEBOOK_ADDRESSES.num_addresses < 16:
+if (
+    NBCLOUD_NOTEBOOK_ADDRESSES.version != 4
+    or NBCLOUD_NOTEBOOK_ADDRESSES.num_addresses < NBCLOUD_SANDBOX_UID_COUNT + 3
+):
     raise ImproperlyConfigured(
         f"NBCLOUD_NOTEBOOK_ADDRESSES={NBCLOUD_NOTEBOOK_ADDRESSES} must be an IPv4 network "
-        "of at least 16 addresses, e.g. 100.64.0.0/10"
+        f"with an address for each sandbox uid (NBCLOUD_SANDBOX_UID_COUNT="
+        f"{NBCLOUD_SANDBOX_UID_COUNT}, plus 3), e.g. 100.64.0.0/10 for up to 4,000,000"
     )
 NBCLOUD_NOTEBOOK_PIDS_MAX = envint("NBCLOUD_NOTEBOOK_PIDS_MAX", 4096, minimum=16)
 NBCLOUD_EDITOR_READY_TIMEOUT = envint("NBCLOUD_EDITOR_READY_TIMEOUT", 120, minimum=1)
