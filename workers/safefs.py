@@ -12,7 +12,8 @@ from a descriptor it opened that way.
 Backups are extracted with tarfile's `data` filter where this Python has it
 (3.11.4 and later) and an equivalent check of our own where it does not
 (Debian 12's 3.11.2), plus one rule on both: no member is written through a
-symbolic link.
+symbolic link. Symbolic links themselves may point anywhere (see
+_strict_checks); hard links only to files of the archive.
 """
 
 import contextlib
@@ -253,8 +254,13 @@ class UnsafeArchive(ValueError):
 
 
 def _strict_checks(member: tarfile.TarInfo, dest: str) -> None:
-    """Ours, on both paths: a safe relative name, no member through a symbolic link, no
-    device or fifo, links only to inside the tree."""
+    """Ours, on both paths: a safe relative name, no member written through a symbolic
+    link, no device or fifo, hard links only to files of the tree.
+
+    A symbolic link may point anywhere (a venv's `bin/python3 -> /usr/bin/python3`):
+    it is extracted as a link, nothing is ever written through it, and after the
+    restore root never follows a link of the workspace; the notebook could make
+    the same link itself."""
     name = member.name
     if name.startswith("/") or os.path.isabs(name):
         raise UnsafeArchive(f"member {name!r} has an absolute path")
@@ -270,13 +276,6 @@ def _strict_checks(member: tarfile.TarInfo, dest: str) -> None:
         here = os.path.join(here, part)
         if os.path.islink(here):
             raise UnsafeArchive(f"member {name!r} would be written through a symbolic link")
-    if member.issym():
-        target = member.linkname
-        if target.startswith("/"):
-            raise UnsafeArchive(f"member {name!r} is a symbolic link to an absolute path")
-        joined = os.path.normpath(os.path.join(os.path.dirname("/".join(parts)), target))
-        if joined == ".." or joined.startswith("../"):
-            raise UnsafeArchive(f"member {name!r} is a symbolic link out of the destination")
     if member.islnk():
         target = member.linkname
         norm = os.path.normpath(target)
@@ -308,6 +307,14 @@ def _sanitized(member: tarfile.TarInfo) -> tarfile.TarInfo:
     return clean
 
 
+def _data_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """tarfile's `data` filter, but for a symbolic link's target (see _strict_checks)."""
+    if member.issym():
+        clean = tarfile.tar_filter(member, dest)
+        return clean.replace(uid=None, gid=None, uname=None, gname=None, deep=False)
+    return tarfile.data_filter(member, dest)
+
+
 def _clear_way(dest: str, member: tarfile.TarInfo) -> None:
     """A non-directory already at a member's place goes (it is never written through)."""
     path = os.path.join(dest, member.name)
@@ -326,7 +333,7 @@ def extract_tar(archive: tarfile.TarFile, dest: Path | str) -> None:
             for member in archive:
                 _strict_checks(member, dest)
                 _clear_way(dest, member)
-                archive.extract(member, dest, filter="data")
+                archive.extract(member, dest, filter=_data_filter)
         except tarfile.FilterError as exc:
             raise UnsafeArchive(f"member {exc.tarinfo.name!r} refused: {exc}") from None
         return

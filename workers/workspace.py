@@ -77,13 +77,18 @@ def local_path(notebook: Notebook) -> Path:
 
 
 def tree_size(path: Path) -> int:
+    """Bytes of the files below `path`; its links are never followed (os.fwalk)."""
     total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                continue
+    try:
+        walk = os.fwalk(path, follow_symlinks=False)
+        for _, _, files, dir_fd in walk:
+            for name in files:
+                try:
+                    total += os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_size
+                except OSError:
+                    continue
+    except FileNotFoundError:
+        pass
     return total
 
 

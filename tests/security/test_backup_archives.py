@@ -90,11 +90,13 @@ def _hostile(vault):
     return {
         "dotdot": ([_member("ok.txt", data=b"fine"), _member("../escape.txt", data=b"x")], "../"),
         "absolute": ([_member(str(vault / "planted.txt"), data=b"x")], "planted.txt"),
-        "symlink-out": (
-            [_member("out", tarfile.SYMTYPE, linkname=str(vault))],
-            "out",
+        "through-absolute-symlink": (
+            [
+                _member("out", tarfile.SYMTYPE, linkname=str(vault)),
+                _member("out/planted.txt", data=b"x"),
+            ],
+            "out/planted.txt",
         ),
-        "symlink-up": ([_member("up", tarfile.SYMTYPE, linkname="../vault")], "up"),
         "through-symlink": (
             [
                 _member("inner", tarfile.DIRTYPE, mode=0o755),
@@ -103,12 +105,12 @@ def _hostile(vault):
             ],
             "inner/up",
         ),
-        "symlink-then-file": (
+        "hardlink-through-symlink": (
             [
-                _member("name", tarfile.SYMTYPE, linkname=secret),
-                _member("name", data=b"overwritten"),
+                _member("out", tarfile.SYMTYPE, linkname=str(vault)),
+                _member("hl", tarfile.LNKTYPE, linkname="out/secret"),
             ],
-            "name",
+            "hl",
         ),
         "hardlink-absolute": ([_member("hl", tarfile.LNKTYPE, linkname=secret)], "hl"),
         "hardlink-up": ([_member("hl", tarfile.LNKTYPE, linkname="../vault/secret")], "hl"),
@@ -122,10 +124,9 @@ def _hostile(vault):
     [
         "dotdot",
         "absolute",
-        "symlink-out",
-        "symlink-up",
+        "through-absolute-symlink",
         "through-symlink",
-        "symlink-then-file",
+        "hardlink-through-symlink",
         "hardlink-absolute",
         "hardlink-up",
         "chardev",
@@ -147,6 +148,30 @@ def test_hostile_member_is_refused_by_name_and_nothing_lands_outside(
     assert (vault / "secret").read_bytes() == SECRET
     assert _state(tmp_path, dest) == before  # nothing new, changed or re-owned outside
     assert os.listdir(vault) == ["secret"]
+
+
+def test_symlinks_out_are_kept_as_links_and_nothing_is_written_through_them(
+    path_kind, vault, tmp_path
+):
+    """A venv's `bin/python3 -> /usr/bin/python3` must restore: a symbolic link may point
+    anywhere, it is only never followed (by extraction, or by root afterwards)."""
+    dest = tmp_path / "dest"
+    dest.mkdir(mode=0o700)
+    before = _state(tmp_path, dest)
+    raw = _archive(
+        _member("venv", tarfile.DIRTYPE, mode=0o755),
+        _member("venv/python3", tarfile.SYMTYPE, linkname="/usr/bin/python3"),
+        _member("up", tarfile.SYMTYPE, linkname="../vault"),
+        _member("name", tarfile.SYMTYPE, linkname=str(vault / "secret")),
+        _member("name", data=b"replaces the link, not what it points at"),
+    )
+    _extract(raw, dest)
+    assert os.readlink(dest / "venv" / "python3") == "/usr/bin/python3"
+    assert os.readlink(dest / "up") == "../vault"
+    assert not (dest / "name").is_symlink()
+    assert (dest / "name").read_bytes() == b"replaces the link, not what it points at"
+    assert (vault / "secret").read_bytes() == SECRET
+    assert _state(tmp_path, dest) == before
 
 
 def test_setuid_setgid_and_sticky_bits_are_stripped(path_kind, tmp_path):
