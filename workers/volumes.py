@@ -426,8 +426,14 @@ def _copy_from_cache(cache: Path, directory: Path, uid: int) -> None:
                 continue
             try:
                 src = safefs.open_regular(cache_fd, rel)
-            except FileNotFoundError:
-                continue  # removed from the cache by hand: the next pull fetches it again
+            except (FileNotFoundError, safefs.UnsafePath):
+                continue  # not a file of the cache's own: the next pull fetches it again
+            if os.fstat(src).st_nlink != 1:
+                # Root makes every file of the cache with one name; another name is a
+                # link planted while caches were still bound into notebooks.
+                os.close(src)
+                _delete_local(cache_fd, rel)
+                continue
             try:
                 new = _NewFile(root_fd, rel, uid)
                 try:
@@ -458,6 +464,9 @@ def pull_object_volume(notebook: Notebook, index: int, volume: dict, status: Syn
         if volume.get("cache"):
             cache = _cache_dir(notebook, volume)
             with _cache_lock(cache):
+                if os.geteuid() == 0:
+                    os.close(_ensure_dir(cache, 0o700))
+                    os.chown(cache, 0, 0, follow_symlinks=False)  # root's alone
                 _pull_into(client, volume, cache, status, index, uid=None)
                 os.utime(_manifest_path(cache))  # the cache's "last used"
                 _copy_from_cache(cache, directory, uid)
