@@ -191,10 +191,13 @@ def regular_files(root_fd: int) -> dict[str, os.stat_result]:
 def chown_tree(path: Path | str, uid: int, *, trusted: bool = False) -> None:
     """Give `path` and everything beneath it to `uid` (as root; elsewhere nothing to do).
 
-    Never follows a link. A file with other hard links that is not the notebook's
-    already could be a link to a file outside the tree: it keeps its owner (with
-    a warning), unless `trusted` says root made every file of the tree itself
-    (a fresh clone or extraction in a directory the notebook cannot reach).
+    Never follows a link. Each entry is opened without following links and changed
+    through its handle, so swapping a name for a link between the look and the change
+    changes nothing outside. A file with other hard links that is not the notebook's
+    could be a link to a file outside the tree: it keeps its owner (with a warning);
+    so do symbolic links (a link's owner gives nothing, and changing it by name races).
+    With `trusted` (a tree root made itself where the notebook cannot reach: a fresh
+    clone or extraction) everything is changed by name, links included.
     """
     if os.geteuid() != 0:
         return
@@ -203,25 +206,32 @@ def chown_tree(path: Path | str, uid: int, *, trusted: bool = False) -> None:
         os.fchown(root_fd, uid, uid)
         for dirpath, dirs, files, fd in os.fwalk(".", dir_fd=root_fd, follow_symlinks=False):
             for name in dirs + files:
-                try:
-                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if st.st_uid == uid and st.st_gid == uid:
-                    continue
-                if not trusted and not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
-                    log.warning(
-                        "%s: not giving %s/%s to uid %d: it has %d hard links",
-                        path,
-                        dirpath,
-                        name,
-                        uid,
-                        st.st_nlink,
-                    )
-                    continue
-                os.chown(name, uid, uid, dir_fd=fd, follow_symlinks=False)
+                if trusted:
+                    os.chown(name, uid, uid, dir_fd=fd, follow_symlinks=False)
+                else:
+                    _chown_entry(fd, name, uid, f"{path}/{dirpath[2:]}")
     finally:
         os.close(root_fd)
+
+
+def _chown_entry(dir_fd: int, name: str, uid: int, where: str) -> None:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if (st.st_uid, st.st_gid) == (uid, uid) or stat.S_ISLNK(st.st_mode):
+            return
+        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    except OSError:  # gone, a link swapped in (ELOOP), a socket: nothing to give
+        return
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+            log.warning(
+                "not giving %s/%s to uid %d: it has %d hard links", where, name, uid, st.st_nlink
+            )
+            return
+        os.fchown(fd, uid, uid)
+    finally:
+        os.close(fd)
 
 
 def copy_file(src_fd: int, dst_fd: int) -> None:

@@ -169,5 +169,41 @@ def test_the_chown_of_a_local_workspace_never_follows_planted_links(notebook, tm
     assert os.lstat(vault).st_uid == 0 and stat.S_IMODE(os.lstat(vault).st_mode) == 0o700
     owner = notebook.sandbox_uid
     assert os.lstat(path / "work.txt").st_uid == owner
-    assert os.lstat(path / "sym").st_uid == owner  # the link itself
-    assert os.lstat(path / "sub" / "up").st_uid == owner
+    assert (path / "sub").stat().st_uid == owner
+
+
+def test_the_chown_race_swapping_a_file_for_a_hard_link_gives_nothing_away(
+    notebook, tmp_path, vault
+):
+    """Between the chown's look at a name and its change, the name becomes a hard link
+    to the secret (and back), as fast as the kernel allows."""
+    import ctypes
+    import threading
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    path = workspace.prepare(notebook)
+    (path / "entry").write_bytes(b"root made me")  # root's: the chown gives it away
+    os.link(vault / "secret", path / "swap")
+    benign = os.open(path / "entry", os.O_RDONLY)
+    stop, swaps = threading.Event(), [0]
+
+    def swapper():
+        while not stop.is_set():
+            libc.renameat2(-100, bytes(path / "entry"), -100, bytes(path / "swap"), 2)
+            swaps[0] += 1
+
+    thread = threading.Thread(target=swapper, daemon=True)
+    thread.start()
+    try:
+        for _ in range(300):
+            os.fchown(benign, 0, 0)  # root's again: the next chown has work to do
+            workspace.chown_tree(path, notebook.sandbox_uid)
+            st = os.stat(vault / "secret")
+            assert (st.st_uid, st.st_gid) == (0, 0)
+    finally:
+        stop.set()
+        thread.join(10)
+        os.close(benign)
+    assert swaps[0] > 300
+    assert stat.S_IMODE(os.stat(vault / "secret").st_mode) == 0o600
+    assert (vault / "secret").read_bytes() == SECRET
