@@ -222,6 +222,8 @@ def _exchange(a: Path, b: Path) -> None:
         raise OSError(err, os.strerror(err), str(a))
 
 
+# Progress is written from the transfer threads: no test transaction may hold SQLite's lock.
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("kind", ["RW", "RWD"])
 def test_the_push_race_swapping_a_directory_for_a_link_sends_nothing_outside(
     project, s3, vault, untouched, kind
