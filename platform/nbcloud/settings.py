@@ -306,6 +306,9 @@ NBCLOUD_STUCK_AFTER = envint("NBCLOUD_STUCK_AFTER", 600, minimum=1)
 # each notebook an origin of its own (<id>.NBCLOUD_NOTEBOOK_DOMAIN).
 NBCLOUD_PUBLIC_URL = envstr("NBCLOUD_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
 NBCLOUD_NOTEBOOK_DOMAIN = envstr("NBCLOUD_NOTEBOOK_DOMAIN", "")
+# The gateway's forward-auth endpoint (/gateway/auth/) hands out editors'
+# secrets: it answers only a front proxy sending this value (empty: off).
+NBCLOUD_GATEWAY_PROXY_TOKEN = envstr("NBCLOUD_GATEWAY_PROXY_TOKEN", "")
 # Where OVHcloud's AI API for notebooks is served, for the `ovhai` SDK
 # (base_url = NBCLOUD_PUBLIC_URL/NBCLOUD_OVHAI_PREFIX).
 NBCLOUD_OVHAI_PREFIX = envstr("NBCLOUD_OVHAI_PREFIX", "ovhai").strip("/")

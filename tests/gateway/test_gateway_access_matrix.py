@@ -60,7 +60,7 @@ GATEWAY_EXPECTED = {
     "restricted": {
         "owner session": ENTERS,
         "operator token": ENTERS,
-        "read token": ENTERS,
+        "read token": {"http": 200, "ws": "refused (403)"},
         "scoped token, matching": ENTERS,
         "scoped token, not matching": {"http": 404, "ws": "refused"},
         "other project": {"http": 404, "ws": "refused"},

@@ -9,6 +9,13 @@ from nbcloud.notebooks.models import Notebook
 
 pytestmark = pytest.mark.django_db
 
+PROXY_TOKEN = "front-proxy-secret"
+
+
+@pytest.fixture(autouse=True)
+def _proxy_token(settings):
+    settings.NBCLOUD_GATEWAY_PROXY_TOKEN = PROXY_TOKEN
+
 
 @pytest.fixture
 def running(alpha):
@@ -21,12 +28,39 @@ def running(alpha):
     )
 
 
-def _ask(client, notebook, **headers):
+def _ask(client, notebook, path="api/status", proxy_token=PROXY_TOKEN, **headers):
+    if proxy_token is not None:
+        headers["x_nbcloud_proxy_token"] = proxy_token
     return client.get(
         "/gateway/auth/",
-        HTTP_X_ORIGINAL_URI=f"/notebooks/{notebook.pk}/api/status",
+        HTTP_X_ORIGINAL_URI=f"/notebooks/{notebook.pk}/{path}",
         **{f"HTTP_{k.upper()}": v for k, v in headers.items()},
     )
+
+
+def test_forward_auth_answers_only_the_platform_proxy(client, running, alice, settings):
+    member = {"authorization": f"Bearer {alice[1]}"}
+    for proxy_token in [None, "", "guessed"]:
+        reply = _ask(client, running, proxy_token=proxy_token, **member)
+        assert reply.status_code == 403, reply.content
+        assert "NBCLOUD_GATEWAY_PROXY_TOKEN" in reply.json()["message"]
+        assert "s3cret" not in reply.content.decode() + str(dict(reply.headers))
+    settings.NBCLOUD_GATEWAY_PROXY_TOKEN = ""
+    off = _ask(client, running, **member)
+    assert off.status_code == 403
+    assert "Forward auth is off: set NBCLOUD_GATEWAY_PROXY_TOKEN" in off.json()["message"]
+
+
+def test_forward_auth_holds_a_read_token_to_looking(client, running, bob):
+    reader = {"authorization": f"Bearer {bob[1]}"}
+    assert _ask(client, running, **reader).status_code == 200
+    for method in ["POST", "PUT", "PATCH", "DELETE"]:
+        refused = _ask(client, running, path="api/kernels", x_original_method=method, **reader)
+        assert refused.status_code == 403, method
+        assert "X-Nbcloud-Editor-Authorization" not in refused
+    channels = _ask(client, running, path="api/kernels/k/channels", upgrade="websocket", **reader)
+    assert channels.status_code == 403
+    assert "X-Nbcloud-Editor-Authorization" not in channels
 
 
 def test_forward_auth_admits_a_member_token_with_the_editor_credentials(client, running, alice):
@@ -40,7 +74,9 @@ def test_forward_auth_refuses_like_the_gateway(client, running, charlie):
     assert _ask(client, running).status_code == 401
     assert _ask(client, running, authorization=f"Bearer {charlie[1]}").status_code == 404
     assert _ask(client, running, authorization="Bearer nbc_wrong").status_code == 401
-    not_a_notebook = client.get("/gateway/auth/", HTTP_X_ORIGINAL_URI="/admin/")
+    not_a_notebook = client.get(
+        "/gateway/auth/", HTTP_X_ORIGINAL_URI="/admin/", HTTP_X_NBCLOUD_PROXY_TOKEN=PROXY_TOKEN
+    )
     assert not_a_notebook.status_code == 404
 
 

@@ -20,13 +20,15 @@ from nbcloud.api.access import token_allows
 from nbcloud.api.authentication import token_for_value
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import State
-from nbcloud.projects.models import ApiToken
+from nbcloud.projects.models import WRITE_ROLES, ApiToken, Role
 
 from . import routing
 
 TOKEN_COOKIE = "nbcloud_gateway"
 TOKEN_COOKIE_SALT = "nbcloud.gateway.token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# What a caller who may only look (role `read`) may send: pages and files.
+LOOK_METHODS = frozenset({"GET", "HEAD"})
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,16 @@ def authorize(
             return Decision(401, "Sign in or send an API token (Authorization: Bearer ...).")
         if not _caller_sees(caller, notebook):
             return Decision(404, "No such notebook.")
+        role = _caller_role(caller, notebook)
+        if role not in WRITE_ROLES and (websocket or method not in LOOK_METHODS):
+            # Kernels, terminals and every change go through WebSockets or
+            # unsafe methods: a caller who may only look gets neither.
+            what = "a WebSocket (kernels, terminals)" if websocket else f"a {method} request"
+            return Decision(
+                403,
+                f"Your role on this notebook is {role}: it may look (GET) but not run code "
+                f"or change anything, so {what} is refused. Ask for the operator role.",
+            )
         # Cookies travel with cross-site requests: a change, or a WebSocket,
         # authenticated only by a cookie must come from this very origin.
         if (
@@ -170,6 +182,21 @@ def authorize(
         editor_id=notebook.editor_id,
         secret=notebook.editor_secret,
     )
+
+
+def _caller_role(caller: Caller, notebook: Notebook) -> str:
+    """The caller's role on a notebook it sees (as the API decides: api.views.project_role)."""
+    if caller.token is not None:
+        return caller.token.role
+    if caller.user.is_superuser:
+        return Role.OPERATOR
+    role = notebook.project.role_of(caller.user)
+    if role in WRITE_ROLES:
+        return role
+    grant = notebook.grants.filter(user=caller.user).first()
+    if grant is not None and grant.role in WRITE_ROLES:
+        return grant.role
+    return role or (grant.role if grant else Role.READ)
 
 
 def _caller_sees(caller: Caller, notebook: Notebook) -> bool:

@@ -4,8 +4,13 @@
 `forward_auth`: for nginx `auth_request` or Caddy `forward_auth` in front of
 the editors in production: it asks `authorize` (the one decision) about the
 original request and answers 200 with where the editor is and the header that
-opens it, or the refusal's status.
+opens it, or the refusal's status. That header holds the editor's secret, so
+the endpoint answers only the platform's own proxy: it must send
+`X-Nbcloud-Proxy-Token: <NBCLOUD_GATEWAY_PROXY_TOKEN>` (and overwrite any such
+header a client sent). Without that setting the endpoint is off.
 """
+
+import hmac
 
 from django import forms
 from django.conf import settings
@@ -58,7 +63,38 @@ def logout(request):
     return response
 
 
+PROXY_TOKEN_HEADER = "X-Nbcloud-Proxy-Token"
+
+
+def _from_platform_proxy(request) -> JsonResponse | None:
+    """None when the request comes from the platform's front proxy; else the refusal."""
+    expected = settings.NBCLOUD_GATEWAY_PROXY_TOKEN
+    if not expected:
+        return JsonResponse(
+            {
+                "code": "forbidden",
+                "message": "Forward auth is off: set NBCLOUD_GATEWAY_PROXY_TOKEN on the platform "
+                f"and have the front proxy send it in {PROXY_TOKEN_HEADER}.",
+            },
+            status=403,
+        )
+    given = request.headers.get(PROXY_TOKEN_HEADER, "")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        return JsonResponse(
+            {
+                "code": "forbidden",
+                "message": f"Forward auth answers only the platform's front proxy: "
+                f"{PROXY_TOKEN_HEADER} must equal NBCLOUD_GATEWAY_PROXY_TOKEN.",
+            },
+            status=403,
+        )
+    return None
+
+
 def forward_auth(request):
+    refused = _from_platform_proxy(request)
+    if refused is not None:
+        return refused
     uri = request.headers.get("X-Original-URI") or request.headers.get("X-Forwarded-Uri") or ""
     notebook_id = routing.notebook_id_of(uri.split("?", 1)[0])
     if notebook_id is None:
