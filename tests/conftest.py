@@ -158,9 +158,14 @@ def public_url(platform_port) -> str:
     return f"http://127.0.0.1:{platform_port}"
 
 
+# The scrape token the platform and the workers started here answer (Bearer).
+METRICS_TOKEN = "test-metrics-token"
+
+
 def _service_env(broker_url: str, worker_host: str, public_url: str) -> dict[str, str]:
     return {
         **os.environ,
+        "NBCLOUD_METRICS_TOKEN": METRICS_TOKEN,
         "DATABASE_URL": _database_url(),
         "CELERY_BROKER_URL": broker_url,
         "NBCLOUD_HOST_NAME": worker_host,

@@ -18,7 +18,6 @@ from nbcloud.envconf import (
     envchoice,
     envfloat,
     envint,
-    envnetworks,
     envpath,
     envstr,
 )
@@ -323,12 +322,9 @@ NBCLOUD_DEFAULT_REGION = envstr("NBCLOUD_DEFAULT_REGION", "GRA")
 # Currency of the catalogue's default prices (admins set others per flavor).
 NBCLOUD_CURRENCY = envstr("NBCLOUD_CURRENCY", "EUR")
 
-# Monitoring. `/metrics` answers a bearer NBCLOUD_METRICS_TOKEN or clients in
-# NBCLOUD_METRICS_ALLOWED_NETWORKS (comma-separated CIDRs; empty: token only).
+# Monitoring. `/metrics` and each host worker's metrics port answer only a
+# bearer NBCLOUD_METRICS_TOKEN, from loopback too (empty: closed).
 NBCLOUD_METRICS_TOKEN = envstr("NBCLOUD_METRICS_TOKEN", "")
-NBCLOUD_METRICS_ALLOWED_NETWORKS = envnetworks(
-    "NBCLOUD_METRICS_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128"
-)
 # Each host's worker samples its notebooks every NBCLOUD_SAMPLE_INTERVAL
 # seconds, serves them on NBCLOUD_WORKER_METRICS_ADDR:PORT (0: not served) and
 # keeps NBCLOUD_SAMPLE_RETENTION seconds of samples for the JSON metrics API.
