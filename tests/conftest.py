@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 from django.conf import settings
@@ -21,6 +21,25 @@ from nbcloud.projects.models import ApiToken, Membership, Project, Role
 from workers.runtimes.process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _localhost_subdomains():
+    """Resolve `*.localhost` to loopback in the tests' process, as browsers and curl do
+    (RFC 6761): each notebook's origin is `<id>.localhost:<port>` on the embedded default,
+    and the platform's test server listens on 127.0.0.1."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if isinstance(host, bytes):
+            host = host.decode()
+        if isinstance(host, str) and host.lower().rstrip(".").endswith(".localhost"):
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    socket.getaddrinfo = getaddrinfo
+    yield
+    socket.getaddrinfo = real
 
 
 @pytest.fixture(autouse=True)
@@ -46,6 +65,12 @@ def make_notebook(project: Project, **fields):
         "region": "GRA",
     }
     return Notebook.objects.create(project=project, **{**spec, **fields})
+
+
+def notebook_url(platform_server: str, notebook_id) -> str:
+    """A notebook's `status.url` on the embedded default: its own origin, <id>.localhost."""
+    port = urlsplit(platform_server).port
+    return f"http://{notebook_id}.localhost:{port}/notebooks/{notebook_id}/"
 
 
 def _client(token: str) -> APIClient:

@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -301,10 +302,27 @@ NBCLOUD_RECONCILE_INTERVAL = envint("NBCLOUD_RECONCILE_INTERVAL", 30, minimum=1)
 # A transitional state (STARTING, STOPPING, DELETING) older than this is
 # assumed to have lost its task, and reconcile sends it again.
 NBCLOUD_STUCK_AFTER = envint("NBCLOUD_STUCK_AFTER", 600, minimum=1)
-# Where users reach the platform, and, optionally, a wildcard domain giving
-# each notebook an origin of its own (<id>.NBCLOUD_NOTEBOOK_DOMAIN).
+# Where users reach the platform, and the wildcard domain giving each notebook
+# an origin of its own (<id>.NBCLOUD_NOTEBOOK_DOMAIN, with the public URL's
+# scheme and port): `localhost` when the public URL is on loopback (browsers
+# resolve *.localhost themselves); set explicitly to "" to share the platform's.
 NBCLOUD_PUBLIC_URL = envstr("NBCLOUD_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
-NBCLOUD_NOTEBOOK_DOMAIN = envstr("NBCLOUD_NOTEBOOK_DOMAIN", "")
+_public_host = urlsplit(NBCLOUD_PUBLIC_URL).hostname or ""
+NBCLOUD_NOTEBOOK_DOMAIN = (
+    envstr(
+        "NBCLOUD_NOTEBOOK_DOMAIN",
+        "localhost" if _public_host in ("127.0.0.1", "localhost", "::1") else "",
+    )
+    .strip(".")
+    .lower()
+)
+# The platform's cookies: never readable by scripts, not sent on cross-site
+# subrequests, Secure under https. A notebook's origin gets a cookie of its own
+# through a one-time hand-off code that lives NBCLOUD_HANDOFF_CODE_AGE seconds.
+SESSION_COOKIE_HTTPONLY = CSRF_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = NBCLOUD_PUBLIC_URL.startswith("https://")
+NBCLOUD_HANDOFF_CODE_AGE = envint("NBCLOUD_HANDOFF_CODE_AGE", 60, minimum=5)
 # The gateway's forward-auth endpoint (/gateway/auth/) hands out editors'
 # secrets: it answers only a front proxy sending this value (empty: off).
 NBCLOUD_GATEWAY_PROXY_TOKEN = envstr("NBCLOUD_GATEWAY_PROXY_TOKEN", "")

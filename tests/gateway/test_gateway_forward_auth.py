@@ -1,6 +1,8 @@
 """The front-proxy endpoint (nginx auth_request, Caddy forward_auth) and
 per-notebook origins: both ask the same `authorize` as the ASGI gateway."""
 
+from urllib.parse import urlsplit
+
 import pytest
 from conftest import make_notebook
 
@@ -31,6 +33,8 @@ def running(alpha):
 def _ask(client, notebook, path="api/status", proxy_token=PROXY_TOKEN, **headers):
     if proxy_token is not None:
         headers["x_nbcloud_proxy_token"] = proxy_token
+    # The front proxy forwards the host the browser asked: the notebook's own origin.
+    headers.setdefault("x_forwarded_host", urlsplit(routing.origin(notebook.pk)).netloc)
     return client.get(
         "/gateway/auth/",
         HTTP_X_ORIGINAL_URI=f"/notebooks/{notebook.pk}/{path}",

@@ -1,6 +1,9 @@
 """The token login page, and the same authorization decision for a front proxy.
 
-`login`: a browser trades an API token for the gateway's cookie.
+`login`: a browser trades an API token for the gateway's cookie (of the
+platform's origin).
+`handoff`: the platform's side of the one-time hand-off to a notebook's own
+origin (handoff.py).
 `forward_auth`: for nginx `auth_request` or Caddy `forward_auth` in front of
 the editors in production: it asks `authorize` (the one decision) about the
 original request and answers 200 with where the editor is and the header that
@@ -11,6 +14,7 @@ header a client sent). Without that setting the endpoint is off.
 """
 
 import hmac
+from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
@@ -48,13 +52,48 @@ def login(request):
                 httponly=True,
                 samesite="Lax",
                 secure=settings.NBCLOUD_PUBLIC_URL.startswith("https://"),
-                domain=f".{settings.NBCLOUD_NOTEBOOK_DOMAIN}"
-                if settings.NBCLOUD_NOTEBOOK_DOMAIN
-                else None,
             )
             return response
     status = 401 if request.method == "POST" else 200
     return render(request, "gateway/login.html", {"form": form, "next": next_url}, status=status)
+
+
+def _refusal(status: int, code: str, message: str) -> JsonResponse:
+    return JsonResponse({"code": code, "message": message}, status=status)
+
+
+def handoff(request):
+    """Hand a browser signed in here to a notebook's own origin with a one-time code."""
+    from nbcloud.notebooks.models import Notebook
+    from nbcloud.notebooks.states import State
+
+    from . import handoff as flow
+    from .authorize import Caller, _caller_sees, identify
+
+    notebook_id = request.GET.get("notebook", "").lower()
+    state = request.GET.get("state", "")
+    if not routing.per_notebook_origins():
+        return _refusal(
+            404, "not_found", "Notebooks share the platform's origin here: no hand-off needed."
+        )
+    if not routing.UUID_RE.fullmatch(notebook_id) or not state:
+        return _refusal(
+            400,
+            "invalid",
+            "A hand-off needs ?notebook=<id>&state=...: open the notebook's URL to start one.",
+        )
+    caller = identify("", request.COOKIES)
+    if not isinstance(caller, Caller) or (caller.token is None and caller.user is None):
+        login = f"/gateway/login/?{urlencode({'next': request.get_full_path()})}"
+        return redirect(login)
+    notebook = Notebook.objects.exclude(state=State.DELETED).filter(pk=notebook_id).first()
+    if notebook is None or not _caller_sees(caller, notebook):
+        return _refusal(404, "not_found", "No such notebook.")
+    code = flow.issue(caller, notebook, state, request.GET.get("next", ""))
+    response = redirect(flow.exchange_url(notebook_id, code))
+    response["Cache-Control"] = "no-store"
+    response["Referrer-Policy"] = "no-referrer"
+    return response
 
 
 def logout(request):
