@@ -166,6 +166,41 @@ def test_a_read_token_looks_but_cannot_run_code(running, alice, bob):
     assert notebook.editor_secret not in status.text + listing.text
 
 
+def test_a_read_member_signed_in_looks_but_cannot_run_code(running, alice, bob):
+    """Bob signed in to the platform (his session) is handed to the notebook's origin."""
+    from urllib.parse import urlsplit
+
+    from django.conf import settings
+    from django.test import Client
+
+    notebook, url = running
+    session = Client()
+    session.force_login(bob[0])
+    browser = requests.Session()
+    origin = urlsplit(notebook.url)  # the notebook's own origin
+    browser.cookies.set(
+        settings.SESSION_COOKIE_NAME,
+        session.cookies[settings.SESSION_COOKIE_NAME].value,
+        domain="127.0.0.1",
+    )
+    html = {"Accept": "text/html,*/*;q=0.8"}
+    opened = browser.get(f"{url}api/status", headers=html, timeout=15)
+    assert opened.status_code == 200, opened.text
+    assert [urlsplit(r.url).path for r in opened.history][1:2] == ["/gateway/handoff/"]
+    assert opened.url == f"{url}api/status"
+    assert "nbcloud_notebook" in browser.cookies.get_dict(domain=origin.hostname)
+    own = f"{origin.scheme}://{origin.netloc}"
+    same_origin = {"Origin": own}
+    kernel = browser.post(f"{url}api/kernels", headers=same_origin, json={}, timeout=15)
+    assert kernel.status_code == 403, kernel.text
+    assert "role on this notebook is read" in kernel.json()["message"]
+    cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.get_dict(origin.hostname).items())
+    assert _ws(f"{url}api/events/subscribe", {"Cookie": cookie}, origin=own) == "refused (403)"
+    assert browser.get(f"{url}api/contents", timeout=15).status_code == 200
+    # Alice's cookie-less operator token, for comparison, may.
+    assert _ws(f"{url}api/events/subscribe", {"Authorization": f"Bearer {alice[1]}"}) == "open"
+
+
 @pytest.mark.django_db
 def test_a_read_member_with_a_grant_of_operator_may_run(alpha, bob):
     """A grant can raise a read member to operator on one notebook, never the other way."""
