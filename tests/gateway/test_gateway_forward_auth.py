@@ -109,3 +109,28 @@ def test_per_notebook_origins(settings, running, alice, client):
     assert wrong_host.status_code == 404
     right_host = _ask(client, running, authorization=f"Bearer {alice[1]}", x_forwarded_host=own)
     assert right_host.status_code == 200
+
+
+def test_forward_auth_starts_the_hand_off_for_a_browser(client, running):
+    reply = _ask(client, running, path="lab", accept="text/html")
+    assert reply.status_code == 302
+    location = urlsplit(reply["Location"])
+    assert location.path == "/gateway/handoff/"
+    assert f"notebook={running.pk}" in location.query
+    assert reply["Set-Cookie"].startswith("nbcloud_handoff_state=")
+    assert "HttpOnly" in reply["Set-Cookie"] and "Domain" not in reply["Set-Cookie"]
+
+
+def test_the_platform_origin_sends_browsers_to_the_notebooks_own(client, running, alice):
+    on_platform = _ask(
+        client, running, path="lab", accept="text/html", x_forwarded_host="127.0.0.1:8000"
+    )
+    assert on_platform.status_code == 302
+    assert on_platform["Location"] == f"{routing.origin(running.pk)}/notebooks/{running.pk}/lab"
+    api = _ask(
+        client,
+        running,
+        authorization=f"Bearer {alice[1]}",
+        x_forwarded_host="127.0.0.1:8000",
+    )
+    assert api.status_code == 404

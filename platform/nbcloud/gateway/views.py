@@ -158,6 +158,8 @@ def forward_auth(request):
         response = JsonResponse({"message": decision.message}, status=decision.status)
         if decision.location:
             response["Location"] = decision.location
+        for cookie in decision.set_cookies:  # the hand-off's state, for the proxy to pass on
+            response.headers.setdefault("Set-Cookie", cookie)
         return response
     response = HttpResponse(status=200)
     response["X-Nbcloud-Upstream"] = decision.upstream
