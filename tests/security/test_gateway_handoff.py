@@ -111,6 +111,7 @@ def test_the_notebook_cookie_ends_with_a_password_change(notebook, alice):
         ("theme=dark; Domain=localhost; Path=/", False),
         ("theme=dark; Domain=.example.org", False),
         ("not a cookie", False),
+        ("code-server-session=abc; Path=/", False),
     ],
 )
 def test_editor_set_cookie_filter(set_cookie, allowed):

@@ -139,9 +139,14 @@ def _target(decision: Decision, scope) -> str:
     return decision.upstream.rstrip("/") + scope["path"] + (f"?{query}" if query else "")
 
 
+# The editor credential the gateway adds to vscode requests (sha256 of the secret): the
+# browser never holds it.
+EDITOR_CREDENTIAL_COOKIES = frozenset({"code-server-session"})
+
+
 def editor_cookie_allowed(set_cookie: str) -> bool:
-    """Whether an editor's Set-Cookie may reach the browser: not a platform cookie's name,
-    and no Domain (a cookie for the notebook's origin only)."""
+    """Whether an editor's Set-Cookie may reach the browser: not a platform cookie's name
+    nor the editor's credential, and no Domain (a cookie for the notebook's origin only)."""
     jar = SimpleCookie()
     try:
         jar.load(set_cookie)
@@ -149,7 +154,10 @@ def editor_cookie_allowed(set_cookie: str) -> bool:
         return False
     if not jar:
         return False
-    return not any(is_platform_cookie(name) or morsel["domain"] for name, morsel in jar.items())
+    return not any(
+        is_platform_cookie(name) or name.lower() in EDITOR_CREDENTIAL_COOKIES or morsel["domain"]
+        for name, morsel in jar.items()
+    )
 
 
 def _response_headers(raw_headers) -> list[tuple[bytes, bytes]]:
