@@ -161,6 +161,17 @@ def test_a_read_token_looks_but_cannot_run_code(running, alice, bob):
         assert requests.get(f"{url}api/terminals", headers=operator, timeout=15).json() == []
     finally:
         kernel.close()
+    # Pages do not carry the editor's secret (JupyterLab writes its token into them).
+    direct = requests.get(
+        f"{notebook.editor_url}/notebooks/{notebook.pk}/lab",
+        headers={"Authorization": f"token {notebook.editor_secret}"},
+        timeout=15,
+    )
+    assert notebook.editor_secret in direct.text  # what the gateway takes out
+    for who in (reader, operator):
+        lab = requests.get(f"{url}lab", headers={**who, "Accept": "text/html"}, timeout=15)
+        assert lab.status_code == 200 and "jupyter-config-data" in lab.text, lab.text[:300]
+        assert notebook.editor_secret not in lab.text
     # The operator's WebSockets still open (no Origin: a token is no ambient credential).
     assert _ws(f"{url}api/events/subscribe", operator) == "open"
     assert notebook.editor_secret not in status.text + listing.text

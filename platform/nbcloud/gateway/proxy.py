@@ -228,6 +228,9 @@ async def proxy_http(scope, receive, send) -> None:
         await _refuse_http(send, Decision(502, "The editor did not answer."))
         return
     try:
+        if _carries_secret(response, decision):
+            await _send_without_secret(send, response, decision.secret)
+            return
         await send(
             {
                 "type": "http.response.start",
@@ -240,6 +243,36 @@ async def proxy_http(scope, receive, send) -> None:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
         response.release()
+
+
+# JupyterLab writes its token (the editor's secret) into its pages' configuration;
+# the gateway authenticates every request itself, so pages need not carry it.
+PAGE_LIMIT = 16 * 2**20
+
+
+def _carries_secret(response, decision: Decision) -> bool:
+    return (
+        bool(decision.secret)
+        and response.headers.get("Content-Type", "").startswith("text/html")
+        and "Content-Encoding" not in response.headers
+        and int(response.headers.get("Content-Length") or 0) <= PAGE_LIMIT
+    )
+
+
+async def _send_without_secret(send, response, secret: str) -> None:
+    body = await response.content.read(PAGE_LIMIT + 1)
+    if len(body) > PAGE_LIMIT:  # not a page: refuse rather than pass the secret on
+        await _refuse_http(send, Decision(502, "The editor answered an oversized page."))
+        return
+    body = body.replace(secret.encode(), b"")
+    headers = [
+        (name, value)
+        for name, value in _response_headers(response.raw_headers)
+        if name.lower() != b"content-length"
+    ]
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def proxy_websocket(scope, receive, send) -> None:
