@@ -474,6 +474,18 @@ def test_a_browser_signs_in_on_the_platform_and_is_handed_to_the_notebook(
     other = _hop(browser, f"{notebooks['open'].url}api/status")
     assert "nbcloud_notebook" not in other.request.headers.get("Cookie", "")
 
+    # Signing out on the notebook's origin ends its cookie, then the platform's.
+    out = _hop(browser, f"{_origin(notebook.url)}/_nbcloud/logout")
+    assert out.status_code == 302
+    assert out.headers["Location"] == f"{platform_server}/gateway/logout/"
+    assert "nbcloud_notebook=" in out.headers["Set-Cookie"]
+    assert "nbcloud_notebook" not in browser.cookies.get_dict(urlsplit(notebook.url).hostname)
+    assert _hop(browser, f"{notebook.url}api/status").status_code == 302
+    assert _hop(browser, out.headers["Location"]).status_code == 302  # the platform's
+    assert "nbcloud_gateway" not in browser.cookies.get_dict("127.0.0.1")
+    opened, _ = _sign_in(browser, notebook, platform_server, value)
+    assert opened.status_code == 200
+
     # Renewing the token retires the cookie handed over for it.
     token.renew()
     stale = _hop(browser, f"{notebook.url}api/status")

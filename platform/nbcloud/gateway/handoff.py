@@ -138,5 +138,9 @@ def notebook_cookie(value: str) -> str:
     return set_cookie(cookie_name(NOTEBOOK_COOKIE), value, max_age=settings.SESSION_COOKIE_AGE)
 
 
+def forget_notebook_cookie() -> str:
+    return set_cookie(cookie_name(NOTEBOOK_COOKIE), "", max_age=0)
+
+
 def forget_state() -> str:
     return set_cookie(cookie_name(STATE_COOKIE), "", max_age=0)

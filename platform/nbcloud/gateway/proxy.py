@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import close_old_connections
 
 from nbcloud.monitoring import activity
@@ -390,6 +391,13 @@ async def gateway(scope, receive, send) -> None:
         # The notebook's origin serves the notebook, its hand-off, and nothing else.
         if scope["type"] == "http" and scope["path"] == routing.HANDOFF_PATH:
             await exchange_handoff(scope, send, own, headers)
+        elif scope["type"] == "http" and scope["path"] == routing.LOGOUT_PATH:
+            # Signing out here ends this origin's cookie, then the platform's.
+            platform_logout = f"{settings.NBCLOUD_PUBLIC_URL.rstrip('/')}/gateway/logout/"
+            cookies = (handoff.forget_notebook_cookie(),)
+            await _refuse_http(
+                send, Decision(302, "", location=platform_logout, set_cookies=cookies)
+            )
         elif scope["type"] == "http" and scope["path"] == "/":
             await _refuse_http(send, Decision(302, "", location=routing.base_path(own)))
         else:

@@ -22,6 +22,7 @@ PATH = re.compile(rf"^/notebooks/(?P<id>{UUID})(/|$)")
 HOST = re.compile(rf"^(?P<id>{UUID})\.(?P<domain>.+)$")
 # The gateway's own paths on a notebook's origin (outside any editor's base URL).
 HANDOFF_PATH = "/_nbcloud/handoff"
+LOGOUT_PATH = "/_nbcloud/logout"
 
 
 def base_path(notebook_id) -> str:
