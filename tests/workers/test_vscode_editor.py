@@ -16,7 +16,7 @@ import uuid
 import psutil
 import pytest
 import requests
-from conftest import wait_for
+from conftest import notebook_url, wait_for
 
 from workers import code_server as cs
 from workers.lifecycle import wait_ready
@@ -227,7 +227,7 @@ def test_vscode_notebook_through_the_gateway(
         )
         assert running["state"] == "RUNNING", running
         page_url = running["url"]
-        assert page_url == f"{platform_server}/notebooks/{notebook_id}/"
+        assert page_url == notebook_url(platform_server, notebook_id)
         bearer = {"Authorization": f"Bearer {alice[1]}"}
 
         page = requests.get(page_url, headers=bearer, timeout=10)
