@@ -19,6 +19,7 @@ from nbcloud.envconf import (
     envchoice,
     envfloat,
     envint,
+    envnetworks,
     envpath,
     envstr,
 )

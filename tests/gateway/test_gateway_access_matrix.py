@@ -94,7 +94,7 @@ def editors(conda_env):
     try:
         for kind in NOTEBOOKS:
             notebook_id = str(uuid.uuid4())
-            uid = 230000 + int(notebook_id[:4], 16)
+            uid = settings.NBCLOUD_SANDBOX_UID_BASE + 3_300_000 + int(notebook_id[:4], 16)
             workspace = base / f"ws-{uid}"
             workspace.mkdir(mode=0o700)
             os.chown(workspace, uid, uid)
