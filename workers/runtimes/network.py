@@ -69,7 +69,7 @@ def address_of(uid: int) -> str:
     (settings make the pool at least as large as the range: uids are unique, so
     addresses are)."""
     pool = settings.NBCLOUD_NOTEBOOK_ADDRESSES
-    return str(pool.network_address + 2 + uid - settings.NBCLOUD_SANDBOX_UID_BASE)
+    return str(pool.network_address + (2 + uid - settings.NBCLOUD_SANDBOX_UID_BASE))
 
 
 def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
