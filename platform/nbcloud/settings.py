@@ -304,7 +304,12 @@ NBCLOUD_RECONCILE_INTERVAL = envint("NBCLOUD_RECONCILE_INTERVAL", 30, minimum=1)
 NBCLOUD_STUCK_AFTER = envint("NBCLOUD_STUCK_AFTER", 600, minimum=1)
 # Where users reach the platform, and, optionally, a wildcard domain giving
 # each notebook an origin of its own (<id>.NBCLOUD_NOTEBOOK_DOMAIN).
-NBCLOUD_PUBLIC_URL = envstr("NBCLOUD_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+# PORT is where `make run` (runplatform) serves the web; the public URL follows
+# it unless set.
+PORT = envint("PORT", 8000, minimum=1)
+if PORT > 65535:
+    raise ImproperlyConfigured(f"PORT={PORT} is not a TCP port (1-65535)")
+NBCLOUD_PUBLIC_URL = envstr("NBCLOUD_PUBLIC_URL", f"http://127.0.0.1:{PORT}").rstrip("/")
 NBCLOUD_NOTEBOOK_DOMAIN = envstr("NBCLOUD_NOTEBOOK_DOMAIN", "")
 # Where OVHcloud's AI API for notebooks is served, for the `ovhai` SDK
 # (base_url = NBCLOUD_PUBLIC_URL/NBCLOUD_OVHAI_PREFIX).
