@@ -121,8 +121,8 @@ venv() {
 NODE_VERSION=20.20.2
 NODE_SHA512_x64=PeHQM8wAdmHtZA1mBocygZxs5LiUWtsJezQTkBd0iY987KpGrD1O2tVEydvMZiuXceRanxt7rjTnDEBwOPujoQ==
 NODE_SHA512_arm64=LCXJnNTFiyGuYBw2gZSI5OBFMbkjAPt8sqD/NKrWoE2QmDgSubTqFng6GaNJ9EJ8HpxBMGcWWpbbcs4Vo+CnGg==
-NPM_VERSION=10.8.2
-NPM_SHA512=x/AIjFIKRllrhcb48dqUNAAZl0ig9+qMuN91RpZo3Cb2+zuibfh+KISl6+kVVyktDz230JKc208UkQwwMqyB+w==
+NPM_VERSION=11.19.1
+NPM_SHA512=ztsxKxt/kkIaAs+2i0GU6I+DRmUdrNasxTZKJe9TCdSjKxlhah/4r/hl5ygMD6XAg1qZ9c2TNomR4qgOydp10g==
 REGISTRY=${NPM_CONFIG_REGISTRY:-https://registry.npmjs.org}
 
 fetch_checked() {  # URL SHA512(base64) FILE
@@ -135,8 +135,8 @@ fetch_checked() {  # URL SHA512(base64) FILE
 install_node() {
   dir=${1:-}
   [ -n "$dir" ] || die "usage: $0 node DIR"
-  if [ -x "$dir/bin/node" ] && [ -x "$dir/bin/npm" ] \
-    && [ "$("$dir/bin/node" --version 2>/dev/null)" = "v$NODE_VERSION" ]; then
+  if [ "$("$dir/bin/node" --version 2>/dev/null)" = "v$NODE_VERSION" ] \
+    && [ "$(PATH="$dir/bin:$PATH" "$dir/bin/npm" --version 2>/dev/null)" = "$NPM_VERSION" ]; then
     return 0
   fi
   case "$(uname -m)" in
