@@ -56,6 +56,7 @@ kill_inside() {
 
 if [ "${1:-}" = "__inside" ]; then
   ######## In the mount namespace: mount, chroot, run the scenario, unmount.
+  SECONDS=${FRESH_ELAPSED:-0}
   ROOT=$2
   COMMIT=$3
   mounts=()
@@ -312,5 +313,5 @@ git -C "$ROOT/root/nbcloud" checkout -q "$COMMIT"
 cp "$ROOT/root/nbcloud/README.md" "$ROOT/root/README.md"
 log "commit $(git -C "$ROOT/root/nbcloud" rev-parse --short HEAD) cloned into a copy of the base"
 
-unshare --mount --propagation private env ROOT="$ROOT" CACHE="$CACHE" PORT="$PORT" \
+unshare --mount --propagation private env ROOT="$ROOT" CACHE="$CACHE" PORT="$PORT" FRESH_ELAPSED=$SECONDS \
   bash "$0" __inside "$ROOT" "$COMMIT"

