@@ -12,7 +12,7 @@ PORT ?= 8000
 # where the editors' sandbox users can run it.
 NODE_DIR ?= $(if $(filter 0,$(shell id -u)),/var/lib/nbcloud/node,$(CURDIR)/.node)
 
-.PHONY: run test bench bench-billing install install-test sysdeps sysdeps-test node envs code-server docker-images image compose-config migrate lint format clean
+.PHONY: run test bench bench-billing install install-test install-dev sysdeps sysdeps-test node envs code-server docker-images image compose-config migrate lint format clean
 
 # System packages come first: creating .venv needs python3-venv.
 sysdeps:
@@ -26,6 +26,10 @@ install: sysdeps
 	@$(BOOTSTRAP) venv $(PYTHON) run
 
 install-test: sysdeps-test
+	@$(BOOTSTRAP) venv $(PYTHON) test
+
+# The test extras (ruff among them) without the test-only system packages.
+install-dev: sysdeps
 	@$(BOOTSTRAP) venv $(PYTHON) test
 
 envs: install
@@ -85,11 +89,11 @@ bench: install envs
 bench-billing: install
 	DATABASE_URL=$${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/nbcloud_bench} $(PY) bench/billing_tick.py --repeat 5
 
-lint: install-test
+lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-format: install-test
+format: install-dev
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
