@@ -54,6 +54,11 @@ kill_inside() {
   done
 }
 
+if [ "${1:-}" = "--block" ]; then  # print the README's block NAME (for the tests)
+  readme_block "$2" "$REPO/README.md"
+  exit 0
+fi
+
 if [ "${1:-}" = "__inside" ]; then
   ######## In the mount namespace: mount, chroot, run the scenario, unmount.
   SECONDS=${FRESH_ELAPSED:-0}

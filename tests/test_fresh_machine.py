@@ -150,3 +150,38 @@ def test_a_venv_without_pip_is_made_again(tmp_path):
     # Made from the interpreter asked for (Debian's own by default).
     cfg = project / ".venv" / "pyvenv.cfg"
     assert "home = /usr/bin" in cfg.read_text()
+
+
+def _readme_block(name: str) -> str:
+    done = subprocess.run(
+        ["bash", str(ROOT / ".ci" / "fresh-machine.sh"), "--block", name],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_readme_blocks_ci_runs_are_there_and_say_what_make_does():
+    """CI runs the README's marked blocks as written: they must exist, and the
+    packages the README names must be those `make run` installs."""
+    prerequisites = _readme_block("prerequisites")
+    assert "apt-get install -y python3 git make ca-certificates curl" in prerequisites
+    try_it = _readme_block("try")
+    assert "createapitoken" in try_it and "curl" in try_it and "${PORT:-8000}" in try_it
+    restart = _readme_block("restart")
+    assert "nbc notebook stop demo --wait" in restart and "nbc notebook start demo" in restart
+    script = BOOTSTRAP.read_text()
+    run_packages = next(
+        line.split('"')[1] for line in script.splitlines() if line.startswith("RUN_PACKAGES=")
+    )
+    assert f"`{run_packages}`" in " ".join((ROOT / "README.md").read_text().split())
+
+
+def test_make_builds_the_venv_from_debians_python_by_default():
+    done = subprocess.run(
+        ["make", "-n", "install"], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert "scripts/bootstrap.sh venv /usr/bin/python3 run" in done.stdout
