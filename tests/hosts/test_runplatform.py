@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -189,10 +190,21 @@ def test_port_url_and_ctrl_c_leave_notebooks_for_the_next_start(tmp_path, conda_
             return status if status["state"] == wanted else None
 
         running = wait_for(lambda: state("RUNNING"), timeout=180, what="RUNNING")
-        assert running["url"] == f"http://127.0.0.1:{port}/notebooks/{notebook['id']}/"
-        login = httpx.get(running["url"], headers={"Accept": "text/html"}, timeout=10)
+        url = urlsplit(running["url"])
+        assert url.port == port and notebook["id"] in running["url"], running["url"]
+
+        def editor(path: str, **headers) -> httpx.Response:
+            # On loopback, with the URL's host name (a per-notebook one needs no DNS).
+            return httpx.get(
+                f"http://127.0.0.1:{port}{url.path}{path}",
+                headers={"Host": url.netloc, **headers},
+                timeout=30,
+            )
+
+        login = editor("", Accept="text/html")
         assert login.status_code == 302
-        assert login.headers["location"].startswith(f"http://127.0.0.1:{port}/gateway/login/")
+        location = urlsplit(login.headers["location"])
+        assert location.port == port and location.path == "/gateway/login/", location
 
         assert platform.interrupt() == 130, platform.output()  # as after Ctrl-C
         with pytest.raises(httpx.ConnectError):
@@ -202,7 +214,7 @@ def test_port_url_and_ctrl_c_leave_notebooks_for_the_next_start(tmp_path, conda_
         time.sleep(5)  # more than two reconcile sweeps of the new worker
         again = wait_for(lambda: state("RUNNING"), timeout=30, what="RUNNING")
         assert again["last_started_at"] == running["last_started_at"]  # not restarted
-        kernels = httpx.get(f"{running['url']}api/kernelspecs", headers=auth, timeout=30)
+        kernels = editor("api/kernelspecs", **auth)
         assert kernels.status_code == 200, kernels.text  # the same editor, adopted
 
         assert httpx.post(f"{nb_url}stop/", headers=auth, timeout=30).status_code == 202
