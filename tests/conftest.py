@@ -6,10 +6,12 @@ project `bravo` and must never see anything of `alpha`.
 """
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import quote
 
@@ -18,6 +20,8 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from nbcloud.projects.models import ApiToken, Membership, Project, Role
+from workers import environments
+from workers.runtimes import LaunchSpec
 from workers.runtimes.process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -324,6 +328,51 @@ def conda_env():
     from workers import environments
 
     return environments.build("conda")
+
+
+# Runtimes driven directly, without the API (the runtime contract and the sandbox).
+
+
+def _workspace(base_dir, uid: int):
+    path = base_dir / f"ws-{uid}"
+    path.mkdir(mode=0o700)
+    os.chown(path, uid, uid)
+    return path
+
+
+@pytest.fixture
+def base_dir(settings):
+    # Not under /tmp: the sandbox has a private /tmp of its own.
+    path = settings.DATA_DIR / f"contract-{uuid.uuid4().hex[:8]}"
+    path.mkdir(mode=0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def make_spec(base_dir, conda_env, settings):
+    settings.DATA_DIR = base_dir
+
+    def make(**overrides) -> LaunchSpec:
+        notebook_id = str(uuid.uuid4())
+        uid = overrides.pop(
+            "uid", settings.NBCLOUD_SANDBOX_UID_BASE + 5_000_000 + int(notebook_id[:4], 16)
+        )
+        fields = {
+            "notebook_id": notebook_id,
+            "editor_id": "jupyterlab",
+            "env_dir": conda_env,
+            "workspace": _workspace(base_dir, uid),
+            "uid": uid,
+            "secret": uuid.uuid4().hex,
+            "base_url": f"/notebooks/{notebook_id}/",
+            "env_vars": {"GREETING": "hi"},
+            "image": environments.resolve("conda")[1].image,
+            "project": "alpha",
+        }
+        return LaunchSpec(**{**fields, **overrides})
+
+    return make
 
 
 @pytest.fixture(scope="session")

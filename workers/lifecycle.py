@@ -46,6 +46,19 @@ def _load(notebook_id: str, host: str, state: State) -> Notebook | None:
     return notebook
 
 
+def gpu_devices(notebook: Notebook) -> tuple[str, ...]:
+    """The device nodes of the notebook's GPUs, from its host's inventory (NVML's
+    minor number, which names /dev/nvidia<minor>)."""
+    if not notebook.gpu_uuids or notebook.host is None:
+        return ()
+    by_uuid = {gpu["uuid"]: gpu for gpu in notebook.host.gpus}
+    return tuple(
+        f"nvidia{by_uuid[uuid].get('minor', by_uuid[uuid].get('index'))}"
+        for uuid in notebook.gpu_uuids
+        if uuid in by_uuid
+    )
+
+
 def launch_spec(notebook: Notebook) -> LaunchSpec:
     from nbcloud.catalog.services import catalog
 
@@ -58,13 +71,14 @@ def launch_spec(notebook: Notebook) -> LaunchSpec:
         editor_id=notebook.editor_id,
         env_dir=environments.env_dir(notebook.framework_id, notebook.framework_version),
         workspace=workspace.local_path(notebook),
-        uid=notebook.sandbox_uid,
+        uid=notebook.ensure_sandbox_uid(),
         secret=notebook.editor_secret,
         base_url=f"/notebooks/{notebook.pk}/",
         env_vars={e["name"]: e["value"] for e in notebook.env_vars},
         cpus=flavor.cpus * notebook.units,
         memory_bytes=flavor.memory_gib * 1024**3 * notebook.units,
         gpu_uuids=tuple(notebook.gpu_uuids),
+        gpu_devices=gpu_devices(notebook),
         image=version.image if version else "",
         project=notebook.project.name,
     )

@@ -26,10 +26,9 @@ from nbcloud.envconf import (
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 DATA_DIR = envpath("NBCLOUD_DATA_DIR", BASE_DIR / "var")
 DATA_DIR.mkdir(parents=True, exist_ok=True)
-if os.geteuid() == 0:
-    # Editors run on this machine as other users: keep the database, logs and
-    # workspaces out of their reach (workspaces are bound in by the sandbox).
-    DATA_DIR.chmod(0o700)
+# The database, secrets, logs and workspaces are the platform's alone, whoever
+# runs it (workspaces reach their notebooks only through the sandbox's binds).
+DATA_DIR.chmod(0o700)
 
 
 def _secret_key() -> str:
@@ -37,9 +36,13 @@ def _secret_key() -> str:
     if value:
         return value
     key_file = DATA_DIR / "secret_key"
-    if not key_file.exists():
-        key_file.write_text(secrets.token_urlsafe(50))
+    try:  # created 0600 from its first byte; never readable by anyone else
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
         key_file.chmod(0o600)
+    else:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(50))
     return key_file.read_text().strip()
 
 
@@ -259,11 +262,12 @@ NBCLOUD_CODE_SERVER_DIR = envpath("NBCLOUD_CODE_SERVER_DIR", Path("/var/lib/nbcl
 NBCLOUD_WORKSPACES_DIR = envpath("NBCLOUD_WORKSPACES_DIR", DATA_DIR / "workspaces")
 NBCLOUD_RUNTIME = envchoice("NBCLOUD_RUNTIME", "process", ("process", "docker"))
 # The docker runtime: environment images (named in the manifests) build on this base
-# image (environments/base/build-base.sh). Editors run on the host's network, each on a
-# free loopback port, or on NBCLOUD_DOCKER_NETWORK (a bridge or user-defined network)
-# with their port published on NBCLOUD_DOCKER_PUBLISH_IP, where the gateway reaches it.
+# image (environments/base/build-base.sh). Each editor runs in a network namespace of
+# its own joined to the host (`isolated`, as on the process runtime), or on
+# NBCLOUD_DOCKER_NETWORK (a bridge or user-defined network) with its port published on
+# NBCLOUD_DOCKER_PUBLISH_IP, where the gateway reaches it; `host` is refused.
 NBCLOUD_DOCKER_BASE_IMAGE = envstr("NBCLOUD_DOCKER_BASE_IMAGE", "nbcloud/base:latest")
-NBCLOUD_DOCKER_NETWORK = envstr("NBCLOUD_DOCKER_NETWORK", "host")
+NBCLOUD_DOCKER_NETWORK = envstr("NBCLOUD_DOCKER_NETWORK", "isolated")
 NBCLOUD_DOCKER_PUBLISH_IP = envstr("NBCLOUD_DOCKER_PUBLISH_IP", "127.0.0.1")
 NBCLOUD_HOST_NAME = envstr("NBCLOUD_HOST_NAME", "local")
 NBCLOUD_HOST_REGION = envstr("NBCLOUD_HOST_REGION", "GRA")
@@ -285,7 +289,32 @@ if NBCLOUD_HOST_LOST_AFTER <= 2 * NBCLOUD_HEARTBEAT_INTERVAL:
         f"NBCLOUD_HEARTBEAT_INTERVAL={NBCLOUD_HEARTBEAT_INTERVAL}, or one late heartbeat "
         "would mark a healthy host lost"
     )
-NBCLOUD_SANDBOX_UID_BASE = envint("NBCLOUD_SANDBOX_UID_BASE", 200000, minimum=1000)
+# Each notebook runs as a uid of its own from this range (allocated, never shared).
+# The range must not overlap the host's users nor its subordinate ids (/etc/subuid,
+# /etc/subgid, which user namespaces map): hosts refuse to start notebooks otherwise.
+NBCLOUD_SANDBOX_UID_BASE = envint("NBCLOUD_SANDBOX_UID_BASE", 2_000_000_000, minimum=1000)
+NBCLOUD_SANDBOX_UID_COUNT = envint("NBCLOUD_SANDBOX_UID_COUNT", 10_000_000, minimum=1)
+if NBCLOUD_SANDBOX_UID_BASE + NBCLOUD_SANDBOX_UID_COUNT > 2**32 - 2:
+    raise ImproperlyConfigured(
+        "NBCLOUD_SANDBOX_UID_BASE + NBCLOUD_SANDBOX_UID_COUNT must stay below 4294967294 "
+        "(the largest uid)"
+    )
+# The sandbox (workers/runtimes/process.py, network.py): files bound into every
+# notebook (its resolv.conf), where GPU device nodes are found, the name servers
+# notebooks use (default: the host's, unless loopback), networks notebooks may not
+# reach beyond the built-in private ranges, and each notebook's process limit.
+NBCLOUD_SANDBOX_DIR = envpath("NBCLOUD_SANDBOX_DIR", DATA_DIR / "sandbox")
+NBCLOUD_DEVICE_ROOT = envpath("NBCLOUD_DEVICE_ROOT", Path("/dev"))
+NBCLOUD_NOTEBOOK_DNS = tuple(d for d in envstr("NBCLOUD_NOTEBOOK_DNS", "").split(",") if d)
+NBCLOUD_NOTEBOOK_BLOCKED_NETWORKS = envnetworks("NBCLOUD_NOTEBOOK_BLOCKED_NETWORKS", "")
+# Each notebook's own address on its host (a veth pair), from this IPv4 pool.
+NBCLOUD_NOTEBOOK_ADDRESSES = envnetworks("NBCLOUD_NOTEBOOK_ADDRESSES", "100.64.0.0/10")[0]
+if NBCLOUD_NOTEBOOK_ADDRESSES.version != 4 or NBCLOUD_NOTEBOOK_ADDRESSES.num_addresses < 16:
+    raise ImproperlyConfigured(
+        f"NBCLOUD_NOTEBOOK_ADDRESSES={NBCLOUD_NOTEBOOK_ADDRESSES} must be an IPv4 network "
+        "of at least 16 addresses, e.g. 100.64.0.0/10"
+    )
+NBCLOUD_NOTEBOOK_PIDS_MAX = envint("NBCLOUD_NOTEBOOK_PIDS_MAX", 4096, minimum=16)
 NBCLOUD_EDITOR_READY_TIMEOUT = envint("NBCLOUD_EDITOR_READY_TIMEOUT", 120, minimum=1)
 NBCLOUD_EDITOR_STOP_TIMEOUT = envint("NBCLOUD_EDITOR_STOP_TIMEOUT", 10, minimum=1)
 NBCLOUD_PROJECT_GPU_QUOTA = envint("NBCLOUD_PROJECT_GPU_QUOTA", 4, minimum=0)

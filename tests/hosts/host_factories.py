@@ -131,6 +131,7 @@ def nvml_from_readings(monkeypatch) -> tuple[list, list]:
         "nvmlDeviceGetHandleByIndex": lambda i: devices[i],
         "nvmlDeviceGetName": lambda h: device(h)["name"],
         "nvmlDeviceGetUUID": lambda h: device(h)["uuid"],
+        "nvmlDeviceGetMinorNumber": lambda h: device(h)["index"],
         "nvmlDeviceGetMemoryInfo": memory_info,
     }
     for name, fake in fakes.items():

@@ -37,6 +37,7 @@ def test_nvml_readings_of_an_h100(nvml_calls):
     assert read_gpus() == [
         {
             "index": 0,
+            "minor": 0,  # nvidia-smi -q: <minor_number>0</minor_number>
             "uuid": smi["uuid"],
             "model": smi["name"],
             "memory_bytes": int(smi["memory.total [MiB]"].split()[0]) * MIB,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from test_runtime_contract import base_dir, make_spec  # noqa: F401 (fixtures)
+from django.conf import settings
 
 from workers.lifecycle import wait_ready
 from workers.runtimes import StartError
@@ -31,12 +31,12 @@ H100_UUIDS = (
 
 
 @pytest.fixture
-def docker_spec(make_spec, docker_image):  # noqa: F811 (the imported fixture)
+def docker_spec(make_spec, docker_image):
     return lambda **overrides: make_spec(**{"image": docker_image, **overrides})
 
 
 @pytest.fixture
-def running(docker_spec, base_dir):  # noqa: F811
+def running(docker_spec, base_dir):
     data = base_dir / "volume"
     data.mkdir()
     (data / "in.txt").write_text("from a volume")
@@ -134,7 +134,7 @@ def _spec(**overrides):
         "editor_id": "jupyterlab",
         "env_dir": Path("/unused"),
         "workspace": Path(os.devnull),
-        "uid": 200001,
+        "uid": settings.NBCLOUD_SANDBOX_UID_BASE + 7_000_000,
         "secret": "s",
         "base_url": f"/notebooks/{notebook_id}/",
         "image": "nbcloud/conda:py311",

@@ -2,61 +2,18 @@
 Docker Engine; see conftest.py for when it is skipped)."""
 
 import os
-import shutil
 import subprocess
 import time
-import uuid
 
 import pytest
 import requests
 from conftest import wait_for
 
-from workers import environments
 from workers.lifecycle import wait_ready
-from workers.runtimes import RUNTIMES, LaunchSpec, StartError
+from workers.runtimes import RUNTIMES, StartError
 from workers.runtimes.process import sandbox_argv
 
 pytestmark = pytest.mark.e2e
-
-
-def _workspace(base_dir, uid: int):
-    path = base_dir / f"ws-{uid}"
-    path.mkdir(mode=0o700)
-    os.chown(path, uid, uid)
-    return path
-
-
-@pytest.fixture
-def base_dir(settings):
-    # Not under /tmp: the sandbox has a private /tmp of its own.
-    path = settings.DATA_DIR / f"contract-{uuid.uuid4().hex[:8]}"
-    path.mkdir(mode=0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def make_spec(base_dir, conda_env, settings):
-    settings.DATA_DIR = base_dir
-
-    def make(**overrides) -> LaunchSpec:
-        notebook_id = str(uuid.uuid4())
-        uid = overrides.pop("uid", 210000 + int(notebook_id[:4], 16))
-        fields = {
-            "notebook_id": notebook_id,
-            "editor_id": "jupyterlab",
-            "env_dir": conda_env,
-            "workspace": _workspace(base_dir, uid),
-            "uid": uid,
-            "secret": uuid.uuid4().hex,
-            "base_url": f"/notebooks/{notebook_id}/",
-            "env_vars": {"GREETING": "hi"},
-            "image": environments.resolve("conda")[1].image,
-            "project": "alpha",
-        }
-        return LaunchSpec(**{**fields, **overrides})
-
-    return make
 
 
 @pytest.fixture(params=sorted(RUNTIMES))

@@ -43,7 +43,7 @@ def make_spec(base_dir, conda_env, settings):
 
     def make(**overrides) -> LaunchSpec:
         notebook_id = str(uuid.uuid4())
-        uid = 220000 + int(notebook_id[:4], 16)
+        uid = settings.NBCLOUD_SANDBOX_UID_BASE + 6_000_000 + int(notebook_id[:4], 16)
         workspace = base_dir / f"ws-{uid}"
         workspace.mkdir(mode=0o700)
         os.chown(workspace, uid, uid)

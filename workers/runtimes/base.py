@@ -47,6 +47,8 @@ class LaunchSpec:
     cpus: int = 1
     memory_bytes: int = 0
     gpu_uuids: tuple[str, ...] = ()
+    # The device nodes of those GPUs (`nvidia3`), the only ones the editor sees.
+    gpu_devices: tuple[str, ...] = ()
     image: str = ""
     project: str = ""
     # Volumes bound below /workspace; only `start` uses them.

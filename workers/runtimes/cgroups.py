@@ -41,37 +41,50 @@ def version() -> int | None:
 def _dirs(name: str) -> list[Path]:
     if version() == 2:
         return [ROOT / PARENT / name]
-    return [ROOT / "cpu" / PARENT / name, ROOT / "memory" / PARENT / name]
+    dirs = [ROOT / "cpu" / PARENT / name, ROOT / "memory" / PARENT / name]
+    if os.access(ROOT / "pids", os.W_OK):
+        dirs.append(ROOT / "pids" / PARENT / name)
+    return dirs
 
 
 def _write(path: Path, value) -> None:
     path.write_text(f"{value}\n")
 
 
-def create(name: str, *, cpus: int, memory_bytes: int) -> list[Path]:
-    """The notebook's groups with its limits (0: no limit); [] where cgroups are not usable."""
+def create(name: str, *, cpus: int, memory_bytes: int, pids: int = 0) -> list[Path]:
+    """The notebook's groups with its limits (0: no limit); [] where cgroups are not usable.
+    `pids` bounds its processes and threads (a fork bomb stays inside), where the
+    host has the pids controller."""
     if version() is None:
         return []
     quota = cpus * CPU_PERIOD_US if cpus else 0
     if version() == 2:
         parent = ROOT / PARENT
         parent.mkdir(exist_ok=True)
-        _write(ROOT / "cgroup.subtree_control", "+cpu +memory")
-        _write(parent / "cgroup.subtree_control", "+cpu +memory")
+        wanted = "+cpu +memory"
+        if "pids" in (ROOT / "cgroup.controllers").read_text().split():
+            wanted += " +pids"
+        _write(ROOT / "cgroup.subtree_control", wanted)
+        _write(parent / "cgroup.subtree_control", wanted)
         group = parent / name
         group.mkdir(exist_ok=True)
         _write(group / "cpu.max", f"{quota or 'max'} {CPU_PERIOD_US}")
         _write(group / "memory.max", memory_bytes or "max")
         if (group / "memory.swap.max").exists():
             _write(group / "memory.swap.max", 0)
+        if (group / "pids.max").exists():
+            _write(group / "pids.max", pids or "max")
         return [group]
-    cpu, memory = _dirs(name)
-    for group in (cpu, memory):
+    dirs = _dirs(name)
+    for group in dirs:
         group.mkdir(parents=True, exist_ok=True)
+    cpu, memory = dirs[:2]
     _write(cpu / "cpu.cfs_period_us", CPU_PERIOD_US)
     _write(cpu / "cpu.cfs_quota_us", quota or -1)
     _write(memory / "memory.limit_in_bytes", memory_bytes or -1)
-    return [cpu, memory]
+    if len(dirs) > 2:
+        _write(dirs[2] / "pids.max", pids or "max")
+    return dirs
 
 
 def join_argv(groups: list[Path], argv: list[str]) -> list[str]:
@@ -100,7 +113,7 @@ def limits(name: str) -> dict:
             quota, period = (ROOT / PARENT / name / "cpu.max").read_text().split()
             memory = (ROOT / PARENT / name / "memory.max").read_text().strip()
         else:
-            cpu, mem = _dirs(name)
+            cpu, mem = _dirs(name)[:2]
             quota = (cpu / "cpu.cfs_quota_us").read_text().strip()
             period = (cpu / "cpu.cfs_period_us").read_text().strip()
             memory = (mem / "memory.limit_in_bytes").read_text().strip()

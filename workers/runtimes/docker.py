@@ -8,10 +8,13 @@ own unprivileged uid with no capabilities, with the workspace bound at /workspac
 (and the volumes below it), the flavor's CPU and memory limits, the assigned GPUs
 requested by UUID, and labels naming the notebook, its project and this host.
 
-Networking (NBCLOUD_DOCKER_NETWORK): `host` runs the editor on the host's network,
-listening on a free loopback port (what a Docker Engine without a bridge offers);
-any other value names a network (`bridge`, or a user-defined one) on which the editor
-listens on port 8888, published on NBCLOUD_DOCKER_PUBLISH_IP at a port Docker picks.
+Networking (NBCLOUD_DOCKER_NETWORK): `isolated` (the default) gives the container a
+network namespace of its own with nothing in it (Docker's `none`), which the worker
+joins to the host as the process runtime does (network.py): an address of its own,
+where the gateway reaches the editor, and the public Internet only. Any other value names a network (`bridge`, or a user-defined
+one) on which the editor listens on port 8888, published on NBCLOUD_DOCKER_PUBLISH_IP;
+what such a network may reach is then the operator's to restrict. The host's own
+network (`host`) is refused: notebooks would reach every service on the host.
 
 A stop asks the editor to end (SIGTERM through tini), kills it after the timeout,
 appends the container's output to the notebook's log file on this host (as the
@@ -30,6 +33,7 @@ from docker.models.containers import Container
 from docker.types import DeviceRequest, LogConfig
 from docker.types import Mount as DockerMount
 
+from . import network
 from .base import Endpoint, LaunchSpec, Runtime, StartError, log_file, tail_file
 from .editors import editor_command, editor_environment
 from .process import free_port
@@ -59,20 +63,27 @@ def container_name(notebook_id: str) -> str:
     return f"nbcloud-{notebook_id}"
 
 
-def on_host_network() -> bool:
-    return settings.NBCLOUD_DOCKER_NETWORK == "host"
+def isolated() -> bool:
+    return settings.NBCLOUD_DOCKER_NETWORK == "isolated"
 
 
 def container_config(spec: LaunchSpec, port: int, host_cpus: int) -> dict:
     """The keyword arguments of `containers.create` for this notebook's editor.
 
-    On the host's network the editor listens on loopback at `port`; on another
-    network on all of the container's addresses at CONTAINER_PORT, published.
+    Isolated, the editor listens at `port` in the container's own namespace, where
+    the gateway reaches it at the notebook's address; on another network on all of
+    the container's addresses at CONTAINER_PORT, published.
     """
     in_image = replace(spec, env_dir=ENV_DIR)
-    if on_host_network():
-        argv, secret_env = editor_command(in_image, port)
-        network = {"network_mode": "host"}
+    if settings.NBCLOUD_DOCKER_NETWORK == "host":
+        raise StartError(
+            "This host is configured to run notebooks on its own network, which would "
+            "expose its services to them; no notebook starts there.",
+            "NBCLOUD_DOCKER_NETWORK=host is refused: use isolated (the default)",
+        )
+    if isolated():
+        argv, secret_env = editor_command(in_image, port, "0.0.0.0")
+        network = {"network_mode": "none"}
     else:
         argv, secret_env = editor_command(in_image, CONTAINER_PORT, "0.0.0.0")
         network = {
@@ -103,6 +114,11 @@ def container_config(spec: LaunchSpec, port: int, host_cpus: int) -> dict:
         # smaller test host still runs a big flavor, on all of its CPUs.
         "nano_cpus": int(min(spec.cpus, host_cpus) * 1e9),
         "cap_drop": ["ALL"],
+        # The image (system and environment) is read-only; the workspace and volumes
+        # are binds, /tmp and /var/tmp private tmpfs, /dev/shm Docker's own per container.
+        "read_only": True,
+        "tmpfs": {"/tmp": "mode=1777", "/var/tmp": "mode=1777"},
+        "pids_limit": settings.NBCLOUD_NOTEBOOK_PIDS_MAX,
         # Read by `logs` and kept in the notebook's log at stop; bounded meanwhile.
         "log_config": LogConfig(type="json-file", config={"max-size": "10m", "max-file": "3"}),
         "security_opt": ["no-new-privileges"],
@@ -139,7 +155,7 @@ class DockerRuntime(Runtime):
     def endpoint(self) -> Endpoint | None:
         if "port" not in self.state:
             return None
-        host = "127.0.0.1" if on_host_network() else settings.NBCLOUD_DOCKER_PUBLISH_IP
+        host = self.state["address"] if isolated() else settings.NBCLOUD_DOCKER_PUBLISH_IP
         return Endpoint(host, self.state["port"], self.spec.base_url)
 
     def _container(self, by_name: bool = False) -> Container | None:
@@ -184,7 +200,7 @@ class DockerRuntime(Runtime):
                 return self._adopt(container)
             if container is not None:  # ended: keep what it said, then start afresh
                 self._remove(container)
-            port = free_port() if on_host_network() else CONTAINER_PORT
+            port = free_port() if isolated() else CONTAINER_PORT
             config = container_config(self.spec, port, api.info()["NCPU"])
             try:
                 container = api.containers.create(**config)
@@ -207,17 +223,23 @@ class DockerRuntime(Runtime):
             except docker.errors.APIError as exc:
                 raise StartError("The editor's container did not start.", str(exc)) from exc
             container.reload()
-        if on_host_network():
+        if isolated():
             port = int(container.labels[LABEL_PORT])
-        else:
-            bindings = container.attrs["NetworkSettings"]["Ports"] or {}
-            published = bindings.get(f"{CONTAINER_PORT}/tcp") or []
-            if not published:
-                raise StartError(
-                    "The editor's container has no published port.",
-                    f"{container.name} on network {settings.NBCLOUD_DOCKER_NETWORK}",
+            joined = {k: self.state[k] for k in ("iface", "address") if k in self.state}
+            if not network.attached(joined):
+                joined = network.connect(
+                    self.spec.notebook_id, str(container.attrs["State"]["Pid"]), self.spec.uid
                 )
-            port = int(published[0]["HostPort"])
+            self.state = {"container_id": container.id, "port": port, **joined}
+            return self.endpoint
+        bindings = container.attrs["NetworkSettings"]["Ports"] or {}
+        published = bindings.get(f"{CONTAINER_PORT}/tcp") or []
+        if not published:
+            raise StartError(
+                "The editor's container has no published port.",
+                f"{container.name} on network {settings.NBCLOUD_DOCKER_NETWORK}",
+            )
+        port = int(published[0]["HostPort"])
         self.state = {"container_id": container.id, "port": port}
         return self.endpoint
 
@@ -232,11 +254,14 @@ class DockerRuntime(Runtime):
     def stop(self, timeout: float) -> None:
         container = self._container()
         if container is None:
+            network.destroy(self.state)
             return
         try:
             container.stop(timeout=math.ceil(timeout))
         except docker.errors.NotFound:
+            network.destroy(self.state)
             return
+        network.destroy(self.state)
         self._remove(container)
 
     def _remove(self, container: Container) -> None:

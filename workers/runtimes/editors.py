@@ -5,6 +5,9 @@ import logging
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+
+from nbcloud.notebooks.spec import check_env_name
 
 from .base import LaunchSpec, StartError
 
@@ -38,8 +41,17 @@ def editor_command(
 
 def editor_environment(spec: LaunchSpec, secret_env: dict[str, str]) -> dict:
     """The editor's environment variables, the same on every runtime: a plain `pip
-    install` lands in the workspace (user site) and survives stop/start."""
+    install` lands in the workspace (user site) and survives stop/start. The owner's
+    variables come first and never replace the platform's; reserved names (which the
+    API refuses) are dropped here too, for rows written before they were refused."""
+    user = {}
+    for name, value in spec.env_vars.items():
+        try:
+            user[check_env_name(name)] = value
+        except ValidationError:
+            log.warning("notebook %s: reserved variable %s not set", spec.notebook_id, name)
     return {
+        **user,
         "PATH": f"/workspace/.local/bin:{spec.env_dir / 'bin'}:/usr/local/bin:/usr/bin:/bin",
         "HOME": "/workspace",
         "USER": "nbuser",
@@ -49,7 +61,6 @@ def editor_environment(spec: LaunchSpec, secret_env: dict[str, str]) -> dict:
         "PIP_USER": "1",
         "VIRTUAL_ENV": str(spec.env_dir),
         "NBCLOUD_NOTEBOOK_ID": spec.notebook_id,
-        **spec.env_vars,
         **secret_env,
     }
 

@@ -10,6 +10,7 @@ time, against pid reuse) is the runtime state a fresh worker takes over.
 
 import contextlib
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -17,9 +18,12 @@ from pathlib import Path
 import psutil
 from django.conf import settings
 
-from . import cgroups
+from . import cgroups, network
 from .base import Endpoint, LaunchSpec, Runtime, StartError, log_file, tail_file
 from .editors import editor_command, editor_environment
+
+# Found once, on the worker's own PATH (the operator's), never on a notebook's.
+BWRAP = shutil.which("bwrap") or "/usr/bin/bwrap"
 
 
 def free_port() -> int:
@@ -28,32 +32,151 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def sandbox_argv(spec: LaunchSpec, argv: list[str]) -> list[str]:
+# System directories, read-only in every sandbox; on a merged-/usr system the
+# top-level ones are symlinks into /usr and are recreated as such.
+SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc")
+GPU_SHARED_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
+
+
+def _system_binds() -> list[str]:
+    args = []
+    for name in SYSTEM_DIRS:
+        path = Path("/") / name
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), str(path)]
+        elif path.is_dir():
+            args += ["--ro-bind", str(path), str(path)]
+    return args
+
+
+def _ro_binds(spec: LaunchSpec) -> list[str]:
+    """What the editor needs to read besides the system: its environment, and for
+    VS Code code-server and the Node.js that runs it."""
+    paths = [spec.env_dir]
+    if spec.editor_id == "vscode":
+        from workers import code_server
+
+        paths.append(Path(settings.NBCLOUD_CODE_SERVER_DIR))
+        node = code_server.installed_node()
+        if node and not Path(node).resolve().is_relative_to("/usr"):
+            paths.append(Path(node).resolve().parent.parent)
+    args, made = [], set()
+    for path in dict.fromkeys(paths):
+        if not path.exists():
+            continue
+        # bwrap would make missing parents 0700 (root's): make them traversable.
+        for parent in reversed(path.parents[:-1]):
+            if parent not in made and parent.parts[1] not in SYSTEM_DIRS:
+                made.add(parent)
+                args += ["--perms", "0755", "--dir", str(parent)]
+        args += ["--ro-bind", str(path), str(path)]
+    return args
+
+
+def gpu_device_binds(spec: LaunchSpec) -> list[str]:
+    """The notebook's own GPUs' device nodes, and the driver's shared ones, only."""
+    if not spec.gpu_devices:
+        return []
+    root = Path(settings.NBCLOUD_DEVICE_ROOT)
+    args = []
+    for name in (*spec.gpu_devices, *GPU_SHARED_NODES):
+        if (root / name).exists():
+            args += ["--dev-bind", str(root / name), f"/dev/{name}"]
+    return args
+
+
+def sandbox_argv(spec: LaunchSpec, argv: list[str], env_fd: int | None = None) -> list[str]:
+    """bubblewrap around `argv`: a filesystem of the notebook's own (system and
+    environment read-only, the workspace and volumes read-write, private /tmp,
+    /var/tmp and /dev/shm, a /dev with only its own GPUs), its own pid, IPC and
+    UTS namespaces, then the notebook's uid with no capabilities. The editor's
+    environment is read from `env_fd` (NUL-separated `--setenv` arguments), so
+    neither user variables nor the editor's secret appear on a command line or
+    in the launcher's own environment."""
     prefix = [
-        "bwrap",
-        "--bind",
-        "/",
-        "/",
-        "--dev",
-        "/dev",
+        BWRAP,
+        *_system_binds(),
+        "--ro-bind",
+        str(network.resolv_conf()),
+        "/etc/resolv.conf",
+        *_ro_binds(spec),
+        "--ro-bind",
+        "/sys",
+        "/sys",
         "--proc",
         "/proc",
+        "--dev",
+        "/dev",
+        *gpu_device_binds(spec),
+        "--perms",
+        "1777",
+        "--tmpfs",
+        "/dev/shm",
         "--perms",
         "1777",
         "--tmpfs",
         "/tmp",
+        "--perms",
+        "0755",
+        "--dir",
+        "/var",
+        "--perms",
+        "1777",
+        "--tmpfs",
+        "/var/tmp",
         "--bind",
         str(spec.workspace),
         "/workspace",
         "--chdir",
         "/workspace",
         "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--hostname",
+        "notebook",
+        "--new-session",
+        "--clearenv",
     ]
+    if env_fd is not None:
+        prefix += ["--args", str(env_fd)]
     for mount in spec.mounts:
         prefix += ["--ro-bind" if mount.read_only else "--bind", mount.source, mount.target]
-    if os.geteuid() == 0:
-        prefix += ["setpriv", f"--reuid={spec.uid}", f"--regid={spec.uid}", "--clear-groups"]
+    prefix += [
+        "--",
+        "/usr/bin/setpriv",
+        f"--reuid={spec.uid}",
+        f"--regid={spec.uid}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
+    ]
     return prefix + argv
+
+
+def environment_file(env: dict[str, str]) -> int:
+    """An anonymous file holding `--setenv NAME VALUE` for each variable, for bwrap's
+    `--args`; the caller passes the descriptor to bwrap and closes it."""
+    fd = os.memfd_create("nbcloud-env", 0)
+    data = b"".join(
+        b"--setenv\0" + name.encode() + b"\0" + value.encode() + b"\0"
+        for name, value in env.items()
+    )
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def require_root() -> None:
+    """Notebooks run as uids of their own, which only a root host worker can give them;
+    never as the platform's own user, which could read its secrets and database."""
+    if os.geteuid() != 0:
+        raise StartError(
+            "This host cannot isolate notebooks: its worker does not run as root.",
+            "the process runtime needs root to run each notebook as its own uid in its own "
+            "network namespace; run the host worker as root, or use the docker runtime",
+        )
 
 
 def _running(proc: psutil.Process) -> bool:
@@ -89,7 +212,7 @@ class ProcessRuntime(Runtime):
     def endpoint(self) -> Endpoint | None:
         if "port" not in self.state:
             return None
-        return Endpoint("127.0.0.1", self.state["port"], self.spec.base_url)
+        return Endpoint(self.state["address"], self.state["port"], self.spec.base_url)
 
     def _process(self) -> psutil.Process | None:
         pid = self.state.get("pid")
@@ -120,33 +243,54 @@ class ProcessRuntime(Runtime):
     def start(self) -> Endpoint:
         if self._process() is not None:
             return self.endpoint
+        require_root()
+        network.destroy(self.state)  # a previous run's namespace, if any
         port = free_port()
-        argv, secret_env = editor_command(self.spec, port)
+        # Every address of its own namespace: its own loopback, and its own eth0,
+        # where the gateway (on the host) reaches it.
+        argv, secret_env = editor_command(self.spec, port, "0.0.0.0")
         env = {
             "CUDA_VISIBLE_DEVICES": ",".join(self.spec.gpu_uuids),
             **editor_environment(self.spec, secret_env),
         }
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            try:
+        net = network.create(self.spec.notebook_id, self.spec.uid)
+        env_fd = environment_file(env)
+        try:
+            with open(self.log_path, "ab") as log:
                 groups = cgroups.create(
-                    self.spec.notebook_id, cpus=self.spec.cpus, memory_bytes=self.spec.memory_bytes
+                    self.spec.notebook_id,
+                    cpus=self.spec.cpus,
+                    memory_bytes=self.spec.memory_bytes,
+                    pids=settings.NBCLOUD_NOTEBOOK_PIDS_MAX,
                 )
                 proc = psutil.Popen(
-                    cgroups.join_argv(groups, sandbox_argv(self.spec, argv)),
+                    cgroups.join_argv(
+                        groups,
+                        network.enter_argv(
+                            self.spec.notebook_id, sandbox_argv(self.spec, argv, env_fd)
+                        ),
+                    ),
                     stdin=open(os.devnull, "rb"),  # noqa: SIM115
                     stdout=log,
                     stderr=log,
-                    env=env,
+                    env=network.LAUNCH_ENV,
                     cwd="/",
                     start_new_session=True,
+                    pass_fds=(env_fd,),
                 )
-            except FileNotFoundError as exc:
-                raise StartError(
-                    "This host cannot sandbox editors (bubblewrap is missing).",
-                    f"{exc}; install it with: apt-get install bubblewrap",
-                ) from exc
-        self.state = {"pid": proc.pid, "create_time": proc.create_time(), "port": port}
+        except FileNotFoundError as exc:
+            network.destroy(net)
+            raise StartError(
+                "This host cannot sandbox editors (bubblewrap is missing).",
+                f"{exc}; install it with: apt-get install bubblewrap",
+            ) from exc
+        except BaseException:
+            network.destroy(net)
+            raise
+        finally:
+            os.close(env_fd)
+        self.state = {"pid": proc.pid, "create_time": proc.create_time(), "port": port, **net}
         return self.endpoint
 
     def poll(self) -> int | None:
@@ -165,6 +309,7 @@ class ProcessRuntime(Runtime):
         proc = self._process()
         if proc is None:
             cgroups.remove(self.spec.notebook_id)
+            network.destroy(self.state)
             return
         # The whole tree: the sandbox, the editor and its kernels, which may
         # sit in sessions of their own.
@@ -178,6 +323,7 @@ class ProcessRuntime(Runtime):
                 member.kill()
         _wait_gone(alive, 5)
         cgroups.remove(self.spec.notebook_id)
+        network.destroy(self.state)
 
     def stats(self) -> dict:
         proc = self._process()

@@ -40,6 +40,8 @@ def read_gpus() -> list[dict]:
                 gpus.append(
                     {
                         "index": index,
+                        # /dev/nvidia<minor> is this GPU's device node.
+                        "minor": int(pynvml.nvmlDeviceGetMinorNumber(handle)),
                         "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
                         "model": _text(pynvml.nvmlDeviceGetName(handle)),
                         "memory_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),

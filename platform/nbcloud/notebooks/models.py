@@ -1,7 +1,8 @@
 import uuid
 
 from django.conf import settings
-from django.db import models
+from django.core.exceptions import ImproperlyConfigured
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from nbcloud.hosts.models import Host
@@ -72,6 +73,10 @@ class Notebook(models.Model):
     # The runtime's JSON state (a pid, a port, a container id), so any worker
     # on the host can take over.
     runtime_state = models.JSONField(default=dict, blank=True)
+    # The unprivileged uid (and gid) the notebook's editor runs as, on every
+    # host: allocated once, never shared with another notebook, so a workspace
+    # keeps its owner across restarts and notebooks cannot read each other.
+    sandbox_uid = models.PositiveBigIntegerField(unique=True, null=True, editable=False)
 
     class Meta:
         ordering = ["created_at"]
@@ -83,15 +88,42 @@ class Notebook(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.id})"
 
+    def save(self, *args, **kwargs):
+        if self.sandbox_uid is None and self._state.adding:
+            return allocate_sandbox_uid(self, lambda: super(Notebook, self).save(*args, **kwargs))
+        return super().save(*args, **kwargs)
+
     @property
     def units(self) -> int:
         return self.gpu or self.cpu
 
-    @property
-    def sandbox_uid(self) -> int:
-        # Deterministic per notebook so a workspace keeps its owner across
-        # restarts; distinct between notebooks so they cannot read each other.
-        return settings.NBCLOUD_SANDBOX_UID_BASE + (self.id.int % 100_000_000)
+    def ensure_sandbox_uid(self) -> int:
+        """This notebook's uid, allocated now for a row made without one (bulk inserts)."""
+        if self.sandbox_uid is None:
+            allocate_sandbox_uid(self, lambda: self.save(update_fields=["sandbox_uid"]))
+        return self.sandbox_uid
+
+
+def allocate_sandbox_uid(notebook: Notebook, save, attempts: int = 20):
+    """Give `notebook` the next free uid of the range and save it with `save`; a
+    concurrent allocation of the same uid loses on the unique constraint and retries."""
+    base, count = settings.NBCLOUD_SANDBOX_UID_BASE, settings.NBCLOUD_SANDBOX_UID_COUNT
+    for _ in range(attempts):
+        top = Notebook.objects.aggregate(top=models.Max("sandbox_uid"))["top"]
+        candidate = base if top is None or top < base else top + 1
+        if candidate >= base + count:
+            raise ImproperlyConfigured(
+                f"All {count} sandbox uids from NBCLOUD_SANDBOX_UID_BASE={base} are taken: "
+                "raise NBCLOUD_SANDBOX_UID_COUNT"
+            )
+        notebook.sandbox_uid = candidate
+        try:
+            with transaction.atomic():
+                return save()
+        except IntegrityError:
+            if not Notebook.objects.filter(sandbox_uid=candidate).exists():
+                raise
+    raise IntegrityError("could not allocate a sandbox uid: too many concurrent creations")
 
 
 class NotebookEvent(models.Model):

@@ -18,6 +18,63 @@ LABEL_KEY = re.compile(
 )
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Variables that change how programs are found and loaded, or that the platform
+# sets itself: a notebook's owner may not set them (the editor's own launch, its
+# secret and the workspace's pip/conda layout depend on them).
+RESERVED_ENV_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "IFS",
+        "ENV",
+        "BASH_ENV",
+        "CDPATH",
+        "GLOBIGNORE",
+        "PS4",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "TMPDIR",
+        "VIRTUAL_ENV",
+        "PIP_USER",
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "PERL5LIB",
+        "PERL5OPT",
+        "PERLLIB",
+        "RUBYLIB",
+        "RUBYOPT",
+        "GCONV_PATH",
+        "LOCPATH",
+        "NLSPATH",
+        "HOSTALIASES",
+        "RESOLV_HOST_CONF",
+        "MALLOC_CHECK_",
+        "HASHED_PASSWORD",
+        "PASSWORD",
+        "GIT_ASKPASS",
+        "SSH_ASKPASS",
+    }
+)
+RESERVED_ENV_PREFIXES = (
+    "LD_",
+    "DYLD_",
+    "PYTHON",
+    "BASH_FUNC_",
+    "JUPYTER",
+    "JPY_",
+    "CUDA_",
+    "NVIDIA_",
+    "NCCL_",
+    "NBCLOUD_",
+    "CODE_SERVER",
+    "VSCODE_",
+    "GLIBC_",
+    "MALLOC_",
+    "CONDA",
+)
 # Paths a volume may not hide: the system, and the platform's own mounts.
 SYSTEM_PATHS = (
     "/",
@@ -52,6 +109,22 @@ VOLUME_HELP = (
     "use container@alias[/prefix]:/mount/path[:RO|RW|RWD][:cache] or "
     "https://host/repo.git[@branch]:/mount/path[:RO|RW]"
 )
+
+
+def check_env_name(name: str) -> str:
+    """An env var name the owner may set, or a ValidationError naming it and why not."""
+    if not ENV_NAME.match(name):
+        raise ValidationError(
+            f"env var {name!r}: must be a shell variable name: letters, digits and _, "
+            "not starting with a digit"
+        )
+    upper = name.upper()
+    if upper in RESERVED_ENV_NAMES or upper.startswith(RESERVED_ENV_PREFIXES):
+        raise ValidationError(
+            f"env var {name!r} is reserved: it changes how programs are found or loaded, "
+            "or the platform sets it. Choose another name (for example MY_{name})."
+        )
+    return name
 
 
 def check_label_key(key: str) -> None:

@@ -101,13 +101,11 @@ class ResourcesSerializer(serializers.Serializer):
 
 
 class EnvVarSerializer(serializers.Serializer):
-    name = serializers.RegexField(
-        spec.ENV_NAME,
-        error_messages={
-            "invalid": "must be a shell variable name: letters, digits and _, not starting with a digit"
-        },
-    )
+    name = serializers.CharField(max_length=255)
     value = serializers.CharField(allow_blank=True, max_length=32768)
+
+    def validate_name(self, value: str) -> str:
+        return _django_to_drf(spec.check_env_name, value)
 
 
 class LabelsField(serializers.DictField):

@@ -1,0 +1,68 @@
+"""What a host refuses before it runs any notebook: uids that are not the
+sandbox's own, a host network for containers, reserved variables."""
+
+from pathlib import Path
+
+import pytest
+
+from workers.runtimes import network
+from workers.runtimes.base import LaunchSpec, StartError
+from workers.runtimes.docker import container_config
+
+
+def test_a_uid_range_overlapping_subordinate_ids_is_refused(settings, monkeypatch, tmp_path):
+    subuid = tmp_path / "subuid"
+    subuid.write_text("alice:100000:65536\n")
+    real_path = Path
+
+    def tables(name, *args):
+        return subuid if str(name) == "/etc/subuid" else real_path(name, *args)
+
+    monkeypatch.setattr(network, "Path", tables)
+    settings.NBCLOUD_SANDBOX_UID_BASE = 150000
+    with pytest.raises(StartError) as refused:
+        network.check_uid_range()
+    assert "alice:100000:65536" in str(refused.value)
+    assert "NBCLOUD_SANDBOX_UID_BASE=150000" in str(refused.value)
+    settings.NBCLOUD_SANDBOX_UID_BASE = 2_000_000_000
+    network.check_uid_range()  # clear of it
+
+
+def test_a_uid_outside_the_range_gets_no_network(settings):
+    with pytest.raises(StartError, match="outside the sandbox range"):
+        network.connect("00000000-0000-0000-0000-000000000000", "nbcloud-none", 1000)
+
+
+def test_the_hosts_network_is_refused_for_containers(settings):
+    settings.NBCLOUD_DOCKER_NETWORK = "host"
+    spec = LaunchSpec(
+        notebook_id="n", editor_id="jupyterlab", env_dir=Path("/opt/env"),
+        workspace=Path("/nonexistent"), uid=2_000_000_001, secret="s", base_url="/n/",
+        image="nbcloud/conda:py311",
+    )  # fmt: skip
+    with pytest.raises(StartError, match="NBCLOUD_DOCKER_NETWORK=host"):
+        container_config(spec, 8888, host_cpus=2)
+
+
+def test_the_rules_keep_notebooks_from_private_ranges_and_the_host():
+    rules = network.ruleset()
+    for private in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "127.0.0.0/8",
+        "224.0.0.0/3",
+    ):
+        assert private in rules
+    assert 'iifname "nbv*" counter reject' in rules  # the host itself
+    assert "meta nfproto ipv6 counter reject" in rules
+    assert "fib saddr . iif oif missing counter drop" in rules  # no other source address
+
+
+def test_notebook_addresses_follow_their_unique_uids(settings):
+    base = settings.NBCLOUD_SANDBOX_UID_BASE
+    addresses = {network.address_of(base + i) for i in range(1000)}
+    assert len(addresses) == 1000
+    assert all(a.startswith("100.") for a in addresses)
