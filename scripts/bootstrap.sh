@@ -14,10 +14,10 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # What running needs: bubblewrap (the editors' sandbox), python3-venv (the
 # environments are virtualenvs of /usr/bin/python3, which the sandbox users can
-# run), passt (pasta: each notebook's own network namespace) and nftables (its
-# rules). The tests add a browser, an ssh server and git (git daemon) for the
-# git volumes, and curl for the fresh-machine check.
-RUN_PACKAGES="bubblewrap python3-venv passt nftables"
+# run), iproute2 (`ip`: each notebook's own network namespace and veth pair) and
+# nftables (what that network may reach). The tests add a browser, an ssh
+# server and git (git daemon) for the git volumes, and curl.
+RUN_PACKAGES="bubblewrap python3-venv iproute2 nftables"
 TEST_PACKAGES="chromium openssh-server git curl"
 
 installed() {
@@ -30,9 +30,18 @@ sysdeps() {
     test) wanted="$RUN_PACKAGES $TEST_PACKAGES" ;;
     *) die "usage: $0 sysdeps run|test" ;;
   esac
+  # The process runtime runs each notebook as a uid of its own in a network
+  # namespace of its own: only root can. `sudo make ...` also installs what
+  # is missing, so it is the one command to give.
+  if [ "$(id -u)" != 0 ] && [ "${NBCLOUD_RUNTIME:-process}" = process ]; then
+    printf '\nnbcloud runs each notebook as a user of its own, in a network of its own,\n' >&2
+    printf 'which needs root. Run:\n\n    sudo make %s\n\n' "$1" >&2
+    printf 'It installs the system packages it needs first (%s).\n' "$wanted" >&2
+    exit 2
+  fi
   if ! command -v dpkg-query >/dev/null; then
-    for tool in bwrap pasta nft; do
-      command -v "$tool" >/dev/null || die "$tool is missing: nbcloud's setup knows Debian and Ubuntu only; install bubblewrap, passt and nftables with your system's packages"
+    for tool in bwrap ip nft; do
+      command -v "$tool" >/dev/null || die "$tool is missing: nbcloud's setup knows Debian only; install bubblewrap, iproute2 and nftables with your system's packages"
     done
     return 0
   fi

@@ -87,6 +87,14 @@ class Command(BaseCommand):
 
         if settings.NBCLOUD_RUNTIME == "process":
             ensure_bubblewrap()
+            if os.geteuid() != 0:
+                self.stderr.write(
+                    self.style.WARNING(
+                        "not root: the process runtime will refuse to start notebooks "
+                        "(each runs as a user of its own, in a network of its own); "
+                        "run `sudo make run`, or set NBCLOUD_RUNTIME=docker"
+                    )
+                )
         data_dir = Path(settings.DATA_DIR).resolve()
         run_lock = _take_run_lock(data_dir)
         try:
