@@ -106,10 +106,15 @@ if [ "${1:-}" = "__inside" ]; then
     [ -f "$conf" ] && cp "$conf" "$ROOT/etc/apt/apt.conf.d/"
   done
 
+  # The root shares this machine's kernel, where another platform (a test run)
+  # may give its notebooks the same uids and addresses: this one takes a uid
+  # range and an address pool of its own.
+  platform_env=(NBCLOUD_SANDBOX_UID_BASE=3000000000 NBCLOUD_NOTEBOOK_ADDRESSES=100.127.0.0/16)
+
   in_root() {  # run a bash script in the root as root, with a clean environment
     chroot "$ROOT" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
       PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-      DEBIAN_FRONTEND=noninteractive "${cert_env[@]}" "$@"
+      DEBIAN_FRONTEND=noninteractive "${cert_env[@]}" "${platform_env[@]}" "$@"
   }
 
   # 1. The README's prerequisites, its own command (sudo is not in minbase: root runs it).
@@ -195,11 +200,13 @@ EOF
     local waited=0 state
     while :; do
       state=$(in_root curl -sf -H "Authorization: Bearer $token" "$api" \
-        | in_root python3 -c 'import json, sys; s = json.load(sys.stdin)["status"]; print(s["state"], s["url"] or "-", s["info"]["code"] if s.get("info") else "")') \
+        | in_root python3 -c 'import json, sys; s = json.load(sys.stdin)["status"]; i = s.get("info") or {}; print(s["state"], s["url"] or "-", i.get("code", ""), i.get("message", ""))') \
         || state="?"
       case "$state" in
         "$1 "*) echo "${state#* }" | cut -d' ' -f1; return 0 ;;
-        FAILED*) fail "the notebook failed: $state" ;;
+        FAILED*)
+          grep -v '^[0-9:]* \(web\|flower\|beat\) ' "$ROOT"/root/make-run-*.log | tail -60
+          fail "the notebook failed: $state" ;;
       esac
       [ "$waited" -lt 600 ] || fail "the notebook did not get to $1 (last: $state)"
       sleep 1
@@ -209,8 +216,12 @@ EOF
   url=$(wait_state RUNNING)
   log "notebook RUNNING at $url"
 
-  cell() {  # CODE: what the cell printed
-    in_root /root/nbcloud/.venv/bin/python /root/nbcloud/.ci/run_cell.py "$url" "$token" "$1"
+  cell() {  # CODE: what the cell printed (on failure, the platform's and the editor's logs)
+    if ! in_root /root/nbcloud/.venv/bin/python /root/nbcloud/.ci/run_cell.py "$url" "$token" "$1"; then
+      tail -n 80 "$(ls -t "$ROOT"/root/make-run-*.log | head -1)" >&2
+      find "$ROOT/root/nbcloud/var/logs" -name "*$notebook*" -exec tail -n 30 {} + >&2 2>/dev/null || true
+      return 1
+    fi
   }
   # A wheel made in the notebook, installed with a plain `pip install` (to
   # /workspace/.local); no index, so the check does not hang on the network.
