@@ -125,7 +125,16 @@ class Platform:
         self.proc = subprocess.Popen(
             [sys.executable, "manage.py", "runplatform"],
             cwd=ROOT,
-            env=_env(data_dir, PORT=str(port), NBCLOUD_RECONCILE_INTERVAL="2", **env),
+            env=_env(
+                data_dir,
+                PORT=str(port),
+                NBCLOUD_RECONCILE_INTERVAL="2",
+                # Not the uids and addresses of the suite's own platform, whose
+                # notebooks may run on this host at the same time.
+                NBCLOUD_SANDBOX_UID_BASE="3100000000",
+                NBCLOUD_NOTEBOOK_ADDRESSES="100.126.0.0/16",
+                **env,
+            ),
             stdout=self.log,
             stderr=subprocess.STDOUT,
             process_group=0,
