@@ -28,6 +28,18 @@ import requests
 import websocket
 
 ROOT = Path(__file__).resolve().parent.parent
+_getaddrinfo = socket.getaddrinfo
+
+
+def _resolve_localhost_subdomains(host, *args, **kwargs):
+    """`*.localhost` is loopback (RFC 6761), as browsers and curl resolve it: each
+    notebook's origin is `<id>.localhost:<port>` on the embedded default."""
+    if isinstance(host, str) and host.lower().rstrip(".").endswith(".localhost"):
+        host = "127.0.0.1"
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+socket.getaddrinfo = _resolve_localhost_subdomains
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 from django.conf import settings
@@ -25,6 +25,25 @@ from workers.runtimes import LaunchSpec
 from workers.runtimes.process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _localhost_subdomains():
+    """Resolve `*.localhost` to loopback in the tests' process, as browsers and curl do
+    (RFC 6761): each notebook's origin is `<id>.localhost:<port>` on the embedded default,
+    and the platform's test server listens on 127.0.0.1."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if isinstance(host, bytes):
+            host = host.decode()
+        if isinstance(host, str) and host.lower().rstrip(".").endswith(".localhost"):
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    socket.getaddrinfo = getaddrinfo
+    yield
+    socket.getaddrinfo = real
 
 
 @pytest.fixture(autouse=True)
@@ -50,6 +69,12 @@ def make_notebook(project: Project, **fields):
         "region": "GRA",
     }
     return Notebook.objects.create(project=project, **{**spec, **fields})
+
+
+def notebook_url(platform_server: str, notebook_id) -> str:
+    """A notebook's `status.url` on the embedded default: its own origin, <id>.localhost."""
+    port = urlsplit(platform_server).port
+    return f"http://{notebook_id}.localhost:{port}/notebooks/{notebook_id}/"
 
 
 def _client(token: str) -> APIClient:
@@ -162,9 +187,14 @@ def public_url(platform_port) -> str:
     return f"http://127.0.0.1:{platform_port}"
 
 
+# The scrape token the platform and the workers started here answer (Bearer).
+METRICS_TOKEN = "test-metrics-token"
+
+
 def _service_env(broker_url: str, worker_host: str, public_url: str) -> dict[str, str]:
     return {
         **os.environ,
+        "NBCLOUD_METRICS_TOKEN": METRICS_TOKEN,
         "DATABASE_URL": _database_url(),
         "CELERY_BROKER_URL": broker_url,
         "NBCLOUD_HOST_NAME": worker_host,
@@ -356,7 +386,7 @@ def make_spec(base_dir, conda_env, settings):
     def make(**overrides) -> LaunchSpec:
         notebook_id = str(uuid.uuid4())
         uid = overrides.pop(
-            "uid", settings.NBCLOUD_SANDBOX_UID_BASE + 5_000_000 + int(notebook_id[:4], 16)
+            "uid", settings.NBCLOUD_SANDBOX_UID_BASE + 3_000_000 + int(notebook_id[:4], 16)
         )
         fields = {
             "notebook_id": notebook_id,

@@ -247,21 +247,69 @@ def registry(sampler: Sampler):
     return reg
 
 
-def serve(sampler: Sampler) -> None:
-    """Serve the samples on NBCLOUD_WORKER_METRICS_ADDR:PORT; a busy port is logged, not fatal."""
-    from prometheus_client import start_http_server
+def _scrape_token_required(app):
+    """The WSGI app `app`, answering only a bearer NBCLOUD_METRICS_TOKEN (from loopback too)."""
+    import json
+    from http import HTTPStatus
+
+    from nbcloud.monitoring import scrape
+
+    def guarded(environ, start_response):
+        refused = scrape.refusal(environ.get("HTTP_AUTHORIZATION", ""))
+        if refused is None:
+            return app(environ, start_response)
+        status, message = refused
+        body = json.dumps({"code": scrape.code_of(status), "message": message}).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        if status == 401:
+            headers.append(("WWW-Authenticate", "Bearer"))
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+        return [body]
+
+    return guarded
+
+
+def serve(sampler: Sampler):
+    """Serve the samples on NBCLOUD_WORKER_METRICS_ADDR:PORT, for a scrape token only.
+
+    A busy port is logged, not fatal. Returns the server (None when not serving).
+    """
+    import socket
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client import make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer
 
     port = settings.NBCLOUD_WORKER_METRICS_PORT
+    addr = settings.NBCLOUD_WORKER_METRICS_ADDR
     if not port:
-        return
+        return None
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0][0]
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format, *args):  # noqa: A002  (the base class's name)
+            pass
+
+    app = _scrape_token_required(make_wsgi_app(registry(sampler)))
     try:
-        start_http_server(port, settings.NBCLOUD_WORKER_METRICS_ADDR, registry=registry(sampler))
+        server = make_server(addr, port, app, Server, handler_class=QuietHandler)
     except OSError as exc:
         log.warning(
             "notebook metrics not served on %s:%s (%s): set NBCLOUD_WORKER_METRICS_PORT",
-            settings.NBCLOUD_WORKER_METRICS_ADDR,
+            addr,
             port,
             exc,
         )
-        return
-    log.info("notebook metrics on http://%s:%s/metrics", settings.NBCLOUD_WORKER_METRICS_ADDR, port)
+        return None
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    if not settings.NBCLOUD_METRICS_TOKEN:
+        log.warning(
+            "notebook metrics on http://%s:%s/metrics refuse every scrape: "
+            "set NBCLOUD_METRICS_TOKEN",
+            addr,
+            port,
+        )
+    log.info("notebook metrics on http://%s:%s/metrics", addr, port)
+    return server

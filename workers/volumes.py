@@ -3,6 +3,9 @@
 Object-storage volumes (`container@alias[/prefix]:/workspace/path[:RO|RW|RWD][:cache]`)
 are pulled into a directory of the host before the editor starts and bound at
 their mount path; RW and RWD volumes are pushed back on stop and on demand.
+A `:cache` volume is pulled into the project's cache on the host, which only
+root reads and writes, and each notebook gets its own copy of it: a cache is
+never bound into a notebook.
 Each directory has a manifest beside it (never inside, so the user never sees
 it) recording, per file, the object's ETag and size and the local file's size
 and mtime as last synced: a pull fetches only what changed remotely, a push
@@ -14,18 +17,28 @@ it live with the workspace and its backups; nbcloud never pushes to git.
 
 Credentials come from the project's datastores and never reach a message,
 an event or a log line.
+
+The directories bound into a notebook, and its workspace, are the notebook's:
+it can plant links there and swap them while root works. Root touches them
+only through safefs (handles opened beneath the tree's root without following
+links, new files renamed into place, uploads from a handle it opened itself);
+git clones into a directory beside the workspace that the notebook cannot
+reach, and the finished clone is moved into place.
 """
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import stat
 import tempfile
 import threading
 import time
+from collections import deque
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -35,17 +48,15 @@ from django.conf import settings
 from s3transfer.subscribers import BaseSubscriber
 
 from nbcloud.notebooks.models import Notebook
-from nbcloud.notebooks.states import State
 from nbcloud.projects.models import Datastore
 
+from . import safefs
 from .runtimes.base import Mount
-from .workspace import chown_tree
 
 log = logging.getLogger(__name__)
 WORKSPACE = PurePosixPath("/workspace")
 MANIFEST_SUFFIX = ".manifest.json"
 PROGRESS_EVERY = 0.5  # seconds between progress writes to the notebook row
-LIVE_STATES = (State.STARTING, State.RUNNING, State.RESTARTING, State.STOPPING)
 
 
 class VolumeError(RuntimeError):
@@ -117,41 +128,30 @@ def _cache_dir(notebook: Notebook, volume: dict) -> Path:
 
 
 def volume_dir(notebook: Notebook, index: int, volume: dict) -> Path:
-    """The volume's directory on this host: the project's cache, or the notebook's own.
+    """The volume's directory on this host, bound into the notebook: always its own.
 
-    A cached volume serves one notebook at a time (its files belong to that
-    notebook's user); a second notebook of the project running beside it
-    gets its own copy, marked so that its push and clean-up find it.
+    A cached volume's copy comes from the project's cache (`_cache_dir`), which
+    is never bound into a notebook.
     """
-    if volume.get("cache") and not _uses_private_copy(notebook, index):
-        return _cache_dir(notebook, volume)
     return _private_dir(notebook, index)
 
 
-def _private_marker(notebook: Notebook, index: int) -> Path:
-    return _private_dir(notebook, index).with_name(f"{index}.private")
-
-
-def _uses_private_copy(notebook: Notebook, index: int) -> bool:
-    return _private_marker(notebook, index).exists()
-
-
-def _claim_cache(notebook: Notebook, index: int, volume: dict) -> None:
-    """Use the project's cache unless another live notebook holds it."""
-    holder_file = _cache_dir(notebook, volume).with_suffix(".holder")
-    holder = holder_file.read_text().strip() if holder_file.exists() else ""
-    live = (
-        holder
-        and holder != str(notebook.pk)
-        and Notebook.objects.filter(pk=holder, state__in=LIVE_STATES).exists()
-    )
-    if live:
-        marker = _private_marker(notebook, index)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
-        return
-    holder_file.parent.mkdir(parents=True, exist_ok=True)
-    holder_file.write_text(str(notebook.pk))
+@contextlib.contextmanager
+def _cache_lock(cache: Path, *, wait: bool = True):
+    """Holds the cache directory for one pull (or prune) at a time; yields False when
+    `wait` is off and another holds it."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(cache.parent, 0o700)
+    fd = os.open(cache.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def _manifest_path(directory: Path) -> Path:
@@ -180,16 +180,20 @@ def _workspace_target(workspace: Path, mount_path: str) -> Path:
     return workspace / PurePosixPath(mount_path).relative_to(WORKSPACE)
 
 
-def _make_dirs(workspace: Path, target: Path, uid: int) -> None:
-    """`target` and its missing parents below the workspace, owned by the notebook's user."""
-    missing = []
-    while target != workspace and not target.exists():
-        missing.append(target)
-        target = target.parent
-    for path in reversed(missing):
-        path.mkdir()
-        if os.geteuid() == 0:
-            os.lchown(path, uid, uid)
+def _make_dirs(workspace: Path, target: Path, uid: int, volume: dict) -> None:
+    """`target` and its missing parents below the workspace, owned by the notebook's user;
+    made beneath a handle on the workspace, never through one of its links."""
+    rel = target.relative_to(workspace).as_posix()
+    root_fd = safefs.open_root(workspace)
+    try:
+        os.close(safefs.open_dir(root_fd, rel, create=True, uid=uid))
+    except safefs.UnsafePath as exc:
+        raise VolumeError(
+            f"volume {volume['spec']}: cannot make its mount point in the workspace: "
+            f"{exc.strerror}; remove it from the workspace or choose another mount path"
+        ) from None
+    finally:
+        os.close(root_fd)
 
 
 # Object storage.
@@ -261,17 +265,6 @@ def _list_objects(client, bucket: str, prefix: str) -> dict[str, dict]:
     return objects
 
 
-def _local_files(directory: Path) -> dict[str, os.stat_result]:
-    files = {}
-    for root, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(root, name)
-            st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode):
-                files[os.path.relpath(path, directory)] = st
-    return files
-
-
 def _transfer_manager(client):
     config = TransferConfig(
         multipart_threshold=settings.NBCLOUD_S3_PART_SIZE,
@@ -282,21 +275,77 @@ def _transfer_manager(client):
     return create_transfer_manager(client, config)
 
 
+def _in_flight() -> int:
+    """Transfers handed to the manager at once (each holds a file open)."""
+    return max(16, 4 * settings.NBCLOUD_S3_CONCURRENCY)
+
+
 def _unchanged(entry: dict | None, st: os.stat_result) -> bool:
     return bool(entry) and entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns
 
 
-def pull_object_volume(notebook: Notebook, index: int, volume: dict, status: SyncStatus) -> Path:
-    """Mirror the volume's objects into its directory; fetch only what changed."""
-    store = _datastore(notebook, volume)
-    directory = volume_dir(notebook, index, volume)
+def _ensure_dir(directory: Path, mode: int) -> int:
+    """Make `directory` (its parents are root's) and open it without following a link."""
     directory.mkdir(parents=True, exist_ok=True)
+    fd = safefs.open_root(directory)
+    os.fchmod(fd, mode)
+    return fd
+
+
+def _delete_local(root_fd: int, rel: str) -> None:
+    with (
+        contextlib.suppress(FileNotFoundError, safefs.UnsafePath),
+        safefs.parent_of(root_fd, rel) as (dir_fd, name),
+    ):
+        os.unlink(name, dir_fd=dir_fd)
+
+
+class _NewFile:
+    """A file being written beneath a tree under a temporary name, renamed into place."""
+
+    def __init__(self, root_fd: int, rel: str, uid: int | None):
+        self.rel, self.uid = rel, uid
+        with safefs.parent_of(root_fd, rel, create=True, uid=uid, clear=True) as (dir_fd, name):
+            self.dir_fd = os.dup(dir_fd)
+            self.name = name
+        fd, self.temp = safefs.new_file(self.dir_fd)
+        self.file = os.fdopen(fd, "wb")
+
+    def commit(self, mtime_ns: int | None = None) -> os.stat_result:
+        self.file.flush()
+        fd = self.file.fileno()
+        if mtime_ns is not None:
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+        os.fchmod(fd, 0o644)
+        if self.uid is not None and os.geteuid() == 0:
+            os.fchown(fd, self.uid, self.uid)
+        st = os.fstat(fd)
+        self.file.close()
+        safefs.replace(self.dir_fd, self.temp, self.name)
+        os.close(self.dir_fd)
+        self.dir_fd = None
+        return st
+
+    def discard(self) -> None:
+        self.file.close()
+        if self.dir_fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.temp, dir_fd=self.dir_fd)
+            os.close(self.dir_fd)
+            self.dir_fd = None
+
+
+def _pull_into(
+    client, volume: dict, directory: Path, status: SyncStatus, index: int, uid: int | None
+) -> None:
+    """Mirror the volume's objects into `directory` (files given to `uid` if set)."""
     prefix = _prefix(volume)
-    client = store.s3_client(max_pool_connections=settings.NBCLOUD_S3_CONCURRENCY * 2)
+    root_fd = _ensure_dir(directory, 0o700)
+    pending: deque[tuple[str, _NewFile, object]] = deque()
+    manifest = _read_manifest(directory)
     try:
         remote = _list_objects(client, volume["container"], prefix)
-        manifest = _read_manifest(directory)
-        local = _local_files(directory)
+        local = safefs.regular_files(root_fd)
         wanted = [
             rel
             for rel, obj in remote.items()
@@ -313,51 +362,150 @@ def pull_object_volume(notebook: Notebook, index: int, volume: dict, status: Syn
             files_total=len(wanted),
             bytes_total=sum(remote[r]["size"] for r in wanted),
         )
-        for rel in set(local) - set(remote):  # deleted remotely since the cache was filled
-            (directory / rel).unlink()
+        for rel in set(local) - set(remote):  # deleted remotely since the last pull
+            _delete_local(root_fd, rel)
             manifest.pop(rel, None)
-        with _transfer_manager(client) as manager:
-            futures = []
-            for rel in wanted:
-                target = directory / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                futures.append(
-                    (
-                        rel,
-                        manager.download(
-                            volume["container"],
-                            prefix + rel,
-                            str(target),
-                            subscribers=[_Progress(status, index)],
-                        ),
-                    )
-                )
-            for done, (rel, future) in enumerate(futures, 1):
+        done = 0
+
+        def finish() -> None:
+            nonlocal done
+            rel, new, future = pending.popleft()
+            try:
                 future.result()
-                st = os.stat(directory / rel)
-                manifest[rel] = {
-                    "etag": remote[rel]["etag"],
-                    "size": st.st_size,
-                    "mtime_ns": st.st_mtime_ns,
-                }
-                status.update(index, files_done=done)
+                st = new.commit()
+            except BaseException:
+                new.discard()
+                raise
+            manifest[rel] = {
+                "etag": remote[rel]["etag"],
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+            }
+            done += 1
+            status.update(index, files_done=done)
+
+        with _transfer_manager(client) as manager:
+            for rel in wanted:
+                try:
+                    new = _NewFile(root_fd, rel, uid)
+                except safefs.UnsafePath as exc:
+                    raise VolumeError(f"volume {volume['spec']}: {exc.strerror}") from None
+                future = manager.download(
+                    volume["container"],
+                    prefix + rel,
+                    new.file,
+                    subscribers=[_Progress(status, index)],
+                )
+                pending.append((rel, new, future))
+                if len(pending) >= _in_flight():
+                    finish()
+            while pending:
+                finish()
+    finally:
+        for _, new, _ in pending:
+            new.discard()
+        os.close(root_fd)
+        _write_manifest(directory, manifest)
+
+
+def _copy_from_cache(cache: Path, directory: Path, uid: int) -> None:
+    """Mirror the (root-only) cache into the notebook's own copy, never following a link
+    of that copy, and only what differs from what it holds."""
+    cached = _read_manifest(cache)
+    manifest = _read_manifest(directory)
+    cache_fd = safefs.open_root(cache)
+    root_fd = _ensure_dir(directory, 0o700)
+    try:
+        local = safefs.regular_files(root_fd)
+        for rel in set(local) - set(cached):
+            _delete_local(root_fd, rel)
+            manifest.pop(rel, None)
+        for rel, entry in cached.items():
+            mine = manifest.get(rel)
+            if rel in local and _unchanged(mine, local[rel]) and mine.get("etag") == entry["etag"]:
+                continue
+            try:
+                src = safefs.open_regular(cache_fd, rel)
+            except (FileNotFoundError, safefs.UnsafePath):
+                continue  # not a file of the cache's own: the next pull fetches it again
+            if os.fstat(src).st_nlink != 1:
+                # Root makes every file of the cache with one name; another name is a
+                # link planted while caches were still bound into notebooks.
+                os.close(src)
+                _delete_local(cache_fd, rel)
+                continue
+            try:
+                new = _NewFile(root_fd, rel, uid)
+                try:
+                    safefs.copy_file(src, new.file.fileno())
+                    st = new.commit(mtime_ns=os.fstat(src).st_mtime_ns)
+                except BaseException:
+                    new.discard()
+                    raise
+            finally:
+                os.close(src)
+            manifest[rel] = {"etag": entry["etag"], "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    finally:
+        os.close(cache_fd)
+        os.close(root_fd)
+        _write_manifest(directory, manifest)
+
+
+def pull_object_volume(notebook: Notebook, index: int, volume: dict, status: SyncStatus) -> Path:
+    """Mirror the volume's objects into the notebook's directory; fetch only what changed.
+
+    A cached volume is fetched into the project's cache, then copied from there.
+    """
+    store = _datastore(notebook, volume)
+    directory = _private_dir(notebook, index)
+    uid = notebook.sandbox_uid
+    client = store.s3_client(max_pool_connections=settings.NBCLOUD_S3_CONCURRENCY * 2)
+    try:
+        if volume.get("cache"):
+            cache = _cache_dir(notebook, volume)
+            with _cache_lock(cache):
+                if os.geteuid() == 0:
+                    os.close(_ensure_dir(cache, 0o700))
+                    os.chown(cache, 0, 0, follow_symlinks=False)  # root's alone
+                _pull_into(client, volume, cache, status, index, uid=None)
+                os.utime(_manifest_path(cache))  # the cache's "last used"
+                _copy_from_cache(cache, directory, uid)
+        else:
+            _pull_into(client, volume, directory, status, index, uid=uid)
     except (ClientError, BotoCoreError) as exc:
         raise _s3_error(volume, store, exc) from exc
     finally:
         client.close()
-    _write_manifest(directory, manifest)
-    os.utime(_manifest_path(directory))  # the cache's "last used"
     status.update(index, force=True, state="DONE")
     return directory
 
 
-def _local_changes(directory: Path, volume: dict):
+def _local_changes(root_fd: int, directory: Path, volume: dict):
     """(manifest, local files, changed files, deleted files) of a pulled directory."""
     manifest = _read_manifest(directory)
-    local = _local_files(directory)
+    local = safefs.regular_files(root_fd)
     changed = [rel for rel, st in local.items() if not _unchanged(manifest.get(rel), st)]
     deleted = [rel for rel in manifest if rel not in local] if volume["permission"] == "RWD" else []
     return manifest, local, changed, deleted
+
+
+def _open_for_upload(root_fd: int, rel: str, uid: int) -> tuple[int, os.stat_result] | None:
+    """A handle on the file to send, opened without following links, or None (with a
+    warning) when it is not a regular file any more, or is a hard link to someone else's."""
+    try:
+        fd = safefs.open_regular(root_fd, rel)
+    except (FileNotFoundError, safefs.UnsafePath) as exc:
+        log.warning("not pushing %s: %s", rel, exc)
+        return None
+    st = os.fstat(fd)
+    if os.geteuid() == 0 and st.st_uid != uid and st.st_nlink > 1:
+        # A hard link to a file of root's or of another user: not the notebook's to send.
+        log.warning(
+            "not pushing %s: a file of uid %d with %d hard links", rel, st.st_uid, st.st_nlink
+        )
+        os.close(fd)
+        return None
+    return fd, st
 
 
 def push_object_volume(
@@ -366,6 +514,8 @@ def push_object_volume(
     """Upload new and changed files; with RWD also delete what the user deleted.
 
     `index` is the volume's place in the notebook's spec, `entry` its place in `status`.
+    Each file is sent from a handle opened beneath the volume's directory without
+    following links, so a link swapped in while the push runs sends nothing from outside.
     """
     store = _datastore(notebook, volume)
     directory = volume_dir(notebook, index, volume)
@@ -373,7 +523,8 @@ def push_object_volume(
         status.update(entry, force=True, state="DONE", message="nothing pulled: nothing to push")
         return
     prefix = _prefix(volume)
-    manifest, local, changed, deleted = _local_changes(directory, volume)
+    root_fd = safefs.open_root(directory)
+    manifest, local, changed, deleted = _local_changes(root_fd, directory, volume)
     status.update(
         entry,
         force=True,
@@ -382,22 +533,38 @@ def push_object_volume(
         bytes_total=sum(local[r].st_size for r in changed),
     )
     client = store.s3_client(max_pool_connections=settings.NBCLOUD_S3_CONCURRENCY * 2)
+    sent: dict[str, os.stat_result] = {}
+    pending: deque = deque()
     try:
         done = 0
-        with _transfer_manager(client) as manager:
-            futures = [
-                manager.upload(
-                    str(directory / rel),
-                    volume["container"],
-                    prefix + rel,
-                    subscribers=[_Progress(status, entry)],
-                )
-                for rel in changed
-            ]
-            for future in futures:
+
+        def finish() -> None:
+            nonlocal done
+            rel, file, st, future = pending.popleft()
+            try:
                 future.result()
-                done += 1
-                status.update(entry, files_done=done)
+            finally:
+                file.close()
+            sent[rel] = st
+            done += 1
+            status.update(entry, files_done=done)
+
+        with _transfer_manager(client) as manager:
+            for rel in changed:
+                opened = _open_for_upload(root_fd, rel, notebook.sandbox_uid)
+                if opened is None:
+                    done += 1
+                    continue
+                fd, st = opened
+                file = os.fdopen(fd, "rb")
+                future = manager.upload(
+                    file, volume["container"], prefix + rel, subscribers=[_Progress(status, entry)]
+                )
+                pending.append((rel, file, st, future))
+                if len(pending) >= _in_flight():
+                    finish()
+            while pending:
+                finish()
         for start in range(0, len(deleted), 1000):
             batch = deleted[start : start + 1000]
             client.delete_objects(
@@ -408,20 +575,23 @@ def push_object_volume(
                 manifest.pop(rel, None)
             done += len(batch)
             status.update(entry, files_done=done)
-        if changed:
+        if sent:
             # The ETags the store gave the new objects, for the next pull's comparison.
             remote = _list_objects(client, volume["container"], prefix)
-            for rel in changed:
+            for rel, st in sent.items():
                 if rel in remote:
                     manifest[rel] = {
                         "etag": remote[rel]["etag"],
-                        "size": local[rel].st_size,
-                        "mtime_ns": local[rel].st_mtime_ns,
+                        "size": st.st_size,
+                        "mtime_ns": st.st_mtime_ns,
                     }
     except (ClientError, BotoCoreError) as exc:
         _write_manifest(directory, manifest)  # what was deleted stays recorded as deleted
         raise _s3_error(volume, store, exc) from exc
     finally:
+        for _, file, _, _ in pending:
+            file.close()
+        os.close(root_fd)
         client.close()
     _write_manifest(directory, manifest)
     status.update(entry, force=True, state="DONE")
@@ -499,22 +669,86 @@ def _git_error(volume: dict, store: Datastore | None, stderr: str, secrets: list
     return f"volume {volume['spec']}: git clone failed: {last.strip()[:300]}"
 
 
+def _clone_target(workspace_fd: int, rel: str, volume: dict) -> str:
+    """What the workspace holds at the mount path: "absent", "empty" or "cloned"."""
+    try:
+        fd = safefs.open_dir(workspace_fd, rel)
+    except FileNotFoundError:
+        return "absent"
+    except safefs.UnsafePath as exc:
+        raise VolumeError(
+            f"volume {volume['spec']}: {volume['mount_path']} is not a directory of the "
+            f"workspace ({exc.strerror}); remove it or choose another mount path"
+        ) from None
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.stat(".git", dir_fd=fd, follow_symlinks=False)
+            return "cloned"
+        if os.listdir(fd):
+            raise VolumeError(
+                f"volume {volume['spec']}: {volume['mount_path']} already holds files that "
+                "are not a clone of this repository; move them or choose another mount path"
+            )
+        return "empty"
+    finally:
+        os.close(fd)
+
+
 def clone_git_volume(
     notebook: Notebook, volume: dict, workspace: Path, status: SyncStatus, index: int
 ) -> None:
-    """Clone at first start; later starts find the clone in the restored workspace."""
+    """Clone at first start; later starts find the clone in the restored workspace.
+
+    git runs in a fresh root-only directory beside the workspace (same filesystem),
+    the clone is given to the notebook's user there, then moved to its mount path
+    through a handle on its parent opened without following links.
+    """
+    uid = notebook.sandbox_uid
+    rel = PurePosixPath(volume["mount_path"]).relative_to(WORKSPACE).as_posix()
+    workspace_fd = safefs.open_root(workspace)
+    try:
+        state = _clone_target(workspace_fd, rel, volume)
+        if state == "cloned":
+            status.update(index, force=True, state="DONE", message="already cloned")
+            return
+        status.update(index, force=True, state="RUNNING")
+        private = Path(tempfile.mkdtemp(dir=workspace.parent, prefix=f".{workspace.name}.clone-"))
+        try:
+            staging = private / "clone"
+            _run_clone(notebook, volume, staging)
+            safefs.chown_tree(staging, uid, trusted=True)
+            files = sum(len(names) for _, _, names in os.walk(staging))
+            private_fd = safefs.open_root(private)
+            try:
+                with safefs.parent_of(workspace_fd, rel, create=True, uid=uid) as (parent, name):
+                    # Onto nothing or onto the empty mount point; never onto anything else.
+                    os.rename("clone", name, src_dir_fd=private_fd, dst_dir_fd=parent)
+            except safefs.UnsafePath as exc:
+                raise VolumeError(
+                    f"volume {volume['spec']}: cannot place the clone at "
+                    f"{volume['mount_path']}: {exc.strerror}; remove it or choose another "
+                    "mount path"
+                ) from None
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    raise
+                raise VolumeError(
+                    f"volume {volume['spec']}: {volume['mount_path']} changed while cloning; "
+                    "move what is there and start again"
+                ) from None
+            finally:
+                os.close(private_fd)
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
+    finally:
+        os.close(workspace_fd)
+    status.update(index, force=True, state="DONE", files_done=files, files_total=files)
+
+
+def _run_clone(notebook: Notebook, volume: dict, staging: Path) -> None:
+    """`git clone` into `staging` (in a root-only directory) with the datastore's credentials."""
     import git
 
-    target = _workspace_target(workspace, volume["mount_path"])
-    if (target / ".git").exists():
-        status.update(index, force=True, state="DONE", message="already cloned")
-        return
-    if target.exists() and any(target.iterdir()):
-        raise VolumeError(
-            f"volume {volume['spec']}: {volume['mount_path']} already holds files that are "
-            "not a clone of this repository; move them or choose another mount path"
-        )
-    status.update(index, force=True, state="RUNNING")
     store = git_datastore(notebook, volume["url"])
     secrets = store.secrets() if store else {}
     env = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false"}
@@ -540,27 +774,17 @@ def clone_git_volume(
             f"-o StrictHostKeyChecking=accept-new "
             f"-o UserKnownHostsFile={Path(private) / 'known_hosts'}"
         )
-        staging = target.with_name(f".{target.name}.cloning")
-        shutil.rmtree(staging, ignore_errors=True)
         options = {"single_branch": True}
         if settings.NBCLOUD_GIT_CLONE_DEPTH:
             options["depth"] = settings.NBCLOUD_GIT_CLONE_DEPTH
         if volume["branch"]:
             options["branch"] = volume["branch"]
         try:
-            _make_dirs(workspace, target.parent, notebook.sandbox_uid)
             git.Repo.clone_from(volume["url"], staging, env=env, **options)
         except git.GitCommandError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
             raise VolumeError(
                 _git_error(volume, store, str(exc.stderr or ""), list(secrets.values()))
             ) from None
-    if target.exists():
-        target.rmdir()  # empty, checked above
-    staging.rename(target)
-    chown_tree(target, notebook.sandbox_uid)
-    files = sum(len(names) for _, _, names in os.walk(target))
-    status.update(index, force=True, state="DONE", files_done=files, files_total=files)
 
 
 # What the lifecycle calls.
@@ -570,7 +794,11 @@ def _pending_push(notebook: Notebook, index: int, volume: dict) -> bool:
     directory = volume_dir(notebook, index, volume)
     if volume["permission"] == "RO" or not directory.exists():
         return False
-    _, _, changed, deleted = _local_changes(directory, volume)
+    root_fd = safefs.open_root(directory)
+    try:
+        _, _, changed, deleted = _local_changes(root_fd, directory, volume)
+    finally:
+        os.close(root_fd)
     return bool(changed or deleted)
 
 
@@ -592,13 +820,10 @@ def prepare(notebook: Notebook, workspace: Path) -> list[Mount]:
             if volume["type"] == "git":
                 clone_git_volume(notebook, volume, workspace, status, index)
                 continue
-            if volume.get("cache"):
-                _claim_cache(notebook, index, volume)
             directory = pull_object_volume(notebook, index, volume, status)
-            chown_tree(directory, notebook.sandbox_uid)
-            os.chmod(directory, 0o700)
+            safefs.chown_tree(directory, notebook.sandbox_uid)
             target = _workspace_target(workspace, volume["mount_path"])
-            _make_dirs(workspace, target, notebook.sandbox_uid)
+            _make_dirs(workspace, target, notebook.sandbox_uid, volume)
             mounts.append(Mount(str(directory), volume["mount_path"], volume["permission"] == "RO"))
     except VolumeError as exc:
         _mark_failed(status, str(exc))
@@ -631,12 +856,7 @@ def _mark_failed(status: SyncStatus, message: str, position: int | None = None) 
 
 
 def remove_local(notebook: Notebook) -> None:
-    """Forget the private copies; cached volumes stay for the project's next notebook."""
-    for index, volume in _object_volumes(notebook):
-        if volume.get("cache") and not _uses_private_copy(notebook, index):
-            holder_file = _cache_dir(notebook, volume).with_suffix(".holder")
-            if holder_file.exists() and holder_file.read_text().strip() == str(notebook.pk):
-                holder_file.unlink()
+    """Forget the notebook's copies; cached volumes stay for the project's next notebook."""
     shutil.rmtree(settings.NBCLOUD_VOLUMES_DIR / str(notebook.pk), ignore_errors=True)
 
 
@@ -649,10 +869,11 @@ def prune_cache(now: float | None = None) -> int:
         if now - manifest.stat().st_mtime <= settings.NBCLOUD_VOLUME_CACHE_TTL:
             continue
         directory = manifest.with_name(manifest.name[: -len(MANIFEST_SUFFIX)])
-        holder = directory.with_suffix(".holder")
-        if holder.exists():
-            continue  # in use: its notebook refreshes it when it stops
-        shutil.rmtree(directory, ignore_errors=True)
-        manifest.unlink(missing_ok=True)
+        with _cache_lock(directory, wait=False) as held:
+            if not held:
+                continue  # a pull is filling it right now
+            shutil.rmtree(directory, ignore_errors=True)
+            manifest.unlink(missing_ok=True)
+            directory.with_suffix(".lock").unlink(missing_ok=True)
         removed += 1
     return removed

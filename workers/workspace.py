@@ -28,6 +28,9 @@ from django.utils import timezone
 
 from nbcloud.notebooks.models import Backup, Notebook
 
+from . import safefs
+from .runtimes.base import StartError
+
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
 
@@ -74,24 +77,24 @@ def local_path(notebook: Notebook) -> Path:
 
 
 def tree_size(path: Path) -> int:
+    """Bytes of the files below `path`; its links are never followed (os.fwalk)."""
     total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                continue
+    try:
+        walk = os.fwalk(path, follow_symlinks=False)
+        for _, _, files, dir_fd in walk:
+            for name in files:
+                try:
+                    total += os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_size
+                except OSError:
+                    continue
+    except FileNotFoundError:
+        pass
     return total
 
 
 def chown_tree(path: Path, uid: int) -> None:
-    """Give `path` and everything below it to `uid` (as root; elsewhere nothing to do)."""
-    if os.geteuid() != 0:
-        return
-    os.lchown(path, uid, uid)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            os.lchown(os.path.join(root, name), uid, uid)
+    """Give `path` and everything below it to `uid` without following links (as root)."""
+    safefs.chown_tree(path, uid)
 
 
 def prepare(notebook: Notebook) -> Path:
@@ -99,14 +102,18 @@ def prepare(notebook: Notebook) -> Path:
     path = local_path(notebook)
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o711)
+    uid = notebook.sandbox_uid
     if not path.exists():
         latest = notebook.backups.first()
         if latest is None:
             path.mkdir(mode=0o700)
+            if os.geteuid() == 0:
+                os.chown(path, uid, uid)
         else:
-            restore(latest, path)
-    chown_tree(path, notebook.sandbox_uid)
-    os.chmod(path, 0o700)
+            restore(latest, path, uid=uid)
+    else:  # the notebook's own tree: its links are never followed
+        chown_tree(path, uid)
+    os.chmod(path, 0o700, follow_symlinks=False)
     return path
 
 
@@ -149,7 +156,17 @@ def _open_archive(name: str):
         raise errors[0]
 
 
-def restore(backup: Backup, path: Path) -> None:
+class UnsafeBackup(StartError):
+    """A backup archive with a member that could write or link outside the workspace."""
+
+
+def restore(backup: Backup, path: Path, uid: int | None = None) -> None:
+    """Extract `backup` as `path`, given to `uid` when set.
+
+    The extraction and the chown happen in a root-only staging directory beside
+    `path` that the notebook cannot reach, so both only ever see the archive's
+    own members, checked one by one (safefs.extract_tar); then it moves into place.
+    """
     staging = path.with_name(f".{path.name}.restoring")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(mode=0o700)
@@ -157,13 +174,22 @@ def restore(backup: Backup, path: Path) -> None:
         with _open_archive(backup.storage_name) as stream:
             reader = HashingReader(stream)
             with tarfile.open(fileobj=reader, mode="r|*", bufsize=CHUNK) as archive:
-                archive.extractall(staging, filter="data")
+                try:
+                    safefs.extract_tar(archive, staging)
+                except safefs.UnsafeArchive as exc:
+                    raise UnsafeBackup(
+                        f"The workspace's backup {backup.pk} was refused: {exc}. Fork an "
+                        "older backup, or ask an operator to remove this one.",
+                        backup.storage_name,
+                    ) from None
             reader.drain()
         if reader.sha256.hexdigest() != backup.sha256:
             raise ChecksumMismatch(
                 f"backup {backup.pk} is corrupt: sha256 {reader.sha256.hexdigest()} "
                 f"!= recorded {backup.sha256}"
             )
+        if uid is not None:
+            safefs.chown_tree(staging, uid, trusted=True)
         staging.rename(path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -293,7 +294,7 @@ if NBCLOUD_HOST_LOST_AFTER <= 2 * NBCLOUD_HEARTBEAT_INTERVAL:
 # The range must not overlap the host's users nor its subordinate ids (/etc/subuid,
 # /etc/subgid, which user namespaces map): hosts refuse to start notebooks otherwise.
 NBCLOUD_SANDBOX_UID_BASE = envint("NBCLOUD_SANDBOX_UID_BASE", 2_000_000_000, minimum=1000)
-NBCLOUD_SANDBOX_UID_COUNT = envint("NBCLOUD_SANDBOX_UID_COUNT", 10_000_000, minimum=1)
+NBCLOUD_SANDBOX_UID_COUNT = envint("NBCLOUD_SANDBOX_UID_COUNT", 4_000_000, minimum=1)
 if NBCLOUD_SANDBOX_UID_BASE + NBCLOUD_SANDBOX_UID_COUNT > 2**32 - 2:
     raise ImproperlyConfigured(
         "NBCLOUD_SANDBOX_UID_BASE + NBCLOUD_SANDBOX_UID_COUNT must stay below 4294967294 "
@@ -309,10 +310,14 @@ NBCLOUD_NOTEBOOK_DNS = tuple(d for d in envstr("NBCLOUD_NOTEBOOK_DNS", "").split
 NBCLOUD_NOTEBOOK_BLOCKED_NETWORKS = envnetworks("NBCLOUD_NOTEBOOK_BLOCKED_NETWORKS", "")
 # Each notebook's own address on its host (a veth pair), from this IPv4 pool.
 NBCLOUD_NOTEBOOK_ADDRESSES = envnetworks("NBCLOUD_NOTEBOOK_ADDRESSES", "100.64.0.0/10")[0]
-if NBCLOUD_NOTEBOOK_ADDRESSES.version != 4 or NBCLOUD_NOTEBOOK_ADDRESSES.num_addresses < 16:
+if (
+    NBCLOUD_NOTEBOOK_ADDRESSES.version != 4
+    or NBCLOUD_NOTEBOOK_ADDRESSES.num_addresses < NBCLOUD_SANDBOX_UID_COUNT + 3
+):
     raise ImproperlyConfigured(
         f"NBCLOUD_NOTEBOOK_ADDRESSES={NBCLOUD_NOTEBOOK_ADDRESSES} must be an IPv4 network "
-        "of at least 16 addresses, e.g. 100.64.0.0/10"
+        f"with an address for each sandbox uid (NBCLOUD_SANDBOX_UID_COUNT="
+        f"{NBCLOUD_SANDBOX_UID_COUNT}, plus 3), e.g. 100.64.0.0/10 for up to 4,000,000"
     )
 NBCLOUD_NOTEBOOK_PIDS_MAX = envint("NBCLOUD_NOTEBOOK_PIDS_MAX", 4096, minimum=16)
 NBCLOUD_EDITOR_READY_TIMEOUT = envint("NBCLOUD_EDITOR_READY_TIMEOUT", 120, minimum=1)
@@ -331,15 +336,35 @@ NBCLOUD_RECONCILE_INTERVAL = envint("NBCLOUD_RECONCILE_INTERVAL", 30, minimum=1)
 # A transitional state (STARTING, STOPPING, DELETING) older than this is
 # assumed to have lost its task, and reconcile sends it again.
 NBCLOUD_STUCK_AFTER = envint("NBCLOUD_STUCK_AFTER", 600, minimum=1)
-# Where users reach the platform, and, optionally, a wildcard domain giving
-# each notebook an origin of its own (<id>.NBCLOUD_NOTEBOOK_DOMAIN).
+# Where users reach the platform, and the wildcard domain giving each notebook
+# an origin of its own (<id>.NBCLOUD_NOTEBOOK_DOMAIN, with the public URL's
+# scheme and port): `localhost` when the public URL is on loopback (browsers
+# resolve *.localhost themselves); set explicitly to "" to share the platform's.
 # PORT is where `make run` (runplatform) serves the web; the public URL follows
 # it unless set.
 PORT = envint("PORT", 8000, minimum=1)
 if PORT > 65535:
     raise ImproperlyConfigured(f"PORT={PORT} is not a TCP port (1-65535)")
 NBCLOUD_PUBLIC_URL = envstr("NBCLOUD_PUBLIC_URL", f"http://127.0.0.1:{PORT}").rstrip("/")
-NBCLOUD_NOTEBOOK_DOMAIN = envstr("NBCLOUD_NOTEBOOK_DOMAIN", "")
+_public_host = urlsplit(NBCLOUD_PUBLIC_URL).hostname or ""
+NBCLOUD_NOTEBOOK_DOMAIN = (
+    envstr(
+        "NBCLOUD_NOTEBOOK_DOMAIN",
+        "localhost" if _public_host in ("127.0.0.1", "localhost", "::1") else "",
+    )
+    .strip(".")
+    .lower()
+)
+# The platform's cookies: never readable by scripts, not sent on cross-site
+# subrequests, Secure under https. A notebook's origin gets a cookie of its own
+# through a one-time hand-off code that lives NBCLOUD_HANDOFF_CODE_AGE seconds.
+SESSION_COOKIE_HTTPONLY = CSRF_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = NBCLOUD_PUBLIC_URL.startswith("https://")
+NBCLOUD_HANDOFF_CODE_AGE = envint("NBCLOUD_HANDOFF_CODE_AGE", 60, minimum=5)
+# The gateway's forward-auth endpoint (/gateway/auth/) hands out editors'
+# secrets: it answers only a front proxy sending this value (empty: off).
+NBCLOUD_GATEWAY_PROXY_TOKEN = envstr("NBCLOUD_GATEWAY_PROXY_TOKEN", "")
 # Where OVHcloud's AI API for notebooks is served, for the `ovhai` SDK
 # (base_url = NBCLOUD_PUBLIC_URL/NBCLOUD_OVHAI_PREFIX).
 NBCLOUD_OVHAI_PREFIX = envstr("NBCLOUD_OVHAI_PREFIX", "ovhai").strip("/")
@@ -354,12 +379,9 @@ NBCLOUD_DEFAULT_REGION = envstr("NBCLOUD_DEFAULT_REGION", "GRA")
 # Currency of the catalogue's default prices (admins set others per flavor).
 NBCLOUD_CURRENCY = envstr("NBCLOUD_CURRENCY", "EUR")
 
-# Monitoring. `/metrics` answers a bearer NBCLOUD_METRICS_TOKEN or clients in
-# NBCLOUD_METRICS_ALLOWED_NETWORKS (comma-separated CIDRs; empty: token only).
+# Monitoring. `/metrics` and each host worker's metrics port answer only a
+# bearer NBCLOUD_METRICS_TOKEN, from loopback too (empty: closed).
 NBCLOUD_METRICS_TOKEN = envstr("NBCLOUD_METRICS_TOKEN", "")
-NBCLOUD_METRICS_ALLOWED_NETWORKS = envnetworks(
-    "NBCLOUD_METRICS_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128"
-)
 # Each host's worker samples its notebooks every NBCLOUD_SAMPLE_INTERVAL
 # seconds, serves them on NBCLOUD_WORKER_METRICS_ADDR:PORT (0: not served) and
 # keeps NBCLOUD_SAMPLE_RETENTION seconds of samples for the JSON metrics API.

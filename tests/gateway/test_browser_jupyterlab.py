@@ -1,7 +1,9 @@
 """A person opens a notebook: headless Chromium -> gateway token login -> JupyterLab.
 
-The browser visits the notebook's `status.url`, is sent to the gateway's login
-page, trades alice's API token for the gateway cookie, lands in JupyterLab,
+The browser visits the notebook's `status.url` (its own origin, <id>.localhost,
+which Chromium resolves to loopback itself), is handed to the platform's login
+page, trades alice's API token for the gateway cookie, is handed back to the
+notebook's origin with a one-time code, lands in JupyterLab,
 types `print(6*7)` into a cell, runs it and sees 42. The page is saved as
 `var/artifacts/jupyterlab.png` for CI to keep.
 
@@ -108,10 +110,13 @@ def running_vscode(
 
 
 def _token_login(page, url: str, notebook_id: str, token: str) -> None:
-    """An unauthenticated browser is sent to the gateway's login page; sign in there."""
+    """An unauthenticated browser on the notebook's own origin is handed to the platform,
+    which asks for a token on its login page, then hands the browser back (a one-time code)."""
     page.goto(url)
     page.wait_for_url(lambda current: "/gateway/login/" in current)
-    assert parse_qs(urlsplit(page.url).query)["next"] == [f"/notebooks/{notebook_id}/"]
+    handoff = parse_qs(urlsplit(page.url).query)["next"][0]
+    assert handoff.startswith("/gateway/handoff/?")
+    assert parse_qs(urlsplit(handoff).query)["next"] == [f"/notebooks/{notebook_id}/"]
     assert page.locator("input[name=csrfmiddlewaretoken]").count() == 1
     page.fill("input[name=token]", token)
     page.get_by_role("button", name="Open").click()

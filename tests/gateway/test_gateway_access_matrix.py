@@ -16,11 +16,12 @@ import secrets
 import shutil
 import uuid
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
 import websocket
+from conftest import notebook_url
 from django.conf import settings
 from django.test import Client
 from rest_framework.test import APIClient
@@ -60,7 +61,7 @@ GATEWAY_EXPECTED = {
     "restricted": {
         "owner session": ENTERS,
         "operator token": ENTERS,
-        "read token": ENTERS,
+        "read token": {"http": 200, "ws": "refused (403)"},
         "scoped token, matching": ENTERS,
         "scoped token, not matching": {"http": 404, "ws": "refused"},
         "other project": {"http": 404, "ws": "refused"},
@@ -93,7 +94,7 @@ def editors(conda_env):
     try:
         for kind in NOTEBOOKS:
             notebook_id = str(uuid.uuid4())
-            uid = 230000 + int(notebook_id[:4], 16)
+            uid = settings.NBCLOUD_SANDBOX_UID_BASE + 3_300_000 + int(notebook_id[:4], 16)
             workspace = base / f"ws-{uid}"
             workspace.mkdir(mode=0o700)
             os.chown(workspace, uid, uid)
@@ -135,7 +136,9 @@ def _make_notebook(alpha, *, name, unsecure_http, base_url, editor=None, host=No
         state=fields.pop("state", State.RUNNING),
         host=host,
         editor_secret=editor.secret if editor else secrets.token_hex(24),
-        url=f"{base_url}/notebooks/{notebook_id}/",
+        url=notebook_url(base_url, notebook_id)
+        if urlsplit(base_url).port
+        else f"{base_url}/notebooks/{notebook_id}/",
         editor_url=editor.origin if editor else "",
         **fields,
     )
@@ -238,9 +241,10 @@ def gateway(platform_server, editors, alpha, alice, bob, charlie):
     browser.force_login(alice_user)
     session_id = browser.cookies[settings.SESSION_COOKIE_NAME].value
     callers = {
+        # (Its Origin is each notebook's own: _headers_for.)
         "owner session": {
             "Cookie": f"{settings.SESSION_COOKIE_NAME}={session_id}",
-            "Origin": platform_server,
+            "Origin": "",
         },
         "anonymous": {},
     }
@@ -253,6 +257,18 @@ def gateway(platform_server, editors, alpha, alice, bob, charlie):
     ]:
         callers[caller] = {"Authorization": f"Bearer {value}"}
     return notebooks, callers
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _headers_for(headers: dict[str, str], notebook) -> dict[str, str]:
+    """A caller's headers for one notebook: a browser's Origin is the page's, the notebook's."""
+    if "Origin" in headers:
+        return {**headers, "Origin": _origin(notebook.url)}
+    return headers
 
 
 def _ws_url(http_url: str) -> str:
@@ -286,7 +302,7 @@ def test_gateway_access_matrix(gateway, editors):
     wrong, table, seen = [], [], []
     for kind, notebook in notebooks.items():
         for caller in CALLERS:
-            headers = callers[caller]
+            headers = _headers_for(callers[caller], notebook)
             reply = requests.get(
                 f"{notebook.url}api/status", headers=headers, timeout=10, allow_redirects=False
             )
@@ -336,28 +352,38 @@ def test_platform_credentials_never_reach_the_editor(gateway, editors, alice):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_cookie_authenticated_changes_and_websockets_must_be_same_origin(gateway, platform_server):
+def test_changes_and_websockets_must_come_from_the_notebooks_own_origin(gateway, platform_server):
     notebooks, callers = gateway
     notebook = notebooks["restricted"]
+    own = _origin(notebook.url)
+    other = _origin(notebooks["open"].url)  # another notebook's origin
     cookie = {"Cookie": callers["owner session"]["Cookie"]}
     url = f"{notebook.url}api/contents"
     body = {"type": "notebook"}
 
     no_origin = requests.post(url, headers=cookie, json=body, timeout=10)
     assert no_origin.status_code == 403, no_origin.text
-    evil = {**cookie, "Origin": "http://evil.example"}
-    assert requests.post(url, headers=evil, json=body, timeout=10).status_code == 403
+    for foreign in ["http://evil.example", platform_server, other]:
+        refused = requests.post(url, headers={**cookie, "Origin": foreign}, json=body, timeout=10)
+        assert refused.status_code == 403, (foreign, refused.text)
+        assert own in refused.json()["message"]
     # The same change from the notebook's own origin goes through.
-    same = requests.post(url, headers={**cookie, "Origin": platform_server}, json=body, timeout=10)
+    same = requests.post(url, headers={**cookie, "Origin": own}, json=body, timeout=10)
     assert same.status_code == 201, same.text
 
     events = _ws_url(f"{notebook.url}api/events/subscribe")
     assert _ws_connect(events, cookie)[0] == "refused (403)"
-    assert _ws_connect(events, evil)[0] == "refused (403)"
-    assert _ws_connect(events, {**cookie, "Origin": platform_server})[0] == "open"
-    # A bearer token is no ambient credential: no Origin needed.
+    for foreign in ["http://evil.example", platform_server, other]:
+        assert _ws_connect(events, {**cookie, "Origin": foreign})[0] == "refused (403)", foreign
+    assert _ws_connect(events, {**cookie, "Origin": own})[0] == "open"
+    # A bearer token is no ambient credential: no Origin needed, but a page of
+    # another origin holding one is still refused.
     bearer = {"Authorization": callers["operator token"]["Authorization"]}
     assert requests.post(url, headers=bearer, json=body, timeout=10).status_code == 201
+    assert _ws_connect(events, bearer)[0] == "open"
+    evil = {**bearer, "Origin": "http://evil.example"}
+    assert requests.post(url, headers=evil, json=body, timeout=10).status_code == 403
+    assert _ws_connect(events, evil)[0] == "refused (403)"
 
 
 def _csrf(page: str) -> str:
@@ -366,68 +392,159 @@ def _csrf(page: str) -> str:
     return match[1]
 
 
+HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+
+
+def _hop(browser: requests.Session, url: str, **kwargs) -> requests.Response:
+    return browser.get(url, headers=HTML, timeout=10, allow_redirects=False, **kwargs)
+
+
+def _sign_in(browser: requests.Session, notebook, platform_server: str, token: str):
+    """A browser opens a notebook page: hand-off, token login on the platform, back.
+
+    Returns the page's answer and the exchange URL (whose code is spent)."""
+    page = f"{notebook.url}api/status"
+    start = _hop(browser, page)
+    assert start.status_code == 302, start.text
+    handoff = start.headers["Location"]
+    assert handoff.startswith(f"{platform_server}/gateway/handoff/?")
+    query = parse_qs(urlsplit(handoff).query)
+    assert query["notebook"] == [str(notebook.pk)]
+    assert query["next"] == [urlsplit(page).path]
+    assert "nbcloud_handoff_state" in start.headers["Set-Cookie"]
+
+    to_login = _hop(browser, handoff)
+    assert to_login.status_code == 302, to_login.text
+    login_url = platform_server + to_login.headers["Location"]
+    assert login_url.startswith(f"{platform_server}/gateway/login/?next=")
+    form = browser.get(login_url, timeout=10)
+    assert '<form method="post">' in form.text and 'name="token"' in form.text
+    next_path = parse_qs(urlsplit(login_url).query)["next"][0]
+    wrong = browser.post(
+        login_url,
+        data={"csrfmiddlewaretoken": _csrf(form.text), "token": "nbc_nope", "next": next_path},
+        timeout=10,
+        allow_redirects=False,
+    )
+    assert wrong.status_code == 401 and "Unknown API token" in wrong.text
+    traded = browser.post(
+        login_url,
+        data={"csrfmiddlewaretoken": _csrf(wrong.text), "token": token, "next": next_path},
+        timeout=10,
+        allow_redirects=False,
+    )
+    assert traded.status_code == 302, traded.text
+    assert platform_server + traded.headers["Location"] == handoff
+    gateway_cookie = traded.headers["Set-Cookie"]
+    assert gateway_cookie.startswith("nbcloud_gateway=") and token not in gateway_cookie
+    assert "httponly" in gateway_cookie.lower() and "samesite=lax" in gateway_cookie.lower()
+    assert "domain" not in gateway_cookie.lower()  # the platform's origin only
+
+    code = _hop(browser, handoff)
+    assert code.status_code == 302, code.text
+    exchange = code.headers["Location"]
+    assert exchange.startswith(f"{_origin(notebook.url)}/_nbcloud/handoff?code=")
+    landed = _hop(browser, exchange)
+    assert landed.status_code == 302, landed.text
+    assert landed.headers["Location"] == urlsplit(page).path
+    cookies = landed.headers["Set-Cookie"]
+    assert "nbcloud_notebook=" in cookies and "HttpOnly" in cookies and "Domain" not in cookies
+    return browser.get(page, headers=HTML, timeout=10), exchange
+
+
 @pytest.mark.django_db(transaction=True)
-def test_token_login_page_trades_a_token_for_a_cookie(gateway, platform_server, alpha, alice):
+def test_a_browser_signs_in_on_the_platform_and_is_handed_to_the_notebook(
+    gateway, platform_server, alpha, alice
+):
     notebooks, _ = gateway
     notebook = notebooks["restricted"]
     token, value = ApiToken.issue(project=alpha, user=alice[0], role=Role.READ, name="browser")
-    status_path = f"/notebooks/{notebook.pk}/api/status"
-    html = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
-
-    # An unauthenticated browser is sent to the login page, which sends it back.
-    anonymous = requests.get(
-        platform_server + status_path, headers=html, timeout=10, allow_redirects=False
-    )
-    assert anonymous.status_code == 302, anonymous.text
-    login_url = f"{platform_server}/gateway/login/?next={quote(status_path)}"
-    assert anonymous.headers["Location"] == login_url
-
     browser = requests.Session()
-    page = browser.get(login_url, timeout=10)
-    assert page.status_code == 200
-    assert '<form method="post">' in page.text and 'name="token"' in page.text
-    csrf = _csrf(page.text)
-
-    wrong = browser.post(
-        login_url,
-        data={"csrfmiddlewaretoken": csrf, "token": "nbc_not-a-token", "next": status_path},
-        timeout=10,
-        allow_redirects=False,
-    )
-    assert wrong.status_code == 401
-    assert "Unknown API token" in wrong.text
-    assert "nbcloud_gateway" not in browser.cookies
-
-    right = browser.post(
-        login_url,
-        data={"csrfmiddlewaretoken": _csrf(wrong.text), "token": value, "next": status_path},
-        timeout=10,
-        allow_redirects=False,
-    )
-    assert right.status_code == 302, right.text
-    assert right.headers["Location"] == status_path
-    set_cookies = right.raw.headers.getlist("Set-Cookie")
-    gateway_cookie = [c for c in set_cookies if c.startswith("nbcloud_gateway=")]
-    assert len(gateway_cookie) == 1, set_cookies
-    assert "httponly" in gateway_cookie[0].lower()
-    assert value not in gateway_cookie[0]  # signed reference, not the token itself
-
-    opened = browser.get(platform_server + status_path, headers=html, timeout=10)
+    opened, exchange = _sign_in(browser, notebook, platform_server, value)
     assert opened.status_code == 200, opened.text
-    assert opened.url == platform_server + status_path  # no detour through the login page
     assert opened.json()["started"]
+    # The code was spent: not again, not by this browser nor another.
+    again = _hop(browser, exchange)
+    assert again.status_code == 403 and "already used" in again.json()["message"]
+    assert _hop(requests.Session(), exchange).status_code == 403
     # A cookie is an ambient credential: changes need the notebook's own origin.
     contents = f"{notebook.url}api/contents"
     assert browser.post(contents, json={"type": "file"}, timeout=10).status_code == 403
+    # The other notebook's origin knows nothing of this cookie.
+    other = _hop(browser, f"{notebooks['open'].url}api/status")
+    assert "nbcloud_notebook" not in other.request.headers.get("Cookie", "")
 
-    # Renewing the token retires the cookie traded for it.
+    # Signing out on the notebook's origin ends its cookie, then the platform's.
+    out = _hop(browser, f"{_origin(notebook.url)}/_nbcloud/logout")
+    assert out.status_code == 302
+    assert out.headers["Location"] == f"{platform_server}/gateway/logout/"
+    assert "nbcloud_notebook=" in out.headers["Set-Cookie"]
+    assert "nbcloud_notebook" not in browser.cookies.get_dict(urlsplit(notebook.url).hostname)
+    assert _hop(browser, f"{notebook.url}api/status").status_code == 302
+    assert _hop(browser, out.headers["Location"]).status_code == 302  # the platform's
+    assert "nbcloud_gateway" not in browser.cookies.get_dict("127.0.0.1")
+    opened, _ = _sign_in(browser, notebook, platform_server, value)
+    assert opened.status_code == 200
+
+    # Renewing the token retires the cookie handed over for it.
     token.renew()
-    stale = browser.get(
-        platform_server + status_path, headers=html, timeout=10, allow_redirects=False
-    )
-    assert stale.status_code == 302 and stale.headers["Location"] == login_url
-    api_style = browser.get(platform_server + status_path, timeout=10, allow_redirects=False)
+    stale = _hop(browser, f"{notebook.url}api/status")
+    assert stale.status_code == 302
+    assert stale.headers["Location"].startswith(f"{platform_server}/gateway/handoff/?")
+    api_style = browser.get(f"{notebook.url}api/status", timeout=10, allow_redirects=False)
     assert api_style.status_code == 401
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_code_issued_to_one_browser_opens_nothing_in_another(
+    gateway, platform_server, alpha, alice
+):
+    """Login CSRF: a code someone else obtained does not sign this browser in."""
+    notebooks, _ = gateway
+    notebook = notebooks["restricted"]
+    _, value = ApiToken.issue(project=alpha, user=alice[0], role=Role.OPERATOR, name="mallory")
+    mallory = requests.Session()
+    start = _hop(mallory, f"{notebook.url}api/status")
+    handoff = start.headers["Location"]
+    login = f"{platform_server}/gateway/login/"
+    csrf = _csrf(mallory.get(login, timeout=10).text)
+    mallory.post(login, data={"csrfmiddlewaretoken": csrf, "token": value}, timeout=10)
+    exchange = _hop(mallory, handoff).headers["Location"]
+    victim = requests.Session()
+    refused = _hop(victim, exchange)
+    assert refused.status_code == 403, refused.text
+    assert "another browser" in refused.json()["message"]
+    assert "nbcloud_notebook" not in refused.headers.get("Set-Cookie", "")
+    # ... and the code is spent by the attempt.
+    assert _hop(mallory, exchange).status_code == 403
+
+
+@pytest.mark.django_db(transaction=True)
+def test_notebook_origins_answer_for_their_own_notebook_only(gateway, platform_server, alice):
+    notebooks, _ = gateway
+    a, b = notebooks["restricted"], notebooks["open"]
+    bearer = {"Authorization": f"Bearer {alice[1]}"}
+    a_path = urlsplit(a.url).path
+    # Notebook A asked for on notebook B's origin does not exist there.
+    on_b = requests.get(f"{_origin(b.url)}{a_path}api/status", headers=bearer, timeout=10)
+    assert on_b.status_code == 404, on_b.text
+    assert _ws_connect(_ws_url(f"{_origin(b.url)}{a_path}api/events/subscribe"), bearer)[
+        0
+    ].startswith("refused")
+    # On the platform's origin: API clients are refused, browsers sent to A's own.
+    on_platform = requests.get(f"{platform_server}{a_path}api/status", headers=bearer, timeout=10)
+    assert on_platform.status_code == 404
+    browsing = requests.get(
+        f"{platform_server}{a_path}lab?reset", headers=HTML, timeout=10, allow_redirects=False
+    )
+    assert browsing.status_code == 302
+    assert browsing.headers["Location"] == f"{_origin(a.url)}{a_path}lab?reset"
+    # A notebook's origin serves the notebook and nothing of the platform.
+    for path in ["/api/v1/projects/", "/admin/", "/gateway/login/", "/metrics"]:
+        reply = requests.get(f"{_origin(a.url)}{path}", headers=bearer, timeout=10)
+        assert reply.status_code == 404, (path, reply.text)
+    root = requests.get(f"{_origin(a.url)}/", timeout=10, allow_redirects=False)
+    assert root.status_code == 302 and root.headers["Location"] == a_path
 
 
 @pytest.mark.django_db(transaction=True)
@@ -435,15 +552,10 @@ def test_cookie_of_a_disabled_user_opens_nothing(gateway, platform_server, alpha
     notebooks, _ = gateway
     notebook = notebooks["restricted"]
     _, value = ApiToken.issue(project=alpha, user=alice[0], role=Role.READ, name="leaver")
-    login_url = f"{platform_server}/gateway/login/"
     browser = requests.Session()
-    csrf = _csrf(browser.get(login_url, timeout=10).text)
-    traded = browser.post(
-        login_url, data={"csrfmiddlewaretoken": csrf, "token": value}, allow_redirects=False
-    )
-    assert traded.status_code == 302
+    opened, _ = _sign_in(browser, notebook, platform_server, value)
+    assert opened.status_code == 200
     status = f"{notebook.url}api/status"
-    assert browser.get(status, timeout=10).status_code == 200
     alice[0].is_active = False
     alice[0].save(update_fields=["is_active"])
     # As with the token itself (Bearer), whose user is disabled.

@@ -132,6 +132,7 @@ class Platform:
                 # Not the uids and addresses of the suite's own platform, whose
                 # notebooks may run on this host at the same time.
                 NBCLOUD_SANDBOX_UID_BASE="3100000000",
+                NBCLOUD_SANDBOX_UID_COUNT="60000",
                 NBCLOUD_NOTEBOOK_ADDRESSES="100.126.0.0/16",
                 **env,
             ),

@@ -77,6 +77,15 @@ def test_prometheus_scrapes_web_and_every_host_worker(services):
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     web = jobs["nbcloud-web"]
     assert web["metrics_path"] == "/metrics" and web["authorization"]["type"] == "Bearer"
+    # Both ask for the scrape token (NBCLOUD_METRICS_TOKEN), written where prometheus reads it.
+    for job in (web, jobs["nbcloud-hosts"]):
+        assert job["authorization"] == {
+            "type": "Bearer",
+            "credentials_file": "/prometheus/metrics-token",
+        }, job["job_name"]
+    assert "/prometheus/metrics-token" in " ".join(services["prometheus"]["command"])
+    for name, service in host_workers(services).items():
+        assert "NBCLOUD_METRICS_TOKEN" in service["environment"], name
     hosts = {t for c in jobs["nbcloud-hosts"]["static_configs"] for t in c["targets"]}
     ports = {
         int(s["environment"]["NBCLOUD_WORKER_METRICS_PORT"])

@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 import watch
-from conftest import Kernel, wait_for
+from conftest import Kernel, notebook_url, wait_for
 
 from nbcloud.notebooks.models import Notebook
 from workers import workspace
@@ -127,7 +127,7 @@ def test_keepalive_and_gateway_traffic_postpone_the_idle_stop(
     Notebook.objects.filter(pk=row.pk).update(idle_timeout=IDLE_TIMEOUT, last_activity_at=None)
     # A client's request through the gateway counts as use.
     reply = requests.get(
-        f"{platform_server}/notebooks/{row.pk}/api/status",
+        f"{notebook_url(platform_server, row.pk)}api/status",
         headers={"Authorization": f"Bearer {alice[1]}"},
         timeout=30,
     )

@@ -7,7 +7,7 @@ host worker's own metrics port are read as Prometheus would read them.
 import pytest
 import requests
 import watch
-from conftest import wait_for
+from conftest import METRICS_TOKEN, wait_for
 from test_metrics_endpoint import samples
 
 from nbcloud.notebooks.models import Notebook
@@ -20,12 +20,13 @@ SPEC = {
     "resources": {"cpu": 1},
 }
 START = "nbcloud_notebook_start_duration_seconds"
+SCRAPE = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 monitored_worker = watch.monitored_worker
 worker_metrics_port = watch.worker_metrics_port
 
 
 def platform_metrics(url: str) -> dict:
-    reply = requests.get(f"{url}/metrics", timeout=30)
+    reply = requests.get(f"{url}/metrics", headers=SCRAPE, timeout=30)
     assert reply.status_code == 200, reply.text
     return samples(reply.text)
 
@@ -65,7 +66,9 @@ def test_metrics_follow_a_notebook_through_its_lifecycle(
 
         # The host's own port: this notebook's readings, labelled.
         def worker_series():
-            text = requests.get(f"http://127.0.0.1:{worker_metrics_port}/metrics", timeout=10).text
+            text = requests.get(
+                f"http://127.0.0.1:{worker_metrics_port}/metrics", headers=SCRAPE, timeout=10
+            ).text
             mine = {
                 name: value
                 for (name, labels), value in samples(text).items()
@@ -79,7 +82,9 @@ def test_metrics_follow_a_notebook_through_its_lifecycle(
         assert limit >= series["nbcloud_notebook_memory_usage_bytes"]
         assert series["nbcloud_notebook_cpu_seconds_total"] > 0.5
         assert series["nbcloud_notebook_workspace_bytes"] >= 0
-        text = requests.get(f"http://127.0.0.1:{worker_metrics_port}/metrics", timeout=10).text
+        text = requests.get(
+            f"http://127.0.0.1:{worker_metrics_port}/metrics", headers=SCRAPE, timeout=10
+        ).text
         assert 'project="alpha"' in text and f'host="{worker_host}"' in text
 
         # The same readings as JSON, from the API.
@@ -113,7 +118,9 @@ def test_metrics_follow_a_notebook_through_its_lifecycle(
     wait_for(
         lambda: (
             notebook_id
-            not in requests.get(f"http://127.0.0.1:{worker_metrics_port}/metrics", timeout=10).text
+            not in requests.get(
+                f"http://127.0.0.1:{worker_metrics_port}/metrics", headers=SCRAPE, timeout=10
+            ).text
         ),
         timeout=30,
         what="the stopped notebook's series to go",

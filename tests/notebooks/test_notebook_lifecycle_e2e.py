@@ -10,7 +10,7 @@ import signal
 
 import psutil
 import pytest
-from conftest import Kernel, api_status, wait_for, wait_state
+from conftest import Kernel, api_status, notebook_url, wait_for, wait_state
 
 from nbcloud.notebooks.models import Notebook
 
@@ -64,7 +64,7 @@ def test_notebook_runs_code_and_keeps_workspace_across_stop_and_start(
     running_notebook, alice_api, alice, platform_server
 ):
     notebook_id, url, status = running_notebook
-    assert status["url"] == f"{platform_server}/notebooks/{notebook_id}/"
+    assert status["url"] == notebook_url(platform_server, notebook_id)
     kernel = _kernel(alice_api, url, alice[1])
     assert kernel.execute("print(6 * 7)").strip() == "42"
     assert kernel.execute("import os; print(os.getcwd(), os.getuid() != 0)").split() == [

@@ -4,7 +4,7 @@ AI Notebooks would drive it."""
 
 import pytest
 import requests
-from conftest import wait_for
+from conftest import notebook_url, wait_for
 from ovhai.api.notebook import (
     notebook_create_from_backup,
     notebook_data_sync,
@@ -74,7 +74,7 @@ def test_an_ovh_script_runs_a_notebook_through_its_life(ovh, alice, platform_ser
 
     running = wait_state(ovh, nb_id, "RUNNING")
     assert running.status.info.code == "RUNNING"
-    assert running.status.url == f"{platform_server}/notebooks/{nb_id}/"
+    assert running.status.url == notebook_url(platform_server, nb_id)
     assert running.status.last_started_at is not None
     editor = requests.get(
         f"{running.status.url}api/status",
@@ -114,7 +114,7 @@ def test_an_ovh_script_runs_a_notebook_through_its_life(ovh, alice, platform_ser
     assert isinstance(fork, Notebook) and fork.spec.name == "ovh-demo-fork"
     assert fork.spec.labels.additional_properties == {"team": "vision", "stage": "demo"}
     forked = wait_state(ovh, fork.id, "RUNNING")
-    assert forked.status.url == f"{platform_server}/notebooks/{fork.id}/"
+    assert forked.status.url == notebook_url(platform_server, fork.id)
     assert notebook_delete.sync_detailed(fork.id, client=ovh, force=True).status_code == 204
 
     assert notebook_start.sync_detailed(nb_id, client=ovh).status_code == 204

@@ -66,3 +66,15 @@ def test_notebook_addresses_follow_their_unique_uids(settings):
     addresses = {network.address_of(base + i) for i in range(1000)}
     assert len(addresses) == 1000
     assert all(a.startswith("100.") for a in addresses)
+
+
+def test_a_worker_that_is_not_root_refuses_to_start_notebooks(monkeypatch, make_spec):
+    """Never as the platform's own user, which could read its secrets and database."""
+    from workers.runtimes import process
+
+    monkeypatch.setattr(process.os, "geteuid", lambda: 1000)
+    runtime = process.ProcessRuntime(make_spec())
+    with pytest.raises(StartError) as refused:
+        runtime.start()
+    assert "does not run as root" in refused.value.user_message
+    assert runtime.poll() == 0 and not runtime.state  # nothing started

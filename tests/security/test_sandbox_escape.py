@@ -383,7 +383,11 @@ def test_a_notebook_cannot_reach_another_notebooks_editor_or_kernels(start_noteb
         (victim["address"], p) for p in [victim["port"], *victim_ports]
     ]
     seen = run(attacker, NETWORK_PROBE % {"targets": targets, "urls": []})
-    assert all(outcome != "open" for outcome in seen["targets"].values()), seen["targets"]
+    # Its own loopback is its own: a port of its own kernels that happens to have
+    # the victim's number is no way in.
+    own = {f"127.0.0.1:{p}" for p in seen["listening"]}
+    reached = {t: o for t, o in seen["targets"].items() if o == "open" and t not in own}
+    assert not reached, seen["targets"]
 
 
 def test_the_editor_is_on_an_address_of_its_own_that_only_the_host_opens(start_notebook):
@@ -417,3 +421,40 @@ def test_stop_removes_the_namespace_and_its_link(start_notebook, alice_api):
     wait_state(alice_api, url, "STOPPED")
     assert not Path("/run/netns", state["netns"]).exists()
     assert not Path("/sys/class/net", state["iface"]).exists()
+
+
+# The docker runtime: the same promises for a notebook in a container.
+
+
+def test_a_container_notebook_reaches_a_public_host_and_nothing_private(
+    make_spec, docker_image, docker_api, outside_world, platform_server
+):
+    from urllib.parse import urlsplit
+
+    from workers.lifecycle import wait_ready
+    from workers.runtimes.docker import DockerRuntime
+
+    runtime = DockerRuntime(make_spec(image=docker_image))
+    runtime.start()
+    try:
+        wait_ready(runtime, 60)
+        container = docker_api.containers.get(runtime.state["container_id"])
+        targets = [
+            ("127.0.0.1", urlsplit(platform_server).port),
+            ("198.51.100.1", 8081),
+            ("10.99.0.2", 8080),
+        ]
+        urls = ["http://198.51.100.2:8080/hello.txt", "http://10.99.0.2:8080/hello.txt"]
+        probe = NETWORK_PROBE % {"targets": targets, "urls": urls}
+        probe += "\nimport json; print(json.dumps(result))"
+        code, out = container.exec_run(["/opt/env/bin/python", "-c", probe])
+        assert code == 0, out
+        seen = json.loads(out.decode().strip().splitlines()[-1])
+        whoami = container.exec_run(["id", "-u"]).output.decode().strip()
+    finally:
+        runtime.stop(5)
+    assert whoami == str(runtime.spec.uid)
+    assert seen["urls"]["http://198.51.100.2:8080/hello.txt"] == "hello from outside"
+    assert seen["urls"]["http://10.99.0.2:8080/hello.txt"] != "hello from outside"
+    assert all(outcome != "open" for outcome in seen["targets"].values()), seen["targets"]
+    assert not Path("/sys/class/net", runtime.state.get("iface", "none")).exists()

@@ -134,7 +134,7 @@ def _spec(**overrides):
         "editor_id": "jupyterlab",
         "env_dir": Path("/unused"),
         "workspace": Path(os.devnull),
-        "uid": settings.NBCLOUD_SANDBOX_UID_BASE + 7_000_000,
+        "uid": settings.NBCLOUD_SANDBOX_UID_BASE + 3_200_000,
         "secret": "s",
         "base_url": f"/notebooks/{notebook_id}/",
         "image": "nbcloud/conda:py311",

@@ -132,26 +132,36 @@ def test_cache_is_reused_by_the_projects_next_notebook(project, s3, tmp_path):
     first = _notebook(project, spec)
     (tmp_path / "ws").mkdir()
     [mount] = volumes.prepare(first, tmp_path / "ws")
-    assert mount.source.startswith(str(tmp_path / "cache" / str(project.pk)))
+    # The notebook gets its own copy: the project's cache is never bound into one.
+    assert mount.source == str(tmp_path / "volumes" / str(first.pk) / "0")
+    cache = tmp_path / "cache" / str(project.pk)
+    assert sorted(p.name for p in cache.rglob("*.bin")) == [f"{i}.bin" for i in range(5)]
+    assert (cache.stat().st_mode & 0o777) == 0o700
     assert _sync(first)[0]["files_total"] == 5
     volumes.remove_local(first)  # first stops: the cache stays
+    assert not os.path.exists(mount.source)
 
     s3.put_object(Bucket=BUCKET, Key="d/1.bin", Body=b"changed")
     s3.delete_object(Bucket=BUCKET, Key="d/4.bin")
     second = _notebook(project, spec)
     [again] = volumes.prepare(second, tmp_path / "ws")
-    assert again.source == mount.source
+    assert again.source == str(tmp_path / "volumes" / str(second.pk) / "0")
     [entry] = _sync(second)
-    assert (entry["files_total"], entry["bytes_total"]) == (1, len(b"changed"))
-    files = sorted(p.name for p in (tmp_path / "cache").rglob("*.bin"))
-    assert files == ["0.bin", "1.bin", "2.bin", "3.bin"]
+    assert (entry["files_total"], entry["bytes_total"]) == (1, len(b"changed"))  # from S3
+    assert sorted(p.name for p in cache.rglob("*.bin")) == ["0.bin", "1.bin", "2.bin", "3.bin"]
+    copy = tmp_path / "volumes" / str(second.pk) / "0"
+    assert sorted(p.name for p in copy.iterdir()) == ["0.bin", "1.bin", "2.bin", "3.bin"]
+    assert (copy / "1.bin").read_bytes() == b"changed"
 
-    # While `second` is live, a third notebook of the project gets its own copy.
+    # A third notebook beside it gets its own copy too; nothing shared between them.
     Notebook.objects.filter(pk=second.pk).update(state="RUNNING")
     third = _notebook(project, spec)
     [own] = volumes.prepare(third, tmp_path / "ws")
     assert own.source == str(tmp_path / "volumes" / str(third.pk) / "0")
-    assert _sync(third)[0]["files_total"] == 4
+    assert _sync(third)[0]["files_total"] == 0  # all in the cache already
+    mine = tmp_path / "volumes" / str(third.pk) / "0" / "0.bin"
+    assert os.stat(mine).st_ino != os.stat(copy / "0.bin").st_ino
+    assert mine.read_bytes() == (copy / "0.bin").read_bytes()
 
 
 def test_cache_unused_for_its_ttl_is_pruned(project, s3, tmp_path, settings):
@@ -159,14 +169,14 @@ def test_cache_unused_for_its_ttl_is_pruned(project, s3, tmp_path, settings):
     notebook = _notebook(project, f"{BUCKET}@store:/workspace/data:RO:cache")
     (tmp_path / "ws").mkdir()
     [mount] = volumes.prepare(notebook, tmp_path / "ws")
-    assert volumes.prune_cache() == 0  # held by its notebook
+    assert volumes.prune_cache() == 0  # just used
     volumes.remove_local(notebook)
     settings.NBCLOUD_VOLUME_CACHE_TTL = 72 * 3600
     import time
 
     assert volumes.prune_cache(now=time.time() + 71 * 3600) == 0
     assert volumes.prune_cache(now=time.time() + 73 * 3600) == 1
-    assert not os.path.exists(mount.source)
+    assert not list((tmp_path / "cache" / str(project.pk)).glob("*"))
 
 
 def test_large_files_go_multipart(project, s3, tmp_path, settings):

@@ -16,7 +16,7 @@ import uuid
 import psutil
 import pytest
 import requests
-from conftest import wait_for
+from conftest import notebook_url, wait_for
 
 from workers import code_server as cs
 from workers.lifecycle import wait_ready
@@ -43,7 +43,7 @@ def make_spec(base_dir, conda_env, settings):
 
     def make(**overrides) -> LaunchSpec:
         notebook_id = str(uuid.uuid4())
-        uid = settings.NBCLOUD_SANDBOX_UID_BASE + 6_000_000 + int(notebook_id[:4], 16)
+        uid = settings.NBCLOUD_SANDBOX_UID_BASE + 3_100_000 + int(notebook_id[:4], 16)
         workspace = base_dir / f"ws-{uid}"
         workspace.mkdir(mode=0o700)
         os.chown(workspace, uid, uid)
@@ -227,7 +227,7 @@ def test_vscode_notebook_through_the_gateway(
         )
         assert running["state"] == "RUNNING", running
         page_url = running["url"]
-        assert page_url == f"{platform_server}/notebooks/{notebook_id}/"
+        assert page_url == notebook_url(platform_server, notebook_id)
         bearer = {"Authorization": f"Bearer {alice[1]}"}
 
         page = requests.get(page_url, headers=bearer, timeout=10)

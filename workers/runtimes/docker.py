@@ -226,10 +226,17 @@ class DockerRuntime(Runtime):
         if isolated():
             port = int(container.labels[LABEL_PORT])
             joined = {k: self.state[k] for k in ("iface", "address") if k in self.state}
-            if not network.attached(joined):
-                joined = network.connect(
-                    self.spec.notebook_id, str(container.attrs["State"]["Pid"]), self.spec.uid
-                )
+            pid = container.attrs["State"]["Pid"]
+            if not pid:  # it has ended already: poll says how
+                joined = {"address": network.address_of(self.spec.uid)}
+            elif not network.attached(joined):
+                try:
+                    joined = network.connect(self.spec.notebook_id, str(pid), self.spec.uid)
+                except StartError:
+                    container.reload()
+                    if container.status in RUNNING:
+                        raise
+                    joined = {"address": network.address_of(self.spec.uid)}  # ended meanwhile
             self.state = {"container_id": container.id, "port": port, **joined}
             return self.endpoint
         bindings = container.attrs["NetworkSettings"]["Ports"] or {}

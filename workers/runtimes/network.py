@@ -66,10 +66,10 @@ def iface_name(notebook_id: str) -> str:
 
 def address_of(uid: int) -> str:
     """The notebook's address: its uid's place in the sandbox range, in the pool
-    (uids are unique, so addresses are too until the pool wraps around)."""
+    (settings make the pool at least as large as the range: uids are unique, so
+    addresses are)."""
     pool = settings.NBCLOUD_NOTEBOOK_ADDRESSES
-    offset = uid - settings.NBCLOUD_SANDBOX_UID_BASE
-    return str(pool.network_address + 2 + offset % (pool.num_addresses - 3))
+    return str(pool.network_address + 2 + uid - settings.NBCLOUD_SANDBOX_UID_BASE)
 
 
 def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -247,6 +247,13 @@ def connect(notebook_id: str, netns: str, uid: int) -> dict:
     iface, address = iface_name(notebook_id), address_of(uid)
     with contextlib.suppress(FileNotFoundError):
         _run(["ip", "link", "delete", iface])  # a previous run's, if any
+    # The address is the uid's, and uids are never shared: a link that holds it
+    # still is left by an earlier run of this uid (a host that went down).
+    holder = _run(["ip", "-o", "route", "show", f"{address}/32"]).stdout.split()
+    if "dev" in holder:
+        stale = holder[holder.index("dev") + 1]
+        log.warning("removing %s, left holding notebook address %s", stale, address)
+        _run(["ip", "link", "delete", stale])
     _must(
         ["ip", "link", "add", iface, "type", "veth", "peer", "name", "eth0", "netns", netns],
         "making the veth pair",

@@ -59,7 +59,9 @@ def usage_rows(records, group_by: str) -> list[dict]:
     ]
 
 
-def report(project, *, params: dict, notebook=None) -> dict:
+def report(project, *, params: dict, notebook=None, notebooks=None) -> dict:
+    """The project's usage rows; only `notebook`'s, or only those of `notebooks` (a
+    queryset: what the caller may see), when given."""
     now = timezone.now()
     start = parse_instant("from", params.get("from"), month_start(now))
     end = parse_instant("to", params.get("to"), now)
@@ -69,4 +71,6 @@ def report(project, *, params: dict, notebook=None) -> dict:
     records = UsageRecord.objects.filter(project=project, starts_at__gte=start, starts_at__lt=end)
     if notebook is not None:
         records = records.filter(notebook=notebook)
+    if notebooks is not None:
+        records = records.filter(notebook__in=notebooks.values("pk"))
     return {"from": start, "to": end, "group_by": group_by, "rows": usage_rows(records, group_by)}

@@ -3,7 +3,12 @@
 Bodies stream both ways (uploads are read from the client as they arrive and
 downloads are sent as they come); nothing is buffered whole. The platform's
 credentials (its Authorization header and cookies) never reach the editor;
-the editor's own secret is added instead. (JupyterLab writes that secret
+the editor's own secret is added instead. Nor may the editor set the
+platform's cookies: its Set-Cookie for those names, or for any Domain (which
+would reach other notebooks' origins), is dropped.
+
+On a notebook's own origin (routing.py) the gateway answers every path: the
+notebook's own, its hand-off (handoff.py), and 404 for anything else. (JupyterLab writes that secret
 into its pages; it only opens the editor its holder already reached through
 the gateway, and it changes at every start.)
 """
@@ -11,7 +16,8 @@ the gateway, and it changes at every start.)
 import asyncio
 import json
 import logging
-from urllib.parse import urlsplit
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 from asgiref.sync import sync_to_async
@@ -20,8 +26,15 @@ from django.db import close_old_connections
 
 from nbcloud.monitoring import activity
 
-from . import routing
-from .authorize import TOKEN_COOKIE, Decision, authorize, parse_cookies
+from . import handoff, routing
+from .authorize import (
+    STATE_COOKIE,
+    Decision,
+    authorize,
+    cookie_name,
+    is_platform_cookie,
+    parse_cookies,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +62,6 @@ HOP_BY_HOP = frozenset(
 )
 # The gateway's own server answers with these.
 RESPONSE_DROPPED = HOP_BY_HOP | {"date", "server"}
-PLATFORM_COOKIES = frozenset(
-    {TOKEN_COOKIE, settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME}
-)
 _session: aiohttp.ClientSession | None = None
 
 
@@ -80,7 +90,7 @@ def _forwarded_headers(
     kept = "; ".join(
         f"{name}={value}"
         for name, value in parse_cookies(headers.get("cookie", "")).items()
-        if name not in PLATFORM_COOKIES
+        if not is_platform_cookie(name)
     )
     if decision.editor_id == "vscode":
         # The client's own code-server-session, if any, would be read first.
@@ -120,6 +130,7 @@ async def _decide(scope, headers: dict[str, str]) -> tuple[str, Decision]:
         websocket=scope["type"] == "websocket",
         wants_html="text/html" in headers.get("accept", ""),
         path=scope["path"],
+        query=scope.get("query_string", b"").decode("latin-1"),
     )
     return notebook_id, decision
 
@@ -129,10 +140,46 @@ def _target(decision: Decision, scope) -> str:
     return decision.upstream.rstrip("/") + scope["path"] + (f"?{query}" if query else "")
 
 
+# The editor credential the gateway adds to vscode requests (sha256 of the secret): the
+# browser never holds it.
+EDITOR_CREDENTIAL_COOKIES = frozenset({"code-server-session"})
+
+
+def editor_cookie_allowed(set_cookie: str) -> bool:
+    """Whether an editor's Set-Cookie may reach the browser: not a platform cookie's name
+    nor the editor's credential, and no Domain (a cookie for the notebook's origin only)."""
+    jar = SimpleCookie()
+    try:
+        jar.load(set_cookie)
+    except Exception:
+        return False
+    if not jar:
+        return False
+    return not any(
+        is_platform_cookie(name) or name.lower() in EDITOR_CREDENTIAL_COOKIES or morsel["domain"]
+        for name, morsel in jar.items()
+    )
+
+
+def _response_headers(raw_headers) -> list[tuple[bytes, bytes]]:
+    kept = []
+    for name, value in raw_headers:
+        lower = name.decode("latin-1").lower()
+        if lower in RESPONSE_DROPPED:
+            continue
+        if lower == "set-cookie" and not editor_cookie_allowed(value.decode("latin-1")):
+            log.warning("gateway: dropped an editor's Set-Cookie for a platform name or a Domain")
+            continue
+        kept.append((name, value))
+    return kept
+
+
 async def _refuse_http(send, decision: Decision) -> None:
-    headers = [(b"content-type", b"application/json")]
+    headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
     if decision.location:
         headers.append((b"location", decision.location.encode()))
+    for cookie in decision.set_cookies:
+        headers.append((b"set-cookie", cookie.encode("latin-1")))
     if decision.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
     code = {
@@ -182,15 +229,14 @@ async def proxy_http(scope, receive, send) -> None:
         await _refuse_http(send, Decision(502, "The editor did not answer."))
         return
     try:
+        if _carries_secret(response, decision):
+            await _send_without_secret(send, response, decision.secret)
+            return
         await send(
             {
                 "type": "http.response.start",
                 "status": response.status,
-                "headers": [
-                    (name, value)
-                    for name, value in response.raw_headers
-                    if name.decode("latin-1").lower() not in RESPONSE_DROPPED
-                ],
+                "headers": _response_headers(response.raw_headers),
             }
         )
         async for chunk in response.content.iter_any():
@@ -198,6 +244,36 @@ async def proxy_http(scope, receive, send) -> None:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
         response.release()
+
+
+# JupyterLab writes its token (the editor's secret) into its pages' configuration;
+# the gateway authenticates every request itself, so pages need not carry it.
+PAGE_LIMIT = 16 * 2**20
+
+
+def _carries_secret(response, decision: Decision) -> bool:
+    return (
+        bool(decision.secret)
+        and response.headers.get("Content-Type", "").startswith("text/html")
+        and "Content-Encoding" not in response.headers
+        and int(response.headers.get("Content-Length") or 0) <= PAGE_LIMIT
+    )
+
+
+async def _send_without_secret(send, response, secret: str) -> None:
+    body = await response.content.read(PAGE_LIMIT + 1)
+    if len(body) > PAGE_LIMIT:  # not a page: refuse rather than pass the secret on
+        await _refuse_http(send, Decision(502, "The editor answered an oversized page."))
+        return
+    body = body.replace(secret.encode(), b"")
+    headers = [
+        (name, value)
+        for name, value in _response_headers(response.raw_headers)
+        if name.lower() != b"content-length"
+    ]
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def proxy_websocket(scope, receive, send) -> None:
@@ -271,7 +347,62 @@ async def proxy_websocket(scope, receive, send) -> None:
         await upstream.close()
 
 
+def _claim(notebook_id: str, code: str, state: str) -> tuple[str, str] | str:
+    close_old_connections()
+    try:
+        return handoff.claim(notebook_id, code, state)
+    except handoff.HandoffRefused as refused:
+        return str(refused)
+    finally:
+        close_old_connections()
+
+
+async def exchange_handoff(scope, send, notebook_id: str, headers: dict[str, str]) -> None:
+    """The notebook origin's side of the hand-off: a one-time code for this origin's cookie."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    state = parse_cookies(headers.get("cookie", "")).get(cookie_name(STATE_COOKIE), "")
+    claimed = await sync_to_async(_claim)(notebook_id, query.get("code", [""])[0], state)
+    if isinstance(claimed, str):
+        await _refuse_http(send, Decision(403, claimed, set_cookies=(handoff.forget_state(),)))
+        return
+    value, next_path = claimed
+    response = Decision(
+        302,
+        "Signed in.",
+        location=next_path,
+        set_cookies=(handoff.notebook_cookie(value), handoff.forget_state()),
+    )
+    await _refuse_http(send, response)
+
+
+async def _not_here(scope, receive, send, notebook_id: str) -> None:
+    message = f"Only notebook {notebook_id} is served on this origin."
+    if scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.close", "code": 4404, "reason": message})
+    else:
+        await _refuse_http(send, Decision(404, message))
+
+
 async def gateway(scope, receive, send) -> None:
+    headers = _headers(scope)
+    own = routing.notebook_of_host(headers.get("host", ""))
+    if own is not None and routing.notebook_id_of(scope["path"]) is None:
+        # The notebook's origin serves the notebook, its hand-off, and nothing else.
+        if scope["type"] == "http" and scope["path"] == routing.HANDOFF_PATH:
+            await exchange_handoff(scope, send, own, headers)
+        elif scope["type"] == "http" and scope["path"] == routing.LOGOUT_PATH:
+            # Signing out here ends this origin's cookie, then the platform's.
+            platform_logout = f"{settings.NBCLOUD_PUBLIC_URL.rstrip('/')}/gateway/logout/"
+            cookies = (handoff.forget_notebook_cookie(),)
+            await _refuse_http(
+                send, Decision(302, "", location=platform_logout, set_cookies=cookies)
+            )
+        elif scope["type"] == "http" and scope["path"] == "/":
+            await _refuse_http(send, Decision(302, "", location=routing.base_path(own)))
+        else:
+            await _not_here(scope, receive, send, own)
+        return
     if scope["type"] == "websocket":
         await proxy_websocket(scope, receive, send)
     else:

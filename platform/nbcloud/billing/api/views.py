@@ -20,18 +20,34 @@ PARAMETERS = [
 
 
 class UsageView(ProjectScopedMixin, APIView):
-    """Billed minutes, unit-minutes and cost, grouped by notebook, day or flavor."""
+    """Billed minutes, unit-minutes and cost, grouped by notebook, day or flavor.
+
+    A token with a label selector sees only the minutes of the notebooks it matches.
+    """
 
     renderer_classes = [JSONRenderer, BrowsableAPIRenderer, CSVRenderer]
 
     def notebook(self):
         return None
 
+    def visible(self):
+        """The project's notebooks this caller may reach (a label-scoped token: its matches).
+
+        Deleted ones included: their minutes were billed, and a token that
+        reaches a notebook's labels reached it while it lived.
+        """
+        from nbcloud.api.access import visible_notebooks
+
+        return visible_notebooks(self.request, Notebook.objects.filter(project=self.project))
+
     @extend_schema(parameters=PARAMETERS, responses={200: {"type": "object"}})
     def get(self, request, **kwargs):
         try:
             result = usage.report(
-                self.project, params=request.query_params, notebook=self.notebook()
+                self.project,
+                params=request.query_params,
+                notebook=self.notebook(),
+                notebooks=self.visible(),
             )
         except ValueError as exc:
             raise serializers.ValidationError(str(exc)) from None

@@ -13,6 +13,10 @@ bytes itself through URLs presigned with the datastore's credentials: the
 platform never carries them. Listing and `get` URLs need a role on the
 project; `put` URLs and multipart uploads (files larger than one PUT may be,
 or faster in parallel parts) need the operator role.
+
+A URL lives at most an hour (URL_LIFETIME), and never past the expiry of the
+token that asked for it. A token with a label selector reaches only the
+containers that the notebooks it matches mount as volumes.
 """
 
 import math
@@ -20,13 +24,16 @@ import re
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.urls import path
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from nbcloud.api.access import visible_notebooks
 from nbcloud.api.views import ProjectRolePermission, ProjectScopedMixin
-from nbcloud.projects.models import WRITE_ROLES, Datastore
+from nbcloud.notebooks.models import Notebook
+from nbcloud.projects.models import WRITE_ROLES, ApiToken, Datastore
 
 # S3's rule for bucket names, checked here so that a bad name is a clear 400.
 CONTAINER_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -36,7 +43,7 @@ PRESIGN_OPERATIONS = {"get": "get_object", "put": "put_object"}
 MIN_PART_SIZE = 8 * 1024**2
 MAX_PARTS = 10_000
 MAX_OBJECT_SIZE = 5 * 1024**4
-URL_LIFETIME = 3600
+URL_LIFETIME = 3600  # seconds: the most a presigned URL lives
 
 
 class DatastoreUnavailable(exceptions.APIException):
@@ -84,7 +91,7 @@ class PresignSerializer(serializers.Serializer):
         max_length=1000,
     )
     expires_in = serializers.IntegerField(
-        required=False, default=URL_LIFETIME, min_value=60, max_value=7 * 86400
+        required=False, default=URL_LIFETIME, min_value=60, max_value=URL_LIFETIME
     )
 
 
@@ -92,6 +99,33 @@ class PresignedSerializer(serializers.Serializer):
     method = serializers.CharField()
     expires_in = serializers.IntegerField()
     urls = serializers.ListField(child=serializers.DictField(child=serializers.CharField()))
+
+
+def url_lifetime(auth, requested: int = URL_LIFETIME) -> int:
+    """Seconds a presigned URL may live: `requested`, at most an hour, never past the
+    expiry of the token asking (request.auth)."""
+    lifetime = min(requested, URL_LIFETIME)
+    if isinstance(auth, ApiToken) and auth.expires_at is not None:
+        left = int((auth.expires_at - timezone.now()).total_seconds())
+        lifetime = min(lifetime, max(left, 1))
+    return lifetime
+
+
+def reachable_containers(request, project) -> set[tuple[str, str]] | None:
+    """(alias, container) pairs a label-scoped token reaches: those its notebooks mount.
+
+    None when the caller is not limited by a label selector (it reaches them all).
+    """
+    auth = request.auth
+    if not isinstance(auth, ApiToken) or not auth.label_selector:
+        return None
+    notebooks = visible_notebooks(request, Notebook.objects.filter(project=project))
+    return {
+        (volume.get("alias"), volume.get("container"))
+        for volumes in notebooks.values_list("volumes", flat=True)
+        for volume in volumes or []
+        if volume.get("type") == "object"
+    }
 
 
 class ContainerView(ProjectScopedMixin, APIView):
@@ -120,6 +154,13 @@ class ContainerView(ProjectScopedMixin, APIView):
                     "container": f"{container!r} is not a container name: 3 to 63 lowercase "
                     "letters, digits, dots and dashes, starting and ending with a letter or digit"
                 }
+            )
+        reachable = reachable_containers(self.request, self.project)
+        if reachable is not None and (alias, container) not in reachable:
+            raise exceptions.NotFound(
+                f"No container {container!r} in datastore {alias!r} for this token: its label "
+                f"selector {self.request.auth.label_selector!r} limits it to the containers "
+                "that the notebooks it matches mount as volumes."
             )
         self.datastore = datastore
         # SigV4: the version every S3-compatible store accepts (AWS refuses v2 in new regions).
@@ -208,6 +249,7 @@ class PresignView(ContainerView):
         )
         if method == "put" and self.role not in WRITE_ROLES:
             raise exceptions.PermissionDenied(ProjectRolePermission.message)
+        expires_in = url_lifetime(request.auth, expires_in)
         s3 = self.s3(alias, container)
         try:
             s3.head_bucket(Bucket=container)  # a missing container is an error now, not per URL
@@ -267,6 +309,7 @@ class MultipartView(ContainerView):
         except (ClientError, BotoCoreError) as exc:
             raise self.s3_error(exc, container) from exc
         each = part_size(size)
+        lifetime = url_lifetime(request.auth)
         parts = [
             {
                 "part_number": number,
@@ -278,7 +321,7 @@ class MultipartView(ContainerView):
                         "UploadId": upload_id,
                         "PartNumber": number,
                     },
-                    ExpiresIn=URL_LIFETIME,
+                    ExpiresIn=lifetime,
                 ),
             }
             for number in range(1, math.ceil(size / each) + 1)
@@ -288,7 +331,7 @@ class MultipartView(ContainerView):
                 "key": key,
                 "upload_id": upload_id,
                 "part_size": each,
-                "expires_in": URL_LIFETIME,
+                "expires_in": lifetime,
                 "parts": parts,
             },
             status=status.HTTP_201_CREATED,

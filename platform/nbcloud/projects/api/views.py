@@ -1,12 +1,16 @@
+from decimal import Decimal
+
 from django.db.models import Count, Sum
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from nbcloud.api.access import visible_notebooks
 from nbcloud.api.views import ProjectScopedMixin
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import QUOTA_STATES
+from nbcloud.projects.models import ApiToken
 
 
 class QuotaSerializer(serializers.Serializer):
@@ -42,18 +46,46 @@ class QuotaView(ProjectScopedMixin, APIView):
 
 
 class ProjectView(ProjectScopedMixin, APIView):
-    """The project: its quota, this month's cost to date and its budget."""
+    """The project: its quota, this month's cost to date and its budget.
+
+    A token with a label selector sees the cost of the notebooks it matches
+    only, and of the budget its state, not what the others spent.
+    """
 
     @extend_schema(responses={200: {"type": "object"}})
     def get(self, request, project):
         from nbcloud.billing.services import budget_status, cost_to_date
 
+        budget = budget_status(self.project)
+        if _scoped(request):
+            cost = _cost_of(
+                visible_notebooks(request, Notebook.objects.filter(project=self.project))
+            )
+            if budget is not None:
+                budget = {k: v for k, v in budget.items() if k not in ("spent", "used_percent")}
+        else:
+            cost = [c.as_dict() for c in cost_to_date(project=self.project)]
         return Response(
             {
                 "name": self.project.name,
                 "role": self.role,
                 "gpu_quota": self.project.gpu_quota,
-                "cost_to_date": [c.as_dict() for c in cost_to_date(project=self.project)],
-                "budget": budget_status(self.project),
+                "cost_to_date": cost,
+                "budget": budget,
             }
         )
+
+
+def _scoped(request) -> bool:
+    return isinstance(request.auth, ApiToken) and bool(request.auth.label_selector)
+
+
+def _cost_of(notebooks) -> list[dict]:
+    """This month's cost to date of these notebooks, summed by currency."""
+    from nbcloud.billing.services import Cost, cost_to_date
+
+    totals: dict[str, Decimal] = {}
+    for notebook in notebooks:
+        for cost in cost_to_date(notebook=notebook):
+            totals[cost.currency] = totals.get(cost.currency, Decimal(0)) + cost.amount
+    return [Cost(amount, currency).as_dict() for currency, amount in sorted(totals.items())]

@@ -1,0 +1,49 @@
+"""A host worker's metrics port answers only the scrape token, from loopback too.
+
+The port is served for real (the worker's own server on a free loopback port)
+and asked over HTTP, as Prometheus asks it. Notebooks share the host, so a
+loopback client proves nothing.
+"""
+
+import pytest
+import requests
+
+from workers import sampler
+from workers.runtimes.process import free_port
+
+TOKEN = "worker-scrape-secret"
+
+
+@pytest.fixture
+def serving(settings):
+    settings.NBCLOUD_WORKER_METRICS_ADDR = "127.0.0.1"
+    settings.NBCLOUD_WORKER_METRICS_PORT = free_port()
+    settings.NBCLOUD_METRICS_TOKEN = TOKEN
+    server = sampler.serve(sampler.Sampler("metrics-auth", gpus=sampler.Gpus()))
+    assert server is not None
+    yield f"http://127.0.0.1:{settings.NBCLOUD_WORKER_METRICS_PORT}/metrics"
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_worker_port_answers_only_the_scrape_token(serving):
+    anonymous = requests.get(serving, timeout=10)
+    assert anonymous.status_code == 401
+    assert anonymous.headers["WWW-Authenticate"] == "Bearer"
+    assert "NBCLOUD_METRICS_TOKEN" in anonymous.json()["message"]
+    assert "nbcloud_notebook" not in anonymous.text
+    for header in ["Bearer wrong", f"Basic {TOKEN}", "Bearer "]:
+        wrong = requests.get(serving, headers={"Authorization": header}, timeout=10)
+        assert wrong.status_code == 401, header
+    scraped = requests.get(serving, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert scraped.status_code == 200, scraped.text
+    assert scraped.headers["Content-Type"].startswith("text/plain")
+    assert "# TYPE nbcloud_notebook_cpu_usage_cores gauge" in scraped.text
+
+
+def test_without_a_configured_token_the_worker_port_is_closed(serving, settings):
+    settings.NBCLOUD_METRICS_TOKEN = ""
+    for headers in [{}, {"Authorization": f"Bearer {TOKEN}"}, {"Authorization": "Bearer "}]:
+        reply = requests.get(serving, headers=headers, timeout=10)
+        assert reply.status_code == 403
+        assert "Set NBCLOUD_METRICS_TOKEN" in reply.json()["message"]

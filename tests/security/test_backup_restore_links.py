@@ -1,0 +1,209 @@
+"""A workspace's restore and chown never follow what a notebook (or an archive) planted.
+
+A stored backup is made hostile (as a tampered archive would be) and restored
+the way a start restores it (workspace.prepare), on both extraction paths; a
+local workspace with planted links is given to the notebook's user. Each aims
+at a root-owned 0600 secret in a 0700 directory; after each it is unchanged.
+"""
+
+import hashlib
+import io
+import os
+import stat
+import tarfile
+
+import pytest
+from conftest import make_notebook
+
+from nbcloud.notebooks.models import Backup
+from nbcloud.projects.models import Project
+from workers import workspace
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="the attacks are on root's file work: run the tests as root"
+)
+
+SECRET = b"root's secret\n"
+
+
+@pytest.fixture(params=["data_filter", "fallback"])
+def extraction(request, monkeypatch):
+    if request.param == "fallback":
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    elif not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python's tarfile has no data filter")
+    return request.param
+
+
+@pytest.fixture
+def vault(tmp_path):
+    vault = tmp_path / "vault"
+    vault.mkdir(mode=0o700)
+    (vault / "secret").write_bytes(SECRET)
+    (vault / "secret").chmod(0o600)
+    return vault
+
+
+def _secret_state(vault):
+    st = os.lstat(vault / "secret")
+    return (st.st_ino, st.st_mode, st.st_uid, st.st_gid, (vault / "secret").read_bytes())
+
+
+@pytest.fixture
+def notebook(db, tmp_path, settings):
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "backups": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "backups")},
+        },
+    }
+    settings.NBCLOUD_WORKSPACES_DIR = tmp_path / "workspaces"
+    return make_notebook(Project.objects.create(name="restored"))
+
+
+def _store(notebook, tmp_path, members) -> Backup:
+    """A backup row whose archive holds `members` ((TarInfo, bytes | None)), checksum right."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    raw = out.getvalue()
+    name = f"{notebook.pk}/hostile.tar"
+    (tmp_path / "backups" / str(notebook.pk)).mkdir(parents=True)
+    (tmp_path / "backups" / name).write_bytes(raw)
+    return Backup.objects.create(
+        notebook=notebook,
+        storage_name=name,
+        size=len(raw),
+        sha256=hashlib.sha256(raw).hexdigest(),
+        workspace_size=0,
+    )
+
+
+def _member(name, kind=tarfile.REGTYPE, data=None, linkname="", mode=0o644):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, linkname, mode
+    return info, data
+
+
+def _attacks(vault):
+    return {
+        "write-through-symlink": [
+            _member("work.txt", data=b"fine"),
+            _member("out", tarfile.SYMTYPE, linkname=str(vault)),
+            _member("out/secret", data=b"overwritten"),
+        ],
+        "hardlink-to-secret": [
+            _member("work.txt", data=b"fine"),
+            _member("mine", tarfile.LNKTYPE, linkname=str(vault / "secret")),
+        ],
+        "dotdot": [_member("../../vault/secret", data=b"overwritten")],
+        "setuid-device": [_member("sh", tarfile.CHRTYPE, mode=0o4755)],
+    }
+
+
+@pytest.mark.parametrize(
+    ("attack", "member"),
+    [
+        ("write-through-symlink", "out/secret"),
+        ("hardlink-to-secret", "mine"),
+        ("dotdot", "../../vault/secret"),
+        ("setuid-device", "sh"),
+    ],
+)
+def test_a_hostile_backup_is_refused_naming_the_member(
+    notebook, tmp_path, vault, extraction, attack, member
+):
+    _store(notebook, tmp_path, _attacks(vault)[attack])
+    before = _secret_state(vault)
+
+    with pytest.raises(workspace.UnsafeBackup) as refused:
+        workspace.prepare(notebook)
+
+    assert repr(member) in refused.value.user_message
+    assert _secret_state(vault) == before
+    assert os.listdir(vault) == ["secret"]
+    assert os.listdir(tmp_path / "workspaces") == []  # no half workspace, no staging left
+
+
+def test_a_restored_workspace_is_the_notebooks_hard_links_and_all(notebook, tmp_path, extraction):
+    _store(
+        notebook,
+        tmp_path,
+        [
+            _member("pkgs", tarfile.DIRTYPE, mode=0o755),
+            _member("pkgs/lib.so", data=b"\x7fELF", mode=0o755),
+            _member("env", tarfile.DIRTYPE, mode=0o755),
+            _member("env/lib.so", tarfile.LNKTYPE, linkname="pkgs/lib.so"),
+            _member("env/current", tarfile.SYMTYPE, linkname="../pkgs"),
+        ],
+    )
+    path = workspace.prepare(notebook)
+    uid = notebook.sandbox_uid
+    for name in ("", "pkgs", "pkgs/lib.so", "env", "env/lib.so"):
+        assert os.lstat(path / name).st_uid == uid, name
+    assert os.lstat(path / "env" / "current").st_uid == uid
+    assert os.stat(path / "env" / "lib.so").st_ino == os.stat(path / "pkgs" / "lib.so").st_ino
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+
+
+def test_the_chown_of_a_local_workspace_never_follows_planted_links(notebook, tmp_path, vault):
+    path = workspace.prepare(notebook)  # a fresh workspace, now the notebook's
+    (path / "work.txt").write_text("mine")
+    os.symlink(vault / "secret", path / "sym")
+    os.symlink(vault, path / "dirlink")
+    os.link(vault / "secret", path / "hard")
+    (path / "sub").mkdir()
+    os.symlink(vault, path / "sub" / "up")
+    before = _secret_state(vault)
+
+    workspace.prepare(notebook)  # the next start on this host: chowns the local copy
+
+    ino, mode, uid, gid, content = before
+    st = os.lstat(vault / "secret")
+    assert (st.st_ino, st.st_mode, st.st_uid, st.st_gid) == (ino, mode, uid, gid)
+    assert (vault / "secret").read_bytes() == content
+    assert os.lstat(vault).st_uid == 0 and stat.S_IMODE(os.lstat(vault).st_mode) == 0o700
+    owner = notebook.sandbox_uid
+    assert os.lstat(path / "work.txt").st_uid == owner
+    assert (path / "sub").stat().st_uid == owner
+
+
+def test_the_chown_race_swapping_a_file_for_a_hard_link_gives_nothing_away(
+    notebook, tmp_path, vault
+):
+    """Between the chown's look at a name and its change, the name becomes a hard link
+    to the secret (and back), as fast as the kernel allows."""
+    import ctypes
+    import threading
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    path = workspace.prepare(notebook)
+    (path / "entry").write_bytes(b"root made me")  # root's: the chown gives it away
+    os.link(vault / "secret", path / "swap")
+    benign = os.open(path / "entry", os.O_RDONLY)
+    stop, swaps = threading.Event(), [0]
+
+    def swapper():
+        while not stop.is_set():
+            libc.renameat2(-100, bytes(path / "entry"), -100, bytes(path / "swap"), 2)
+            swaps[0] += 1
+
+    thread = threading.Thread(target=swapper, daemon=True)
+    thread.start()
+    try:
+        for _ in range(300):
+            os.fchown(benign, 0, 0)  # root's again: the next chown has work to do
+            workspace.chown_tree(path, notebook.sandbox_uid)
+            st = os.stat(vault / "secret")
+            assert (st.st_uid, st.st_gid) == (0, 0)
+    finally:
+        stop.set()
+        thread.join(10)
+        os.close(benign)
+    assert swaps[0] > 300
+    assert stat.S_IMODE(os.stat(vault / "secret").st_mode) == 0o600
+    assert (vault / "secret").read_bytes() == SECRET
