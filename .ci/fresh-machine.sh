@@ -109,7 +109,7 @@ if [ "${1:-}" = "__inside" ]; then
   # The root shares this machine's kernel, where another platform (a test run)
   # may give its notebooks the same uids and addresses: this one takes a uid
   # range and an address pool of its own.
-  platform_env=(NBCLOUD_SANDBOX_UID_BASE=3000000000 NBCLOUD_SANDBOX_UID_COUNT=60000
+  platform_env=(NBCLOUD_SANDBOX_UID_BASE=2100000000 NBCLOUD_SANDBOX_UID_COUNT=60000
     NBCLOUD_NOTEBOOK_ADDRESSES=100.127.0.0/16)
 
   in_root() {  # run a bash script in the root as root, with a clean environment

@@ -131,7 +131,7 @@ class Platform:
                 NBCLOUD_RECONCILE_INTERVAL="2",
                 # Not the uids and addresses of the suite's own platform, whose
                 # notebooks may run on this host at the same time.
-                NBCLOUD_SANDBOX_UID_BASE="3100000000",
+                NBCLOUD_SANDBOX_UID_BASE="2200000000",
                 NBCLOUD_SANDBOX_UID_COUNT="60000",
                 NBCLOUD_NOTEBOOK_ADDRESSES="100.126.0.0/16",
                 **env,
@@ -196,7 +196,7 @@ def test_port_url_and_ctrl_c_leave_notebooks_for_the_next_start(tmp_path, conda_
 
         def state(wanted):
             status = httpx.get(nb_url, headers=auth, timeout=10).json()["status"]
-            assert status["state"] != "FAILED", status
+            assert status["state"] != "FAILED", f"{status}\n{platform.output()[-6000:]}"
             return status if status["state"] == wanted else None
 
         running = wait_for(lambda: state("RUNNING"), timeout=180, what="RUNNING")
@@ -214,7 +214,9 @@ def test_port_url_and_ctrl_c_leave_notebooks_for_the_next_start(tmp_path, conda_
         login = editor("", Accept="text/html")
         assert login.status_code == 302
         location = urlsplit(login.headers["location"])
-        assert location.port == port and location.path == "/gateway/login/", location
+        # To the platform (its public URL, on PORT) to sign in or hand off.
+        assert (location.hostname, location.port) == ("127.0.0.1", port), location
+        assert location.path in ("/gateway/login/", "/gateway/handoff/"), location
 
         assert platform.interrupt() == 130, platform.output()  # as after Ctrl-C
         with pytest.raises(httpx.ConnectError):
