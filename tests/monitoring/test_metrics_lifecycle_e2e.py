@@ -80,7 +80,7 @@ def test_metrics_follow_a_notebook_through_its_lifecycle(
         assert series["nbcloud_notebook_memory_usage_bytes"] > 20 * 2**20  # JupyterLab's RSS
         limit = series["nbcloud_notebook_memory_limit_bytes"]
         assert limit >= series["nbcloud_notebook_memory_usage_bytes"]
-        assert series["nbcloud_notebook_cpu_seconds_total"] > 0.5
+        assert series["nbcloud_notebook_cpu_seconds_total"] > 0.1  # its start-up, at least
         assert series["nbcloud_notebook_workspace_bytes"] >= 0
         text = requests.get(
             f"http://127.0.0.1:{worker_metrics_port}/metrics", headers=SCRAPE, timeout=10
