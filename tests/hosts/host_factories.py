@@ -1,6 +1,6 @@
 """For host tests: hosts of a chosen inventory, notebooks queued in order, host
 workers (real `celery worker --host-name` processes), and NVML answering
-from the readings of a real H100 (../shared/fixtures/gpu/h100-80gb/)."""
+from the readings of a real H100 (tests/fixtures/gpu/h100-80gb/)."""
 
 import csv
 import json
@@ -91,7 +91,7 @@ def host_worker(broker_url, public_url, name: str, *options: str, **env) -> subp
     return _start_service(f"worker-{name}", argv, service_env, lambda out: b"ready." in out)
 
 
-H100 = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "gpu" / "h100-80gb"
+H100 = Path(__file__).resolve().parents[1] / "fixtures" / "gpu" / "h100-80gb"
 MIB = 1024**2
 
 

@@ -14,7 +14,7 @@ from nbcloud.monitoring.models import NotebookSample
 from nbcloud.notebooks.models import Notebook
 from workers import lifecycle, sampler, workspace
 
-GPU_FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "gpu" / "h100-80gb"
+GPU_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "gpu" / "h100-80gb"
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_samples_older_than_the_retention_are_pruned(db, alpha, settings):
 
 @pytest.fixture
 def fake_nvml(monkeypatch):
-    """pynvml's calls answered from a real H100's readings (../shared/fixtures/gpu)."""
+    """pynvml's calls answered from a real H100's readings (tests/fixtures/gpu)."""
     import pynvml
 
     devices = {d["uuid"]: d for d in json.loads((GPU_FIXTURE / "nvml.json").read_text())["devices"]}

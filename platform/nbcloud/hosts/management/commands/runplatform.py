@@ -3,7 +3,15 @@
 Starts the embedded broker (unless CELERY_BROKER_URL points elsewhere), then
 web (uvicorn), a Celery worker for this host (queues ``control``, ``billing``
 and ``host.<NBCLOUD_HOST_NAME>``), beat and flower as child processes under
-honcho. Ctrl-C or SIGTERM stops the children, then the broker.
+honcho. Ctrl-C or SIGTERM stops the children, then the broker; notebooks keep
+running, and the next start's worker adopts them (their pid is on the row).
+
+Ports: the web listens on ``--port`` (``PORT``, 8000), and the public URL
+follows it unless ``NBCLOUD_PUBLIC_URL`` is set. Flower (``NBCLOUD_FLOWER_PORT``,
+5555) and the worker's metrics (``NBCLOUD_WORKER_METRICS_PORT``, 9101) move to a
+free port when their default is taken (a second platform on the machine); a
+port set explicitly, or the web's, that is taken stops the start naming the
+variable to change.
 
 One runplatform per data directory: it holds ``DATA_DIR/runplatform.lock``.
 Children run in their own sessions, so a runplatform killed with SIGKILL leaves
@@ -17,6 +25,7 @@ import os
 import secrets
 import shlex
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -59,17 +68,33 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--port", type=int, default=8000, help="web port (default 8000)")
+        parser.add_argument(
+            "--port",
+            type=int,
+            default=None,
+            help="web port (default: PORT, else 8000)",
+        )
         parser.add_argument("--no-beat", action="store_true", help="do not run celery beat")
         parser.add_argument("--no-flower", action="store_true", help="do not run flower")
 
-    def handle(self, *args, port: int, no_beat: bool, no_flower: bool, **options):
+    def handle(self, *args, port: int | None, no_beat: bool, no_flower: bool, **options):
+        port = settings.PORT if port is None else port
+        if not 0 < port < 65536:
+            raise CommandError(f"--port {port} is not a TCP port (1-65535)")
         # Until honcho takes over the signals, a SIGTERM must still unwind
         # through the finally below so the broker is shut down.
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
         if settings.NBCLOUD_RUNTIME == "process":
             ensure_bubblewrap()
+            if os.geteuid() != 0:
+                self.stderr.write(
+                    self.style.WARNING(
+                        "not root: the process runtime will refuse to start notebooks "
+                        "(each runs as a user of its own, in a network of its own); "
+                        "run `sudo make run`, or set NBCLOUD_RUNTIME=docker"
+                    )
+                )
         data_dir = Path(settings.DATA_DIR).resolve()
         run_lock = _take_run_lock(data_dir)
         try:
@@ -83,6 +108,7 @@ class Command(BaseCommand):
 
     def _run(self, data_dir: Path, port: int, no_beat: bool, no_flower: bool) -> None:
         self._stop_leftovers(data_dir)
+        ports = self._choose_ports(port, no_flower)
         call_command("collectstatic", interactive=False, verbosity=0)
         self._warn_unapplied_migrations()
 
@@ -103,7 +129,7 @@ class Command(BaseCommand):
             broker_url = configured_url
 
         try:
-            env = self._child_env(root, data_dir, broker_url)
+            env = self._child_env(root, data_dir, broker_url, ports)
             manager = Manager()
             manager.add_process("web", _shell(self._web(port)), env=env, cwd=str(root))
             manager.add_process("worker", _shell(self._worker()), env=env, cwd=str(root))
@@ -115,8 +141,10 @@ class Command(BaseCommand):
                 flower_env = dict(
                     env, FLOWER_BASIC_AUTH=f"{settings.FLOWER_USER}:{flower_password}"
                 )
-                manager.add_process("flower", _shell(self._flower()), env=flower_env, cwd=str(root))
-            self._banner(port, broker_url, embedded, no_beat, no_flower, flower_password)
+                manager.add_process(
+                    "flower", _shell(self._flower(ports["flower"])), env=flower_env, cwd=str(root)
+                )
+            self._banner(ports, broker_url, embedded, no_beat, no_flower, flower_password)
             manager.loop()
         finally:
             if broker is not None:
@@ -127,7 +155,9 @@ class Command(BaseCommand):
 
     # Children.
 
-    def _child_env(self, root: Path, data_dir: Path, broker_url: str) -> dict[str, str]:
+    def _child_env(
+        self, root: Path, data_dir: Path, broker_url: str, ports: dict[str, int]
+    ) -> dict[str, str]:
         env = dict(os.environ)
         paths = [str(root / "platform"), str(root)]
         if env.get("PYTHONPATH"):
@@ -138,7 +168,47 @@ class Command(BaseCommand):
         env["CELERY_BROKER_URL"] = broker_url
         env["PYTHONUNBUFFERED"] = "1"
         env[RUN_MARKER] = str(data_dir)
+        env["PORT"] = str(ports["web"])
+        env["NBCLOUD_PUBLIC_URL"] = public_url(ports["web"])
+        env["NBCLOUD_FLOWER_PORT"] = str(ports["flower"])
+        env["NBCLOUD_WORKER_METRICS_PORT"] = str(ports["metrics"])
         return env
+
+    def _choose_ports(self, web: int, no_flower: bool) -> dict[str, int]:
+        """The ports of this run: the web's must be free; Flower's and the
+        metrics' defaults give way to a free port, an explicit one does not."""
+        holder = port_in_use(web)
+        if holder is not None:
+            raise CommandError(
+                f"port {web} on {LOCALHOST} is already in use{holder}: another nbcloud or "
+                f"another server listens there. Choose a free port with PORT, e.g. "
+                f"`PORT={_suggest(web)} make run` (or `manage.py runplatform --port ...`)"
+            )
+        ports = {"web": web}
+        for name, variable, value, default in (
+            ("flower", "NBCLOUD_FLOWER_PORT", settings.FLOWER_PORT, 5555),
+            ("metrics", "NBCLOUD_WORKER_METRICS_PORT", settings.NBCLOUD_WORKER_METRICS_PORT, 9101),
+        ):
+            if value == 0 or (name == "flower" and no_flower):
+                ports[name] = value
+                continue
+            holder = port_in_use(value) if value != web else " (by the web, PORT)"
+            if holder is None:
+                ports[name] = value
+            elif variable in os.environ:
+                raise CommandError(
+                    f"port {value} on {LOCALHOST} ({variable}) is already in use{holder}: "
+                    f"set {variable} to a free port"
+                )
+            else:
+                ports[name] = free_port()
+                self.stderr.write(
+                    self.style.WARNING(
+                        f"port {default} ({name}) is taken{holder}: using {ports[name]} "
+                        f"(set {variable} to choose)"
+                    )
+                )
+        return ports
 
     def _stop_leftovers(self, data_dir: Path) -> None:
         """Stop the children of a runplatform on this data directory that died
@@ -213,7 +283,7 @@ class Command(BaseCommand):
             "INFO",
         ]
 
-    def _flower(self) -> list[str]:
+    def _flower(self, port: int) -> list[str]:
         # The credentials travel in FLOWER_BASIC_AUTH (flower reads FLOWER_*
         # variables), not on the command line where `ps` would show them.
         return [
@@ -222,13 +292,13 @@ class Command(BaseCommand):
             "nbcloud",
             "flower",
             f"--address={LOCALHOST}",
-            f"--port={settings.FLOWER_PORT}",
+            f"--port={port}",
         ]
 
     # Output.
 
-    def _banner(self, port, broker_url, embedded, no_beat, no_flower, flower_password):
-        web = f"http://{LOCALHOST}:{port}"
+    def _banner(self, ports, broker_url, embedded, no_beat, no_flower, flower_password):
+        web = f"http://{LOCALHOST}:{ports['web']}"
         host = settings.NBCLOUD_HOST_NAME
         lines = [
             "nbcloud platform",
@@ -236,20 +306,30 @@ class Command(BaseCommand):
             f"  Docs    {web}/api/v1/docs/",
             f"  Admin   {web}/admin/",
         ]
+        public = public_url(ports["web"])
+        if public != web:
+            lines.append(f"  Public  {public} (NBCLOUD_PUBLIC_URL)")
         if not no_flower:
             if settings.FLOWER_PASSWORD:
                 password = "(from NBCLOUD_FLOWER_PASSWORD)"
             else:
                 password = f"{flower_password}  (generated for this run)"
             lines.append(
-                f"  Flower: http://{LOCALHOST}:{settings.FLOWER_PORT} "
+                f"  Flower  http://{LOCALHOST}:{ports['flower']} "
                 f"user {settings.FLOWER_USER} password {password}"
             )
         lines.append(f"  Broker  {broker_url}{' (embedded)' if embedded else ''}")
         lines.append(f"  Worker  host {host}, queues control, billing, host.{host}")
+        if ports["metrics"]:
+            lines.append(
+                f"  Metrics http://{settings.NBCLOUD_WORKER_METRICS_ADDR}:{ports['metrics']}"
+            )
         if no_beat:
             lines.append("  Beat    off (--no-beat): no billing ticks or reconcile")
-        lines.append("Ctrl-C stops everything.")
+        lines.append(
+            "Ctrl-C stops the platform; running notebooks keep running and the next start "
+            "takes them over (stop them first to stop them)."
+        )
         self.stdout.write(self.style.SUCCESS("\n".join(lines)))
         self.stdout.flush()
 
@@ -269,6 +349,46 @@ class Command(BaseCommand):
                     f"{len(plan)} migration(s) not applied: run `python manage.py migrate`"
                 )
             )
+
+
+def public_url(port: int) -> str:
+    """Where users reach this run: NBCLOUD_PUBLIC_URL, else the web's own address."""
+    return os.environ.get("NBCLOUD_PUBLIC_URL", "").rstrip("/") or f"http://{LOCALHOST}:{port}"
+
+
+def port_in_use(port: int) -> str | None:
+    """None when ``port`` is free on loopback, else " (by pid N, NAME)" or "" when
+    the holder cannot be told."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As uvicorn binds: a closing connection in TIME_WAIT does not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOCALHOST, port))
+        except OSError:
+            pass
+        else:
+            return None
+    with contextlib.suppress(psutil.Error, OSError):
+        for conn in psutil.net_connections("tcp"):
+            listening = conn.status == psutil.CONN_LISTEN and conn.laddr
+            if listening and conn.laddr.port == port and conn.pid:
+                with contextlib.suppress(psutil.Error):
+                    return f" (by pid {conn.pid}, {psutil.Process(conn.pid).name()})"
+                return f" (by pid {conn.pid})"
+    return ""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOCALHOST, 0))
+        return sock.getsockname()[1]
+
+
+def _suggest(port: int) -> int:
+    for candidate in range(port + 1, min(port + 100, 65536)):
+        if port_in_use(candidate) is None:
+            return candidate
+    return free_port()
 
 
 def _take_run_lock(data_dir: Path) -> int:
