@@ -72,6 +72,7 @@ def submit_and_leave(kernel: Kernel, code: str) -> None:
     kernel.ws.close()
 
 
+@pytest.mark.timeout(COMPUTATION + FULL_IDLE_TIMEOUT + 240)  # it lasts four minutes at least
 def test_a_long_computation_without_a_client_is_not_idle_then_idle_stops(
     notebook, alice_api, alice, tmp_path
 ):
