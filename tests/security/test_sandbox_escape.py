@@ -119,7 +119,7 @@ def test_a_workspace_binary_named_like_the_launchers_tools_is_never_run_as_root(
         f"""
 import os, stat
 os.makedirs('/workspace/bin', exist_ok=True)
-for tool in ('bwrap', 'setpriv', 'nsenter', 'pasta', 'sh', 'ip', 'nft'):
+for tool in ('bwrap', 'setpriv', 'nsenter', 'sh', 'ip', 'nft'):
     path = '/workspace/bin/' + tool
     with open(path, 'w') as f:
         f.write('#!/bin/sh\\nid > {proof}\\nexec /usr/bin/' + tool + ' "$@"\\n')
