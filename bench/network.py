@@ -1,4 +1,4 @@
-"""A notebook's network against the host's own, in one run: download throughput.
+"""A notebook's network against the host's own, in one run: throughput and round trips.
 
 Builds, in network namespaces this benchmark makes and removes, a "public" web
 server at 198.51.100.2 (a documentation address, joined to the host by a veth
@@ -7,6 +7,11 @@ pair) serving a --size-mib file, then downloads it --runs times, interleaved:
   - notebook: from inside a notebook's network namespace, as the notebook's
     uid, connected by pasta exactly as the sandbox connects an editor
     (workers/runtimes/network.py: the same veth pair, routes and nftables rules).
+Then small request/reply round trips (what a kernel message costs on the wire):
+from the host to an echo server inside the notebook's namespace, at the
+notebook's address (the gateway's path to an editor), against the same server
+on the host's own loopback (the path before notebooks had networks of their
+own); --round-trips each, interleaved in blocks, p50 and p99.
 Reports medians and the ratio notebook / host. Needs root, iproute2, nftables.
 
     .venv/bin/python bench/network.py [--size-mib 1024] [--runs 5]
@@ -49,10 +54,69 @@ def download(prefix: list[str], url: str) -> float:
     return time.perf_counter() - started
 
 
+ECHO = """
+import socket, sys
+server = socket.create_server((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+while True:
+    conn, _ = server.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while data := conn.recv(4096):
+        conn.sendall(data)
+    conn.close()
+"""
+
+
+def _timed_echo(address: str, port: int, count: int, samples: list) -> None:
+    import socket
+
+    with socket.create_connection((address, port), timeout=10) as conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        message = b"x" * 512
+        for _ in range(count):
+            started = time.perf_counter()
+            conn.sendall(message)
+            got = 0
+            while got < len(message):
+                got += len(conn.recv(4096))
+            samples.append(time.perf_counter() - started)
+
+
+def round_trips(inside: list[str], address: str, count: int) -> tuple[list, list]:
+    """Echo round trips to the notebook's namespace and to the host's loopback,
+    interleaved in blocks of 500 (one connection each, kept open, as a kernel's is)."""
+    import socket
+
+    host, notebook = [], []
+    blocks = max(1, count // 500)
+    servers, ports = [], {}
+    try:
+        for name, prefix, bind in (("host", [], "127.0.0.1"), ("notebook", inside, "0.0.0.0")):
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                ports[name] = probe.getsockname()[1]
+            proc = subprocess.Popen(
+                [*prefix, "/usr/bin/python3", "-c", ECHO, bind, str(ports[name])],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            proc.stdout.readline()
+            servers.append(proc)
+        for _ in range(blocks):
+            _timed_echo("127.0.0.1", ports["host"], 500, host)
+            _timed_echo(address, ports["notebook"], 500, notebook)
+    finally:
+        for proc in servers:
+            proc.kill()
+            proc.wait()
+    return host, notebook
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--round-trips", type=int, default=5000)
     args = parser.parse_args()
 
     tag = uuid.uuid4().hex[:6]
@@ -94,6 +158,7 @@ def main() -> None:
         for _ in range(args.runs):
             host.append(download([], url))
             notebook.append(download(inside, url))
+        rtt_host, rtt_notebook = round_trips(inside, relay["address"], args.round_trips)
     finally:
         if relay:
             network.destroy(relay)
@@ -113,6 +178,10 @@ def main() -> None:
         "notebook_mib_s": mib / statistics.median(notebook),
     }
     result["ratio_notebook_to_host"] = result["notebook_mib_s"] / result["host_mib_s"]
+    for name, samples in (("host", rtt_host), ("notebook", rtt_notebook)):
+        samples.sort()
+        result[f"rtt_{name}_p50_ms"] = samples[len(samples) // 2] * 1e3
+        result[f"rtt_{name}_p99_ms"] = samples[int(len(samples) * 0.99)] * 1e3
     out = ROOT / "bench" / "results" / "network.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -122,6 +191,11 @@ def main() -> None:
         f"({result['notebook_mib_s']:.0f} MiB/s)"
     )
     print(f"notebook / host throughput: {result['ratio_notebook_to_host']:.2f}")
+    for name in ("host", "notebook"):
+        print(
+            f"round trip to {name:8}: p50 {result[f'rtt_{name}_p50_ms']:.3f} ms, "
+            f"p99 {result[f'rtt_{name}_p99_ms']:.3f} ms"
+        )
 
 
 if __name__ == "__main__":

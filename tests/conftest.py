@@ -621,9 +621,16 @@ def docker_containers(docker_api):
     from workers.runtimes.docker import LABEL_NOTEBOOK
 
     def containers(notebook_id: str) -> list:
-        return docker_api.containers.list(
-            all=True, filters={"label": f"{LABEL_NOTEBOOK}={notebook_id}"}
-        )
+        import docker
+
+        for _ in range(10):
+            try:
+                return docker_api.containers.list(
+                    all=True, filters={"label": f"{LABEL_NOTEBOOK}={notebook_id}"}
+                )
+            except docker.errors.NotFound:  # listed, then gone before it was inspected
+                time.sleep(0.05)
+        raise AssertionError(f"the containers of {notebook_id} keep changing")
 
     return containers
 
