@@ -15,6 +15,7 @@ start here restores the newer backup instead.
 """
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,8 @@ from nbcloud.notebooks.states import InfoCode
 
 from . import ledger, lifecycle, workspace
 from .routes import host_queue
-from .runtimes import get_runtime
+from .runtimes import get_runtime, network
+from .runtimes.base import StartError
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +104,23 @@ class HostAgent:
                 )
                 return
             sweep_stale_editors(self.identity.name)
+            keep_notebook_rules(self.identity.name)
         except Exception:
             # A database or broker outage must not end the heartbeats for good.
             log.exception("heartbeat of host %s failed", self.identity.name)
         finally:
             close_old_connections()
+
+
+def keep_notebook_rules(host: str) -> None:
+    """Load the notebooks' network rules again (someone may have flushed the host's
+    ruleset): running notebooks stay kept to the public Internet."""
+    if os.geteuid() != 0 or not ledger.entries(host):
+        return  # no notebook here, or none that this worker could have isolated
+    try:
+        network.ensure_firewall(force=True)
+    except StartError as exc:
+        log.error("notebooks' network rules could not be loaded: %s", exc)
 
 
 def _holds(notebook: Notebook | None, host: str, entry: ledger.Entry) -> bool:

@@ -1,6 +1,8 @@
 """What a host refuses before it runs any notebook: uids that are not the
 sandbox's own, a host network for containers, reserved variables."""
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,23 @@ def test_a_worker_that_is_not_root_refuses_to_start_notebooks(monkeypatch, make_
         runtime.start()
     assert "does not run as root" in refused.value.user_message
     assert runtime.poll() == 0 and not runtime.state  # nothing started
+
+
+@pytest.mark.skipif(not shutil.which("nft"), reason="nftables is missing")
+def test_flushed_rules_come_back_with_the_next_heartbeat(tmp_path, settings):
+    """Someone flushes the host's ruleset while notebooks run: the host's heartbeat
+    (which reloads when this host holds editors) puts the rules back."""
+    from workers import host_agent, ledger
+
+    network.ensure_firewall(force=True)
+    subprocess.run(["nft", "delete", "table", "inet", "nbcloud"], check=True)
+    assert subprocess.run(["nft", "list", "table", "inet", "nbcloud"]).returncode != 0
+    settings.DATA_DIR = tmp_path  # an editor record of this host's (as a start writes it)
+    record = ledger.folder(settings.NBCLOUD_HOST_NAME) / "0000.run.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"runtime_state": {}, "last_event_id": 0}')
+    host_agent.keep_notebook_rules(settings.NBCLOUD_HOST_NAME)
+    listed = subprocess.run(
+        ["nft", "list", "table", "inet", "nbcloud"], capture_output=True, text=True
+    )
+    assert listed.returncode == 0 and "from_notebook" in listed.stdout

@@ -24,6 +24,7 @@ import contextlib
 import ipaddress
 import logging
 import subprocess
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -166,10 +167,20 @@ table inet {TABLE} {{
 """
 
 
-def ensure_firewall() -> None:
+# When this process last loaded the rules, and which: a start reloads them only
+# when they changed or a few seconds have passed (the host's heartbeat reloads
+# them too), so a flushed ruleset comes back within seconds.
+_loaded: dict = {"rules": None, "at": 0.0}
+RELOAD_AFTER = 5.0
+
+
+def ensure_firewall(force: bool = False) -> None:
     """Load (or reload) the rules; a host that cannot enforce them starts no notebook."""
+    rules = ruleset()
+    if not force and _loaded["rules"] == rules and time.monotonic() - _loaded["at"] < RELOAD_AFTER:
+        return
     try:
-        done = _run(["nft", "-f", "-"], input=ruleset())
+        done = _run(["nft", "-f", "-"], input=rules)
     except FileNotFoundError as exc:
         raise StartError(
             "This host cannot isolate notebooks' network (nftables is missing).",
@@ -183,6 +194,7 @@ def ensure_firewall() -> None:
     if forwarding.read_text().strip() != "1":
         log.warning("net.ipv4.ip_forward was 0: set to 1 so that notebooks reach the Internet")
         forwarding.write_text("1\n")
+    _loaded.update(rules=rules, at=time.monotonic())
 
 
 def check_uid_range() -> None:
@@ -245,8 +257,8 @@ def connect(notebook_id: str, netns: str, uid: int) -> dict:
     check_uid(uid)
     ensure_firewall()
     iface, address = iface_name(notebook_id), address_of(uid)
-    with contextlib.suppress(FileNotFoundError):
-        _run(["ip", "link", "delete", iface])  # a previous run's, if any
+    if Path("/sys/class/net", iface).exists():  # a previous run's
+        _run(["ip", "link", "delete", iface])
     # The address is the uid's, and uids are never shared: a link that holds it
     # still is left by an earlier run of this uid (a host that went down).
     holder = _run(["ip", "-o", "route", "show", f"{address}/32"]).stdout.split()
@@ -254,24 +266,29 @@ def connect(notebook_id: str, netns: str, uid: int) -> dict:
         stale = holder[holder.index("dev") + 1]
         log.warning("removing %s, left holding notebook address %s", stale, address)
         _run(["ip", "link", "delete", stale])
+    # One `ip` per side (a batch, one step a line): a start waits for these. The
+    # host's end gets no IPv6 address (addrgenmode none): notebooks are IPv4 only.
     _must(
-        ["ip", "link", "add", iface, "type", "veth", "peer", "name", "eth0", "netns", netns],
-        "making the veth pair",
+        ["ip", "-batch", "-"],
+        "the host's end",
+        input=f"link add {iface} type veth peer name eth0 netns {netns}\n"
+        f"link set {iface} addrgenmode none\n"
+        f"addr add {GATEWAY}/32 dev {iface}\n"
+        f"link set {iface} up\n"
+        f"route add {address}/32 dev {iface}\n",
     )
-    inside = ["ip", "-n", netns] if not netns.isdigit() else ["nsenter", f"--net=/proc/{netns}/ns/net", "ip"]  # fmt: skip
-    with contextlib.suppress(OSError):  # IPv4 only: the host's end gets no IPv6 address
-        Path(f"/proc/sys/net/ipv6/conf/{iface}/disable_ipv6").write_text("1\n")
-    for argv, what in (
-        (["ip", "addr", "add", f"{GATEWAY}/32", "dev", iface], "the gateway address"),
-        (["ip", "link", "set", iface, "up"], "the host's end"),
-        (["ip", "route", "add", f"{address}/32", "dev", iface], "the route to the notebook"),
-        ([*inside, "addr", "add", f"{address}/32", "dev", "eth0"], "the notebook's address"),
-        ([*inside, "link", "set", "lo", "up"], "the notebook's loopback"),
-        ([*inside, "link", "set", "eth0", "up"], "the notebook's end"),
-        ([*inside, "route", "add", GATEWAY, "dev", "eth0", "scope", "link"], "its gateway"),
-        ([*inside, "route", "add", "default", "via", GATEWAY, "dev", "eth0"], "its route"),
-    ):
-        _must(argv, what)
+    inside = (
+        ["nsenter", f"--net=/proc/{netns}/ns/net", "ip"] if netns.isdigit() else ["ip", "-n", netns]
+    )
+    _must(
+        [*inside, "-batch", "-"],
+        "the notebook's end",
+        input=f"addr add {address}/32 dev eth0\n"
+        "link set lo up\n"
+        "link set eth0 up\n"
+        f"route add {GATEWAY} dev eth0 scope link\n"
+        f"route add default via {GATEWAY} dev eth0\n",
+    )
     return {"iface": iface, "address": address}
 
 
