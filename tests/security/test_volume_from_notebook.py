@@ -108,13 +108,17 @@ def test_links_and_the_push_race_from_inside_a_running_notebook(
         events = alice_api.get(url + "events/").json()["results"]
         return sum(e["message"] == "Data sync done." for e in events)
 
+    # At least six pushes, and more until one of them caught the directory in place
+    # (which shows the race really ran through the push): the secret never goes.
     benign_sent = 0
-    for i in range(6):
+    for i in range(30):
         assert alice_api.post(url + "datasync/").status_code == 202
         wait_for(lambda i=i: syncs_done() > i, timeout=60, what=f"datasync {i + 1}")
         bodies = _bodies(client)
         assert not [k for k, body in bodies.items() if SECRET.strip() in body], bodies.keys()
         benign_sent += b"benign" in bodies.values()
+        if i >= 5 and benign_sent:
+            break
     swaps = int(kernel.execute("race['stop'] = True; print(race['swaps'])"))
     kernel.close()
     assert swaps > 1000 and benign_sent > 0

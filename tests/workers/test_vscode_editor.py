@@ -9,7 +9,6 @@ checkout); later runs find it there.
 import json
 import os
 import re
-import shutil
 import struct
 import uuid
 
@@ -20,7 +19,7 @@ from conftest import notebook_url, wait_for
 
 from workers import code_server as cs
 from workers.lifecycle import wait_ready
-from workers.runtimes import RUNTIMES, LaunchSpec, StartError
+from workers.runtimes import RUNTIMES, StartError
 from workers.runtimes.editors import code_server_session, editor_command
 
 pytestmark = pytest.mark.e2e
@@ -29,36 +28,9 @@ COOKIE = "code-server-session"
 
 
 @pytest.fixture
-def base_dir(settings):
-    # Not under /tmp: the sandbox has a private /tmp of its own.
-    path = settings.DATA_DIR / f"vscode-{uuid.uuid4().hex[:8]}"
-    path.mkdir(mode=0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def make_spec(base_dir, conda_env, settings):
-    settings.DATA_DIR = base_dir
-
-    def make(**overrides) -> LaunchSpec:
-        notebook_id = str(uuid.uuid4())
-        uid = settings.NBCLOUD_SANDBOX_UID_BASE + 3_100_000 + int(notebook_id[:4], 16)
-        workspace = base_dir / f"ws-{uid}"
-        workspace.mkdir(mode=0o700)
-        os.chown(workspace, uid, uid)
-        fields = {
-            "notebook_id": notebook_id,
-            "editor_id": "vscode",
-            "env_dir": conda_env,
-            "workspace": workspace,
-            "uid": uid,
-            "secret": uuid.uuid4().hex,
-            "base_url": f"/notebooks/{notebook_id}/",
-        }
-        return LaunchSpec(**{**fields, **overrides})
-
-    return make
+def make_spec(make_spec):
+    """The shared runtime specs (conftest), for VS Code."""
+    return lambda **overrides: make_spec(**{"editor_id": "vscode", **overrides})
 
 
 def _processes_of(uid: int) -> list[psutil.Process]:
