@@ -2,7 +2,7 @@
 
 No GPU here: the NVML path runs on the readings of a real H100 (NVML values,
 cross-checked with `nvidia-smi --query-gpu` of the same machine) from
-../shared/fixtures/gpu/h100-80gb/; only pynvml's calls are replaced, and
+tests/fixtures/gpu/h100-80gb/; only pynvml's calls are replaced, and
 they answer from those readings.
 """
 

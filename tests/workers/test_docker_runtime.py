@@ -23,7 +23,7 @@ from workers.runtimes.docker import (
 
 pytestmark = pytest.mark.e2e
 GIB = 1024**3
-# As NVML reports them (../shared/fixtures/gpu): what the scheduler assigns.
+# As NVML reports them (tests/fixtures/gpu): what the scheduler assigns.
 H100_UUIDS = (
     "GPU-5d2a1d7e-7b39-4e0b-9f4b-6d1c0d3f2a11",
     "GPU-0c8e7f52-1b77-4a5e-8a43-2f9e6c4b7d90",
