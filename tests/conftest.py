@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import uuid
 from pathlib import Path
@@ -311,6 +312,47 @@ def s3_endpoint():
             time.sleep(0.1)
     yield f"http://127.0.0.1:{port}"
     _stop_service(proc)
+
+
+# What a root-owned secret of the host holds, for the attacks on root's file work.
+ROOT_SECRET = b"root's secret: never to leave its directory\n"
+
+
+@pytest.fixture(params=["data_filter", "fallback"])
+def path_kind(request, monkeypatch):
+    if request.param == "fallback":
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    elif not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python's tarfile has no data filter (only the fallback applies)")
+    return request.param
+
+
+@pytest.fixture
+def vault(tmp_path):
+    """A 0700 directory holding a 0600 secret, beside the destination."""
+    vault = tmp_path / "vault"
+    vault.mkdir(mode=0o700)
+    secret = vault / "secret"
+    secret.write_bytes(ROOT_SECRET)
+    secret.chmod(0o600)
+    return vault
+
+
+def make_s3_datastore(project, endpoint: str, alias: str = "store", secret: str = "testing"):
+    """An s3 datastore row of `project` on the test's object store (moto's keys)."""
+    from nbcloud.projects.models import Datastore
+
+    store = Datastore(
+        project=project,
+        alias=alias,
+        type="s3",
+        endpoint=endpoint,
+        region="us-east-1",
+        access_key="testing",
+    )
+    store.set_secrets({"secret_key": secret})
+    store.save()
+    return store
 
 
 @pytest.fixture

@@ -92,11 +92,6 @@ def tree_size(path: Path) -> int:
     return total
 
 
-def chown_tree(path: Path, uid: int) -> None:
-    """Give `path` and everything below it to `uid` without following links (as root)."""
-    safefs.chown_tree(path, uid)
-
-
 def prepare(notebook: Notebook) -> Path:
     """Make the workspace ready: the local copy if this host has one, else the last backup."""
     path = local_path(notebook)
@@ -112,7 +107,7 @@ def prepare(notebook: Notebook) -> Path:
         else:
             restore(latest, path, uid=uid)
     else:  # the notebook's own tree: its links are never followed
-        chown_tree(path, uid)
+        safefs.chown_tree(path, uid)
     os.chmod(path, 0o700, follow_symlinks=False)
     return path
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from conftest import make_s3_datastore
 
 from nbcloud.cli import data
 
@@ -43,18 +44,7 @@ def lake(nbc, as_alice, s3_endpoint, bucket) -> str:
 @pytest.fixture
 def lake_row(alpha, s3_endpoint):
     """The datastore `lake` made directly (its secret never appears in a URL)."""
-    from nbcloud.projects.models import Datastore
-
-    store = Datastore(
-        project=alpha,
-        alias="lake",
-        type="s3",
-        endpoint=s3_endpoint,
-        region="us-east-1",
-        access_key="testing",
-    )
-    store.set_secrets({"secret_key": "the-secret-key"})
-    store.save()
+    store = make_s3_datastore(alpha, s3_endpoint, alias="lake", secret="the-secret-key")
     return store
 
 

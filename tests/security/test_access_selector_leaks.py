@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from conftest import make_s3_datastore
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -19,7 +20,7 @@ from nbcloud.billing import services as billing
 from nbcloud.monitoring.models import NotebookSample
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import State
-from nbcloud.projects.models import ApiToken, Datastore, Role
+from nbcloud.projects.models import ApiToken, Role
 
 pytestmark = pytest.mark.django_db
 USAGE = "/api/v1/projects/alpha/usage/"
@@ -157,16 +158,7 @@ def test_notebook_metrics_follow_the_label_selector(alpha, bob, teams):
 def lake(alpha, s3_endpoint, s3_bucket):
     s3_bucket(BUCKET)
     s3_bucket(OTHER_BUCKET)
-    store = Datastore(
-        project=alpha,
-        alias="lake",
-        type="s3",
-        endpoint=s3_endpoint,
-        region="us-east-1",
-        access_key="testing",
-    )
-    store.set_secrets({"secret_key": "testing"})
-    store.save()
+    store = make_s3_datastore(alpha, s3_endpoint, alias="lake")
     return store
 
 

@@ -16,30 +16,9 @@ import stat
 import tarfile
 
 import pytest
+from conftest import ROOT_SECRET as SECRET
 
 from workers import safefs
-
-SECRET = b"root's secret: never to leave its directory\n"
-
-
-@pytest.fixture(params=["data_filter", "fallback"])
-def path_kind(request, monkeypatch):
-    if request.param == "fallback":
-        monkeypatch.delattr(tarfile, "data_filter", raising=False)
-    elif not hasattr(tarfile, "data_filter"):
-        pytest.skip("this Python's tarfile has no data filter (only the fallback applies)")
-    return request.param
-
-
-@pytest.fixture
-def vault(tmp_path):
-    """A 0700 directory holding a 0600 secret, beside the destination."""
-    vault = tmp_path / "vault"
-    vault.mkdir(mode=0o700)
-    secret = vault / "secret"
-    secret.write_bytes(SECRET)
-    secret.chmod(0o600)
-    return vault
 
 
 def _state(tmp_path, dest):

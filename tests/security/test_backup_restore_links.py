@@ -7,41 +7,22 @@ at a root-owned 0600 secret in a 0700 directory; after each it is unchanged.
 """
 
 import hashlib
-import io
 import os
 import stat
 import tarfile
 
 import pytest
+from conftest import ROOT_SECRET as SECRET
 from conftest import make_notebook
+from test_backup_archives import _archive, _member
 
 from nbcloud.notebooks.models import Backup
 from nbcloud.projects.models import Project
-from workers import workspace
+from workers import safefs, workspace
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="the attacks are on root's file work: run the tests as root"
 )
-
-SECRET = b"root's secret\n"
-
-
-@pytest.fixture(params=["data_filter", "fallback"])
-def extraction(request, monkeypatch):
-    if request.param == "fallback":
-        monkeypatch.delattr(tarfile, "data_filter", raising=False)
-    elif not hasattr(tarfile, "data_filter"):
-        pytest.skip("this Python's tarfile has no data filter")
-    return request.param
-
-
-@pytest.fixture
-def vault(tmp_path):
-    vault = tmp_path / "vault"
-    vault.mkdir(mode=0o700)
-    (vault / "secret").write_bytes(SECRET)
-    (vault / "secret").chmod(0o600)
-    return vault
 
 
 def _secret_state(vault):
@@ -64,13 +45,7 @@ def notebook(db, tmp_path, settings):
 
 def _store(notebook, tmp_path, members) -> Backup:
     """A backup row whose archive holds `members` ((TarInfo, bytes | None)), checksum right."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for info, data in members:
-            if data is not None:
-                info.size = len(data)
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    raw = out.getvalue()
+    raw = _archive(*members)
     name = f"{notebook.pk}/hostile.tar"
     (tmp_path / "backups" / str(notebook.pk)).mkdir(parents=True)
     (tmp_path / "backups" / name).write_bytes(raw)
@@ -81,12 +56,6 @@ def _store(notebook, tmp_path, members) -> Backup:
         sha256=hashlib.sha256(raw).hexdigest(),
         workspace_size=0,
     )
-
-
-def _member(name, kind=tarfile.REGTYPE, data=None, linkname="", mode=0o644):
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname, info.mode = kind, linkname, mode
-    return info, data
 
 
 def _attacks(vault):
@@ -115,7 +84,7 @@ def _attacks(vault):
     ],
 )
 def test_a_hostile_backup_is_refused_naming_the_member(
-    notebook, tmp_path, vault, extraction, attack, member
+    notebook, tmp_path, vault, path_kind, attack, member
 ):
     _store(notebook, tmp_path, _attacks(vault)[attack])
     before = _secret_state(vault)
@@ -129,7 +98,7 @@ def test_a_hostile_backup_is_refused_naming_the_member(
     assert os.listdir(tmp_path / "workspaces") == []  # no half workspace, no staging left
 
 
-def test_a_restored_workspace_is_the_notebooks_hard_links_and_all(notebook, tmp_path, extraction):
+def test_a_restored_workspace_is_the_notebooks_hard_links_and_all(notebook, tmp_path, path_kind):
     _store(
         notebook,
         tmp_path,
@@ -197,7 +166,7 @@ def test_the_chown_race_swapping_a_file_for_a_hard_link_gives_nothing_away(
     try:
         for _ in range(300):
             os.fchown(benign, 0, 0)  # root's again: the next chown has work to do
-            workspace.chown_tree(path, notebook.sandbox_uid)
+            safefs.chown_tree(path, notebook.sandbox_uid)
             st = os.stat(vault / "secret")
             assert (st.st_uid, st.st_gid) == (0, 0)
     finally:

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_notebook
+from conftest import make_notebook, make_s3_datastore
 
 from nbcloud.notebooks.spec import parse_volume
-from nbcloud.projects.models import Datastore, Project
+from nbcloud.projects.models import Project
 from workers import volumes, workspace
 
 pytestmark = pytest.mark.skipif(
@@ -86,16 +86,7 @@ def project(db, s3_endpoint, settings, tmp_path):
     settings.NBCLOUD_VOLUME_CACHE_DIR = tmp_path / "cache"
     settings.NBCLOUD_WORKSPACES_DIR = tmp_path / "workspaces"
     project = Project.objects.create(name="attacked")
-    store = Datastore(
-        project=project,
-        alias="store",
-        type="s3",
-        endpoint=s3_endpoint,
-        region="us-east-1",
-        access_key="testing",
-    )
-    store.set_secrets({"secret_key": "testing"})
-    store.save()
+    make_s3_datastore(project, s3_endpoint)
     return project
 
 

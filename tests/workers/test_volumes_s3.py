@@ -8,12 +8,12 @@ import os
 
 import boto3
 import pytest
-from conftest import make_notebook
+from conftest import make_notebook, make_s3_datastore
 from test_workspace_backups_s3 import CuttingProxy
 
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.spec import parse_volume
-from nbcloud.projects.models import Datastore, Project
+from nbcloud.projects.models import Project
 from workers import volumes
 
 BUCKET = "datasets"
@@ -30,16 +30,7 @@ def project(db, s3_endpoint, settings, tmp_path):
     settings.NBCLOUD_VOLUMES_DIR = tmp_path / "volumes"
     settings.NBCLOUD_VOLUME_CACHE_DIR = tmp_path / "cache"
     project = Project.objects.create(name="data")
-    store = Datastore(
-        project=project,
-        alias="store",
-        type="s3",
-        endpoint=s3_endpoint,
-        region="us-east-1",
-        access_key="testing",
-    )
-    store.set_secrets({"secret_key": "testing"})
-    store.save()
+    make_s3_datastore(project, s3_endpoint)
     return project
 
 

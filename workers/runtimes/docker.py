@@ -260,16 +260,15 @@ class DockerRuntime(Runtime):
 
     def stop(self, timeout: float) -> None:
         container = self._container()
-        if container is None:
-            network.destroy(self.state)
-            return
         try:
-            container.stop(timeout=math.ceil(timeout))
+            if container is not None:
+                container.stop(timeout=math.ceil(timeout))
         except docker.errors.NotFound:
+            container = None
+        finally:
             network.destroy(self.state)
-            return
-        network.destroy(self.state)
-        self._remove(container)
+        if container is not None:
+            self._remove(container)
 
     def _remove(self, container: Container) -> None:
         """Append the ended container's output to the log file, then remove it."""

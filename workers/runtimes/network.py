@@ -229,7 +229,6 @@ def check_uid_range() -> None:
 def create(notebook_id: str, uid: int) -> dict:
     """A fresh namespace for the notebook, joined to the host (see `connect`).
     Returns the runtime state to keep: {"netns", "iface", "address"}."""
-    check_uid(uid)
     name = netns_name(notebook_id)
     destroy({"netns": name, "iface": iface_name(notebook_id)})  # a previous run's, if any
     _must(["ip", "netns", "add", name], "making the namespace")

@@ -244,7 +244,6 @@ class ProcessRuntime(Runtime):
         if self._process() is not None:
             return self.endpoint
         require_root()
-        network.destroy(self.state)  # a previous run's namespace, if any
         port = free_port()
         # Every address of its own namespace: its own loopback, and its own eth0,
         # where the gateway (on the host) reaches it.
