@@ -262,7 +262,7 @@ def start_worker(
     argv = [
         str(Path(sys.executable).parent / "celery"),
         "-A",
-        "nbcloud",
+        "workers",
         "worker",
         "-Q",
         ",".join(queues),

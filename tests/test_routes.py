@@ -2,13 +2,14 @@
 
 import pytest
 
-from nbcloud.celery import app
-from workers.routes import ROUTES, Queue, UnroutedTask, route_task
+from nbcloud.dispatch import ROUTES, Queue, UnroutedTask, route_task
+from workers.celery import app
 
 
 @pytest.fixture(scope="module")
 def task_names() -> set[str]:
-    app.loader.import_default_modules()  # what a worker imports: workers.tasks
+    # What a host's worker imports: nbcloud.tasks and workers.tasks.
+    app.loader.import_default_modules()
     return {name for name in app.tasks if not name.startswith("celery.")}
 
 
@@ -18,7 +19,7 @@ def test_the_app_registers_the_platform_tasks(task_names):
 
 def test_every_task_has_a_route(task_names):
     unrouted = sorted(task_names - set(ROUTES))
-    assert not unrouted, f"tasks without a route in workers.routes.ROUTES: {unrouted}"
+    assert not unrouted, f"tasks without a route in nbcloud.dispatch.ROUTES: {unrouted}"
 
 
 def test_every_route_names_a_task(task_names):

@@ -25,13 +25,13 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections, connections
 
 from nbcloud.catalog.services import catalog
+from nbcloud.dispatch import host_queue
 from nbcloud.hosts import services as host_services
 from nbcloud.hosts.inventory import parse_labels
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import InfoCode
 
 from . import ledger, lifecycle, workspace
-from .routes import host_queue
 from .runtimes import get_runtime, network
 from .runtimes.base import StartError
 

@@ -8,7 +8,7 @@ imported only once the worker builds its steps.
 import click
 from celery import bootsteps
 
-from .routes import host_queue
+from nbcloud.dispatch import host_queue
 
 
 class HostStep(bootsteps.StartStopStep):

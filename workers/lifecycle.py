@@ -5,6 +5,7 @@ returns at once when the work is already done or not this host's (a
 redelivered task changes nothing).
 """
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -15,10 +16,10 @@ from django.conf import settings
 from nbcloud.hosts import services as host_services
 from nbcloud.hosts.inventory import read_inventory
 from nbcloud.notebooks import services
-from nbcloud.notebooks.models import Notebook
+from nbcloud.notebooks.models import EditorLog, Notebook
 from nbcloud.notebooks.states import InfoCode, State
 
-from . import code_server, environments, ledger, volumes, workspace
+from . import environments, ledger, volumes, workspace
 from .runtimes import LaunchSpec, Runtime, StartError, get_runtime
 from .runtimes.editors import readiness_headers, readiness_path
 
@@ -115,6 +116,27 @@ def wait_ready(runtime: Runtime, timeout: float) -> None:
     raise StartError(f"The editor did not answer within {timeout:.0f} s.", runtime.logs(20))
 
 
+def launch(notebook: Notebook, runtime: Runtime, host: str) -> None:
+    """Start the editor and wait until it answers (StartError when it does not)."""
+    runtime.start()
+    # Recorded before waiting: a worker killed now leaves a successor the
+    # editor to adopt, not an orphan to duplicate.
+    services.save_runtime_state(notebook, runtime.get_state())
+    ledger.record(host, notebook, runtime.get_state())
+    try:
+        wait_ready(runtime, settings.NBCLOUD_EDITOR_READY_TIMEOUT)
+    finally:
+        ship_logs(notebook, runtime)
+
+
+def ship_logs(notebook: Notebook, runtime: Runtime) -> None:
+    """Copy the editor's log to the control plane, where the API reads it."""
+    try:
+        services.save_editor_log(notebook, runtime.logs(EditorLog.KEEP_LINES))
+    except Exception:
+        log.exception("notebook %s: shipping the editor's log failed", notebook.pk)
+
+
 def start(notebook_id: str, host: str) -> None:
     notebook = _load(notebook_id, host, State.STARTING)
     if notebook is None:
@@ -128,18 +150,8 @@ def start(notebook_id: str, host: str) -> None:
             services.set_info(notebook, InfoCode.PULLING_DATA, "Pulling the volumes' data.")
             mounts = volumes.prepare(notebook, path)
             runtime = runtime_for(notebook, mounts)
-        if notebook.editor_id == "vscode" and not code_server.is_installed():
-            services.set_info(
-                notebook, InfoCode.STARTING_EDITOR, "Installing VS Code on this host (once)."
-            )
-        else:
-            services.set_info(notebook, InfoCode.STARTING_EDITOR, "Starting the editor.")
-        runtime.start()
-        # Recorded before waiting: a worker killed now leaves a successor the
-        # editor to adopt, not an orphan to duplicate.
-        services.save_runtime_state(notebook, runtime.get_state())
-        ledger.record(host, notebook, runtime.get_state())
-        wait_ready(runtime, settings.NBCLOUD_EDITOR_READY_TIMEOUT)
+        services.set_info(notebook, InfoCode.STARTING_EDITOR, "Starting the editor.")
+        launch(notebook, runtime, host)
     except Exception as exc:
         log.exception("notebook %s failed to start on %s", notebook_id, host)
         try:
@@ -159,11 +171,49 @@ def start(notebook_id: str, host: str) -> None:
     )
 
 
+def restart(notebook_id: str, host: str) -> None:
+    """Restart the editor in place: same host, same workspace, capacity kept."""
+    notebook = _load(notebook_id, host, State.RESTARTING)
+    if notebook is None:
+        return
+    runtime = runtime_for(notebook)
+    try:
+        runtime.stop(settings.NBCLOUD_EDITOR_STOP_TIMEOUT)
+        if notebook.volumes:  # written data goes out, and the mounts come back
+            volumes.push(notebook)
+            mounts = volumes.prepare(notebook, workspace.local_path(notebook))
+            runtime = runtime_for(notebook, mounts)
+        runtime.load_state({})
+        launch(notebook, runtime, host)
+    except Exception as exc:
+        log.exception("notebook %s failed to restart on %s", notebook_id, host)
+        message = exc.user_message if isinstance(exc, StartError) else "Internal error."
+        try:
+            services.transition(
+                notebook,
+                State.STOPPING,
+                actor=services.SYSTEM,
+                code=InfoCode.START_FAILED,
+                message=f"The restart failed: {message}",
+            )
+        except services.InvalidState:
+            return
+        stop(notebook_id, host)  # saves the workspace, ends FAILED
+        return
+    # Stopped meanwhile: its stop task stops this editor.
+    with contextlib.suppress(services.InvalidState):
+        services.mark_running(
+            notebook, editor_url=runtime.endpoint.origin, runtime_state=runtime.get_state()
+        )
+
+
 def stop(notebook_id: str, host: str) -> None:
     notebook = _load(notebook_id, host, State.STOPPING)
     if notebook is None:
         return
-    runtime_for(notebook).stop(settings.NBCLOUD_EDITOR_STOP_TIMEOUT)
+    runtime = runtime_for(notebook)
+    runtime.stop(settings.NBCLOUD_EDITOR_STOP_TIMEOUT)
+    ship_logs(notebook, runtime)
     path = workspace.local_path(notebook)
     if not path.exists():  # a redelivery after the workspace was already saved
         services.finish_stop(notebook, workspace_size=None)
@@ -236,6 +286,7 @@ def check_host(host: str) -> None:
         status = runtime.poll()
         if status is None:
             continue
+        ship_logs(notebook, runtime)
         tail = runtime.logs(5).splitlines()
         last = f" Last log line: {tail[-1][:300]}" if tail else ""
         try:

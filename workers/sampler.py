@@ -3,12 +3,14 @@
 For each notebook running on this host: CPU (cores in use, from the runtime's
 CPU-seconds counter), memory used and its limit, GPU utilisation and memory of
 each assigned GPU (NVML, by UUID), workspace disk use and network bytes where
-the runtime can tell them apart from the host's. Everything comes through the
+the runtime can tell them apart from the host's. The editor's log is shipped
+to the control plane at the same pace, when it changed. Everything comes through the
 runtime contract (`Runtime.stats()`), so the process and docker runtimes are
 sampled alike. Samples are written to the database for the JSON metrics API
 (the last hour) and served in Prometheus form on the worker's own port.
 """
 
+import hashlib
 import logging
 import threading
 import time
@@ -20,11 +22,13 @@ from django.utils import timezone
 
 from nbcloud.monitoring import samples
 from nbcloud.monitoring.models import NotebookSample
-from nbcloud.notebooks.models import Notebook
+from nbcloud.notebooks import services
+from nbcloud.notebooks.models import EditorLog, Notebook
 from nbcloud.notebooks.states import State
 
 from . import workspace
 from .lifecycle import runtime_for
+from .runtimes import Runtime
 
 log = logging.getLogger(__name__)
 # Walking a workspace costs more than the other readings: at most this often.
@@ -89,6 +93,7 @@ class Sampler:
         self.latest: dict[str, Labelled] = {}
         self._cpu: dict[str, tuple[float, float]] = {}  # id -> (monotonic, cpu seconds)
         self._workspace: dict[str, tuple[float, int]] = {}  # id -> (monotonic, bytes)
+        self._logs: dict[str, tuple] = {}  # id -> (log version, digest) last shipped
 
     def sample(self) -> list[NotebookSample]:
         """Read every notebook running here, store the readings, and return them."""
@@ -98,7 +103,9 @@ class Sampler:
         taken, latest = [], {}
         for notebook in running:
             try:
-                sample = self._read(notebook)
+                runtime = runtime_for(notebook)
+                self._ship_logs(notebook, runtime)
+                sample = self._read(notebook, runtime)
             except Exception:
                 log.exception("notebook %s: sampling failed", notebook.pk)
                 continue
@@ -110,12 +117,23 @@ class Sampler:
         for gone in set(self._cpu) - set(latest):
             self._cpu.pop(gone, None)
             self._workspace.pop(gone, None)
+            self._logs.pop(gone, None)
         self.latest = latest
         samples.record(taken)
         return taken
 
-    def _read(self, notebook: Notebook) -> NotebookSample | None:
-        runtime = runtime_for(notebook)
+    def _ship_logs(self, notebook: Notebook, runtime: Runtime) -> None:
+        """Copy the editor's log to the control plane when it changed."""
+        key, version = str(notebook.pk), runtime.log_version()
+        if version is not None and self._logs.get(key, (None,))[0] == version:
+            return
+        text = runtime.logs(EditorLog.KEEP_LINES)
+        digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
+        if self._logs.get(key, (None, None))[1] != digest:
+            services.save_editor_log(notebook, text)
+        self._logs[key] = (version, digest)
+
+    def _read(self, notebook: Notebook, runtime: Runtime) -> NotebookSample | None:
         stats = runtime.stats()
         if not stats.get("running"):
             return None

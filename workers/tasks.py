@@ -1,50 +1,62 @@
-"""Celery tasks: thin adapters that take ids, reload rows and call a service."""
+"""The host's Celery tasks: thin adapters that take ids, reload rows and act.
+
+Each runs on one host's queue (`host.<name>`, `nbcloud.dispatch.ROUTES`) and
+takes the host's name; the control plane sends them by name through
+`nbcloud.dispatch`.
+"""
 
 from celery import shared_task
+from celery.signals import worker_ready
 from django.conf import settings
 
-from . import lifecycle, reconcile
+from nbcloud import dispatch
+
+from . import idle, lifecycle
 
 
-@shared_task(name="notebooks.schedule")
-def schedule() -> None:
-    from nbcloud.hosts.services import place_queued
-
-    place_queued()
-
-
-@shared_task(name="notebooks.start")
+@shared_task(name=dispatch.START)
 def start_notebook(notebook_id: str, *, host: str) -> None:
     lifecycle.start(notebook_id, host)
 
 
-@shared_task(name="notebooks.stop")
+@shared_task(name=dispatch.STOP)
 def stop_notebook(notebook_id: str, *, host: str) -> None:
     lifecycle.stop(notebook_id, host)
 
 
-@shared_task(name="notebooks.delete")
+@shared_task(name=dispatch.DELETE)
 def delete_notebook(notebook_id: str, *, host: str) -> None:
     lifecycle.delete(notebook_id, host)
 
 
-@shared_task(name="notebooks.push_volumes")
+@shared_task(name=dispatch.RESTART)
+def restart_notebook(notebook_id: str, *, host: str) -> None:
+    lifecycle.restart(notebook_id, host)
+
+
+@shared_task(name=dispatch.PUSH_VOLUMES)
 def push_volumes(notebook_id: str, *, host: str) -> None:
     lifecycle.push_volumes(notebook_id, host)
 
 
-@shared_task(name="hosts.check_notebooks")
+@shared_task(name=dispatch.CHECK_NOTEBOOKS)
 def check_notebooks(*, host: str) -> None:
     lifecycle.check_host(host)
 
 
-@shared_task(name="notebooks.reconcile", expires=settings.NBCLOUD_RECONCILE_INTERVAL)
-def reconcile_all() -> None:
-    reconcile.run()
+@shared_task(name=dispatch.CHECK_IDLE, expires=settings.NBCLOUD_LIMITS_CHECK_INTERVAL)
+def check_idle(*, host: str) -> None:
+    idle.check_idle(host)
 
 
-@shared_task(name="billing.tick", expires=60)
-def billing_tick() -> None:
-    from nbcloud.billing.services import tick
+@worker_ready.connect
+def start_host_services(sender=None, **kwargs) -> None:
+    """A worker that consumes a host's queue (host.<name>) samples that host's notebooks
+    and ships their editors' logs."""
+    from .sampler import start_host_sampler
 
-    tick()
+    queues = {q.name for q in sender.app.amqp.queues.consume_from.values()} if sender else set()
+    prefix = dispatch.host_queue("")
+    hosts = sorted(q.removeprefix(prefix) for q in queues if q.startswith(prefix))
+    if hosts:
+        start_host_sampler(hosts[0])

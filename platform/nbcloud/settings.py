@@ -72,6 +72,8 @@ INSTALLED_APPS = [
     "nbcloud.gateway",
     "nbcloud.ovhai",
     "nbcloud.monitoring",
+    # Host set-up commands only (buildenvs, buildimages, installcodeserver).
+    "workers",
 ]
 
 MIDDLEWARE = [

@@ -94,7 +94,7 @@ def assert_budget_exceeded(reply) -> dict:
 
 def sent(callbacks) -> list[tuple[str, tuple, dict]]:
     """The tasks captured on commit: (name, args, kwargs)."""
-    return [(cb.func.__self__.name, cb.args, cb.keywords) for cb in callbacks]
+    return [(cb.name, cb.args, cb.kwargs) for cb in callbacks]
 
 
 # The state on the project.

@@ -85,7 +85,7 @@ CELERY = str(Path(sys.executable).parent / "celery")
 
 
 def host_worker(broker_url, public_url, name: str, *options: str, **env) -> subprocess.Popen:
-    argv = [CELERY, "-A", "nbcloud", "worker", "--host-name", name, *options, "-c", "1"]
+    argv = [CELERY, "-A", "workers", "worker", "--host-name", name, *options, "-c", "1"]
     argv += ["-n", f"agent-{name}@%h", "--loglevel", "INFO"]
     service_env = {**_service_env(broker_url, name, public_url), **env}
     return _start_service(f"worker-{name}", argv, service_env, lambda out: b"ready." in out)

@@ -53,7 +53,7 @@ def test_a_worker_with_host_options_registers_and_heart_beats(broker_url, public
 
 
 def test_a_region_outside_the_catalogue_stops_the_worker_with_the_fix(broker_url, public_url):
-    argv = [CELERY, "-A", "nbcloud", "worker", "--host-name", "x", "--region", "MARS"]
+    argv = [CELERY, "-A", "workers", "worker", "--host-name", "x", "--region", "MARS"]
     env = _service_env(broker_url, "x", public_url)
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0

@@ -14,9 +14,9 @@ from django.conf import settings
 from host_factories import host_worker
 
 from nbcloud.hosts.models import Host, HostState
+from nbcloud.notebooks import reconcile
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import InfoCode, State
-from workers import reconcile
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -156,3 +156,46 @@ def test_three_hosts_place_queue_and_survive_a_lost_host(
         act(alice_api, pk, "stop")
     for pk in (a, c, d):
         wait_state(pk, State.STOPPED)
+
+
+def test_logs_come_from_each_notebooks_own_host(
+    platform_server, celery_worker_process, conda_env, hosts, alice_api
+):
+    """The web process reads no host's files: two hosts with data directories of
+    their own each ship their editor's log, and the API serves both, during the
+    run and after the stop."""
+    from django.conf import settings as live
+
+    for name in HOSTS[:2]:
+        data = live.DATA_DIR / f"data-{name}"
+        hosts[name] = host_worker(
+            *hosts.urls,
+            name,
+            "--region",
+            "BHS",
+            NBCLOUD_HOST_CPUS="1",
+            NBCLOUD_HEARTBEAT_INTERVAL="1",
+            NBCLOUD_DATA_DIR=str(data),
+            NBCLOUD_WORKSPACES_DIR=str(data / "workspaces"),
+            SECRET_KEY=live.SECRET_KEY,
+        )
+    first, second = create(alice_api, "log-a"), create(alice_api, "log-b")
+    on = {pk: wait_state(pk, State.RUNNING).host.name for pk in (first, second)}
+    assert set(on.values()) == set(HOSTS[:2])
+
+    for pk, host in on.items():
+        # Each editor's log lives on its own host only...
+        assert (live.DATA_DIR / f"data-{host}" / "logs" / f"{pk}.log").exists()
+        assert not (live.DATA_DIR / "logs" / f"{pk}.log").exists()
+        # ...and the API, in a process of its own, serves it: the editor's start-up
+        # lines, which name the notebook's base URL.
+        reply = alice_api.get(f"{NOTEBOOKS}{pk}/logs/", {"tail": "500"})
+        assert reply.status_code == 200, reply.content
+        assert f"/notebooks/{pk}/" in reply.json()["logs"], reply.json()
+        assert reply.json()["updated_at"]
+
+    for pk in on:
+        act(alice_api, pk, "stop")
+    for pk in on:
+        wait_state(pk, State.STOPPED)
+        assert f"/notebooks/{pk}/" in alice_api.get(f"{NOTEBOOKS}{pk}/logs/").json()["logs"]

@@ -16,8 +16,8 @@ import watch
 from conftest import Kernel, notebook_url, wait_for
 
 from nbcloud.notebooks.models import Notebook
+from nbcloud.tasks import check_limits as check_limits_task
 from workers import workspace
-from workers.idle import check_limits_task
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 monitored_worker = watch.monitored_worker

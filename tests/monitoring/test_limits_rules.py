@@ -6,7 +6,9 @@ import pytest
 from conftest import make_notebook
 from django.utils import timezone
 
+from nbcloud import dispatch
 from nbcloud.hosts.models import Host
+from nbcloud.monitoring import limits
 from nbcloud.monitoring.models import NotebookSample
 from workers import idle
 
@@ -34,7 +36,7 @@ def codes(notebook) -> list[str]:
 def test_recent_activity_keeps_it_running(running, settings):
     notebook = running(idle_timeout=600)
     now = timezone.now()
-    idle.apply_idle_timeout(notebook, now - timedelta(seconds=30), 600, now)
+    limits.apply_idle_timeout(notebook, now - timedelta(seconds=30), 600, now)
     notebook.refresh_from_db()
     assert notebook.state == "RUNNING" and codes(notebook) == []
     assert notebook.last_activity_at == now - timedelta(seconds=30)
@@ -45,8 +47,8 @@ def test_a_warning_comes_once_before_the_stop(running, settings):
     notebook = running(idle_timeout=600)
     now = timezone.now()
     seen = now - timedelta(seconds=500)  # stops in 100 s: inside the warning's 120 s
-    idle.apply_idle_timeout(notebook, seen, 600, now)
-    idle.apply_idle_timeout(notebook, None, 600, now + timedelta(seconds=10))
+    limits.apply_idle_timeout(notebook, seen, 600, now)
+    limits.apply_idle_timeout(notebook, None, 600, now + timedelta(seconds=10))
     notebook.refresh_from_db()
     assert notebook.state == "RUNNING"
     assert codes(notebook) == ["IDLE_WARNING"]
@@ -59,7 +61,7 @@ def test_idle_past_the_timeout_stops_and_says_why(
     notebook = running(idle_timeout=600)
     now = timezone.now()
     with django_capture_on_commit_callbacks() as sent:
-        idle.apply_idle_timeout(notebook, now - timedelta(seconds=601), 600, now)
+        limits.apply_idle_timeout(notebook, now - timedelta(seconds=601), 600, now)
     notebook.refresh_from_db()
     assert notebook.state == "STOPPING"
     stop = notebook.events.get(to_state="STOPPING")
@@ -72,7 +74,7 @@ def test_idle_past_the_timeout_stops_and_says_why(
 def test_no_activity_at_all_counts_from_the_start(running):
     notebook = running(started_minutes_ago=2)
     now = timezone.now()
-    idle.apply_idle_timeout(notebook, None, 600, now)
+    limits.apply_idle_timeout(notebook, None, 600, now)
     notebook.refresh_from_db()
     assert notebook.state == "RUNNING"
 
@@ -93,17 +95,17 @@ def test_busy_gpus_or_cpus_are_activity(running, settings):
         )
 
     sample(20)
-    assert idle._resource_activity(notebook, now) is None  # JupyterLab idling
+    assert limits.resource_activity(notebook, now) is None  # JupyterLab idling
     gpu = sample(15, gpu=60)
-    assert idle._resource_activity(notebook, now) == gpu.at
+    assert limits.resource_activity(notebook, now) == gpu.at
     cpu = sample(10, cpu=1.0)
-    assert idle._resource_activity(notebook, now) == cpu.at
+    assert limits.resource_activity(notebook, now) == cpu.at
 
 
 def test_max_runtime_stops(running, django_capture_on_commit_callbacks, broker_url):
     notebook = running(started_minutes_ago=61, max_runtime=3600)
     with django_capture_on_commit_callbacks(execute=False) as sent:
-        idle.check_limits()
+        limits.check_limits()
     notebook.refresh_from_db()
     assert notebook.state == "STOPPING"
     assert notebook.events.get(to_state="STOPPING").code == "MAX_RUNTIME"
@@ -113,7 +115,7 @@ def test_max_runtime_stops(running, django_capture_on_commit_callbacks, broker_u
 def test_max_runtime_with_auto_restart_restarts(running, django_capture_on_commit_callbacks):
     notebook = running(started_minutes_ago=61, max_runtime=3600, timeout_auto_restart=True)
     with django_capture_on_commit_callbacks(execute=False) as sent:
-        idle.check_limits()
+        limits.check_limits()
     notebook.refresh_from_db()
     assert notebook.state == "RESTARTING" and notebook.host_id  # capacity kept
     assert notebook.events.get(to_state="RESTARTING").code == "TIMEOUT_RESTART"
@@ -126,7 +128,7 @@ def test_project_defaults_apply(running, alpha, django_capture_on_commit_callbac
     own = running(started_minutes_ago=61, max_runtime=7200)
     inherited = running(started_minutes_ago=61)
     with django_capture_on_commit_callbacks(execute=False):
-        idle.check_limits()
+        limits.check_limits()
     own.refresh_from_db()
     inherited.refresh_from_db()
     assert own.state == "RUNNING" and inherited.state == "STOPPING"
@@ -134,12 +136,14 @@ def test_project_defaults_apply(running, alpha, django_capture_on_commit_callbac
 
 def test_only_hosts_with_idle_limits_are_asked(running, monkeypatch):
     sent = []
-    monkeypatch.setattr(idle.check_idle_task, "delay", lambda **kw: sent.append(kw))
+    monkeypatch.setattr(
+        dispatch, "send", lambda name, args=(), kwargs=None, **o: sent.append(kwargs)
+    )
     running()
-    idle.check_limits()
+    limits.check_limits()
     assert sent == []
     running(idle_timeout=3600)
-    idle.check_limits()
+    limits.check_limits()
     assert sent == [{"host": "h1"}]
 
 
@@ -162,11 +166,11 @@ def test_code_server_counts_a_client_not_the_probe(
     try:
         now = timezone.now()
         for _ in range(3):
-            assert idle._editor_activity(notebook, now) is None  # started, never used
+            assert idle.editor_activity(notebook, now) is None  # started, never used
         endpoint = lifecycle.runtime_for(notebook).endpoint
         cookie = {"code-server-session": code_server_session(notebook.editor_secret)}
         assert requests.get(endpoint.url, cookies=cookie, timeout=30).status_code == 200
-        assert idle._editor_activity(notebook, timezone.now()) >= now  # a client was there
+        assert idle.editor_activity(notebook, timezone.now()) >= now  # a client was there
     finally:
         lifecycle.runtime_for(notebook).stop(5)
         workspace.remove_local(notebook)

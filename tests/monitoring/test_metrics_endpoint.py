@@ -103,7 +103,7 @@ def test_host_gpus_are_free_or_used(client, alpha):
 
 
 def test_queue_lengths_come_from_the_broker(client, broker_url, alpha):
-    from workers.idle import check_idle_task
+    from workers.tasks import check_idle as check_idle_task
 
     Host.objects.create(name="far-away", region="GRA", cpus=1, memory_bytes=1, disk_bytes=1)
     fleet.broker_redis().delete("host.far-away")

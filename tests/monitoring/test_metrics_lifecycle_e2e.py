@@ -44,7 +44,8 @@ def test_metrics_follow_a_notebook_through_its_lifecycle(
     alice_api,
     worker_host,
 ):
-    from workers.tasks import billing_tick, start_notebook
+    from nbcloud.tasks import billing_tick
+    from workers.tasks import start_notebook
 
     before = platform_metrics(platform_server)
     process_count = (f"{START}_count", (("runtime", "process"),))

@@ -10,6 +10,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from nbcloud.notebooks import services
 from nbcloud.notebooks.models import Notebook, NotebookEvent
 from nbcloud.projects.models import ApiToken
 
@@ -429,9 +430,23 @@ def test_logs_of_a_notebook_that_never_ran_are_empty(alice_api):
     notebook = create(alice_api)
     reply = alice_api.get(url(notebook, "logs/"))
     assert reply.status_code == 200, reply.content
-    assert reply.json() == {"logs": ""}
+    assert reply.json() == {"logs": "", "updated_at": None}
     body = assert_error(alice_api.get(url(notebook, "logs/"), {"tail": "many"}), 400, "invalid")
     assert "tail" in body["fields"]
+
+
+def test_logs_are_the_copy_the_host_shipped(alice_api):
+    """The API reads the log its host shipped: no runtime, no host at hand."""
+    notebook = create(alice_api)
+    row = Notebook.objects.get(pk=notebook["id"])
+    services.save_editor_log(row, "\n".join(f"line {n}" for n in range(6000)))
+    reply = alice_api.get(url(notebook, "logs/"), {"tail": "3"})
+    assert reply.status_code == 200, reply.content
+    assert reply.json()["logs"] == "line 5997\nline 5998\nline 5999"
+    assert reply.json()["updated_at"]
+    everything = alice_api.get(url(notebook, "logs/"), {"tail": "99999"}).json()["logs"]
+    assert everything.splitlines()[0] == "line 1000"  # the last EditorLog.KEEP_LINES kept
+    assert len(everything.splitlines()) == 5000
 
 
 def test_session_users_see_only_their_projects(alice, charlie, alice_api):

@@ -118,7 +118,7 @@ def test_notebook_runs_code_and_keeps_workspace_across_stop_and_start(
 
 
 def test_dead_editor_is_noticed_saved_and_failed(running_notebook, alice_api, alice):
-    from workers.tasks import reconcile_all
+    from nbcloud.tasks import reconcile_all
 
     notebook_id, url, _ = running_notebook
     kernel = _kernel(alice_api, url, alice[1])

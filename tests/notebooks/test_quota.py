@@ -6,7 +6,7 @@ import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
-from nbcloud.notebooks import services
+from nbcloud import dispatch
 from nbcloud.notebooks.models import Notebook, NotebookEvent
 
 BASE = "/api/v1/projects/alpha/notebooks/"
@@ -110,7 +110,7 @@ def test_concurrent_creates_never_exceed_the_quota(alice, monkeypatch):
     """20 requests at once, each for 1 GPU, against a quota of 4: exactly 4 win."""
     # This test commits for real: keep the on-commit `schedule` task off the broker.
     sent = []
-    monkeypatch.setattr(services, "_schedule_on_commit", lambda: sent.append(1))
+    monkeypatch.setattr(dispatch, "schedule", lambda: sent.append(1))
     token = alice[1]
     barrier = threading.Barrier(20)
     statuses: list[int] = []

@@ -120,6 +120,10 @@ class Runtime(ABC):
     @abstractmethod
     def logs(self, tail: int = 100) -> str: ...
 
+    def log_version(self) -> object | None:
+        """Something that changes whenever the log does (None: unknown, read it)."""
+        return None
+
     @property
     @abstractmethod
     def endpoint(self) -> Endpoint | None: ...

@@ -343,3 +343,10 @@ class ProcessRuntime(Runtime):
 
     def logs(self, tail: int = 100) -> str:
         return tail_file(self.log_path, tail)
+
+    def log_version(self) -> object | None:
+        try:
+            info = self.log_path.stat()
+        except FileNotFoundError:
+            return ()
+        return (info.st_ino, info.st_size, info.st_mtime_ns)

@@ -26,6 +26,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from nbcloud import dispatch
 from nbcloud.billing import services as billing
 from nbcloud.catalog.services import catalog
 from nbcloud.notebooks import services as notebook_services
@@ -36,12 +37,6 @@ from .models import Host, HostState
 
 log = logging.getLogger(__name__)
 GIB = 1024**3
-
-
-def _schedule_on_commit() -> None:
-    from workers.tasks import schedule
-
-    schedule.delay_on_commit()
 
 
 def register(name: str, region: str, inventory: dict, runtime: str) -> Host:
@@ -59,7 +54,7 @@ def register(name: str, region: str, inventory: dict, runtime: str) -> Host:
         Host.objects.filter(pk=host.pk).update(state=HostState.READY)
         host.state = HostState.READY
     log.info("host %s registered in %s: %s", name, region, inventory)
-    _schedule_on_commit()  # what waits may fit now
+    dispatch.schedule()  # what waits may fit now
     return host
 
 
@@ -70,7 +65,7 @@ def heartbeat(name: str) -> Host | None:
             return None
         if Host.objects.filter(name=name, state=HostState.LOST).update(state=HostState.READY):
             log.warning("host %s answers again: READY", name)
-            _schedule_on_commit()
+            dispatch.schedule()
     return Host.objects.get(name=name)
 
 
@@ -88,7 +83,7 @@ def undrain(host: Host) -> bool:
             state=HostState.READY
         )
         if done:
-            _schedule_on_commit()
+            dispatch.schedule()
     return bool(done)
 
 
@@ -298,8 +293,6 @@ def place_queued() -> list[tuple[str, str]]:
     Waiting: QUEUED, and RESTARTING without a host (its host was lost). Those
     that do not fit get their position in their region's line in `info`.
     """
-    from workers.tasks import start_notebook
-
     placed = []
     with transaction.atomic():
         hosts = list(
@@ -342,7 +335,7 @@ def place_queued() -> list[tuple[str, str]]:
                 # before loses it when the notebook restarts.
                 editor_secret=secrets.token_hex(24),
             )
-            start_notebook.delay_on_commit(str(notebook.pk), host=best.host.name)
+            dispatch.start(str(notebook.pk), best.host.name)
             placed.append((str(notebook.pk), best.host.name))
         # Every placement moves those behind it up: one statement per batch,
         # not one per notebook in line.

@@ -186,3 +186,22 @@ class NotebookGrant(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} may {self.role} {self.notebook}"
+
+
+class EditorLog(models.Model):
+    """The last lines of a notebook's editor log, as its host last shipped them.
+
+    The host's worker writes it (on start, while it runs, at stop); the API reads
+    it, so logs can be read from any web process, whichever host ran the editor.
+    """
+
+    KEEP_LINES = 5000
+
+    notebook = models.OneToOneField(
+        Notebook, primary_key=True, on_delete=models.CASCADE, related_name="editor_log"
+    )
+    text = models.TextField(blank=True)
+    updated_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"editor log of {self.notebook_id}"

@@ -13,11 +13,12 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
+from nbcloud import dispatch
 from nbcloud.api.errors import Conflict, QuotaExceeded
 from nbcloud.billing import services as billing
 from nbcloud.projects.models import Project
 
-from .models import Backup, Notebook, NotebookEvent
+from .models import Backup, EditorLog, Notebook, NotebookEvent
 from .states import ACTIONS, FAILURE_CODES, QUOTA_STATES, InfoCode, State, is_legal
 
 log = logging.getLogger(__name__)
@@ -133,12 +134,6 @@ def _locked_project(project: Project) -> Project:
     return Project.objects.select_for_update().get(pk=project.pk)
 
 
-def _schedule_on_commit() -> None:
-    from workers.tasks import schedule
-
-    schedule.delay_on_commit()
-
-
 def create(project: Project, spec: dict, *, actor: str, user=None) -> Notebook:
     """Create a notebook from a validated spec and queue it for a host."""
     with transaction.atomic():
@@ -165,7 +160,7 @@ def create(project: Project, spec: dict, *, actor: str, user=None) -> Notebook:
             code=InfoCode.WAITING_FOR_CAPACITY,
             message="Created.",
         )
-        _schedule_on_commit()
+        dispatch.schedule()
     return notebook
 
 
@@ -184,7 +179,7 @@ def start(notebook: Notebook, *, actor: str) -> Notebook:
             message="Start requested; waiting for a host.",
             queued_at=timezone.now(),
         )
-        _schedule_on_commit()
+        dispatch.schedule()
     return notebook
 
 
@@ -195,8 +190,6 @@ def stop(
     code: InfoCode = InfoCode.USER_STOP,
     message: str = "Stop requested; saving the workspace.",
 ) -> Notebook:
-    from workers.tasks import stop_notebook
-
     with transaction.atomic():
         notebook = Notebook.objects.select_for_update().get(pk=notebook.pk)
         target = _action_target(notebook, "stop")
@@ -204,16 +197,14 @@ def stop(
             transition(
                 notebook, target, actor=actor, code=code, message="Stopped before it started."
             )
-            _schedule_on_commit()
+            dispatch.schedule()
         else:
             transition(notebook, target, actor=actor, code=code, message=message)
-            stop_notebook.delay_on_commit(str(notebook.pk), host=notebook.host.name)
+            dispatch.stop(str(notebook.pk), notebook.host.name)
     return notebook
 
 
 def delete(notebook: Notebook, *, actor: str) -> Notebook:
-    from workers.tasks import delete_notebook
-
     with transaction.atomic():
         notebook = Notebook.objects.select_for_update().get(pk=notebook.pk)
         target = _action_target(notebook, "delete")
@@ -225,9 +216,9 @@ def delete(notebook: Notebook, *, actor: str) -> Notebook:
             transition(
                 notebook, State.DELETED, actor=SYSTEM, code=InfoCode.DELETED, message="Deleted."
             )
-            _schedule_on_commit()
+            dispatch.schedule()
         else:
-            delete_notebook.delay_on_commit(str(notebook.pk), host=notebook.host.name)
+            dispatch.delete(str(notebook.pk), notebook.host.name)
     return notebook
 
 
@@ -300,8 +291,6 @@ def fork(backup: Backup, *, actor: str, user=None, name: str = "") -> Notebook:
 
 def request_datasync(notebook: Notebook, *, actor: str) -> Notebook:
     """Push the RW volumes of a running notebook now (OVH's datasync)."""
-    from workers.tasks import push_volumes
-
     with transaction.atomic():
         notebook = Notebook.objects.select_for_update().get(pk=notebook.pk)
         if notebook.state != State.RUNNING:
@@ -323,11 +312,29 @@ def request_datasync(notebook: Notebook, *, actor: str) -> Notebook:
             f"Data sync requested for {len(writable)} volume(s).",
             actor=actor,
         )
-        push_volumes.delay_on_commit(str(notebook.pk), host=notebook.host.name)
+        dispatch.push_volumes(str(notebook.pk), notebook.host.name)
     return notebook
 
 
 # Host-side outcomes, called by the workers.
+
+
+def save_editor_log(notebook: Notebook, text: str) -> None:
+    """Keep the last EditorLog.KEEP_LINES lines of the editor's log (written by its host)."""
+    lines = text.splitlines()[-EditorLog.KEEP_LINES :]
+    EditorLog.objects.update_or_create(
+        notebook_id=notebook.pk,
+        defaults={"text": "\n".join(lines), "updated_at": timezone.now()},
+    )
+
+
+def editor_log(notebook: Notebook, tail: int) -> dict:
+    """The last `tail` lines of the editor's log its host shipped, and when."""
+    shipped = EditorLog.objects.filter(notebook_id=notebook.pk).first()
+    if shipped is None:
+        return {"logs": "", "updated_at": None}
+    lines = shipped.text.splitlines()[-tail:] if tail else []
+    return {"logs": "\n".join(lines), "updated_at": shipped.updated_at}
 
 
 def save_runtime_state(notebook: Notebook, state: dict) -> None:
@@ -372,7 +379,7 @@ def fail_start(notebook: Notebook, message: str, code: InfoCode = InfoCode.START
         message=message,
         **release_fields(),
     )
-    _schedule_on_commit()  # freed capacity may start a queued one
+    dispatch.schedule()  # freed capacity may start a queued one
 
 
 def editor_died(notebook: Notebook, message: str) -> None:
@@ -407,7 +414,7 @@ def finish_stop(
     if workspace_size is not None:
         fields["workspace_size"] = workspace_size
     transition(notebook, target, actor=SYSTEM, code=code, message=message, **fields)
-    _schedule_on_commit()  # freed capacity may start a queued one
+    dispatch.schedule()  # freed capacity may start a queued one
 
 
 def finish_delete(notebook: Notebook) -> None:
@@ -419,4 +426,4 @@ def finish_delete(notebook: Notebook) -> None:
         message="Deleted.",
         **release_fields(),
     )
-    _schedule_on_commit()  # freed capacity may start a queued one
+    dispatch.schedule()  # freed capacity may start a queued one

@@ -7,8 +7,9 @@ from rest_framework.response import Response
 from nbcloud.api import access
 from nbcloud.api.actors import actor_of
 from nbcloud.api.views import GUEST, ProjectScopedViewSet
+from nbcloud.monitoring import limits
 from nbcloud.notebooks import services, spec
-from nbcloud.notebooks.models import Notebook, NotebookGrant
+from nbcloud.notebooks.models import EditorLog, Notebook, NotebookGrant
 from nbcloud.notebooks.states import State
 from nbcloud.projects.models import WRITE_ROLES
 
@@ -220,18 +221,17 @@ class NotebookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectS
     @action(detail=True, methods=["post"])
     def keepalive(self, request, *args, **kwargs):
         """Count the notebook as used now: postpones its idle stop."""
-        from workers.idle import keepalive
+        return Response(self.get_serializer(limits.keepalive(self.get_object())).data)
 
-        return Response(self.get_serializer(keepalive(self.get_object())).data)
-
-    @extend_schema(responses={200: {"type": "object"}})
+    @extend_schema(
+        responses={200: {"type": "object"}},
+        parameters=[OpenApiParameter("tail", int, description="lines from the end (at most 5000)")],
+    )
     @action(detail=True, methods=["get"])
     def logs(self, request, *args, **kwargs):
-        from workers.lifecycle import runtime_for
-
+        """The editor's log as its host last shipped it (every few seconds while it runs)."""
         notebook = self.get_object()
         tail = request.query_params.get("tail", "200")
         if not tail.isdigit():
             raise serializers.ValidationError({"tail": f"{tail!r} is not a number of lines"})
-        tail = min(int(tail), 5000)
-        return Response({"logs": runtime_for(notebook).logs(tail)})
+        return Response(services.editor_log(notebook, min(int(tail), EditorLog.KEEP_LINES)))

@@ -43,7 +43,7 @@ LOCALHOST = "127.0.0.1"
 RUN_MARKER = "NBCLOUD_RUNPLATFORM"
 LEFTOVER_STOP_TIMEOUT = 10
 # What the children's command lines contain (and notebooks' never do).
-CHILD_PROGRAMS = ("celery -A nbcloud ", "uvicorn nbcloud.asgi:application ")
+CHILD_PROGRAMS = ("celery -A nbcloud ", "celery -A workers ", "uvicorn nbcloud.asgi:application ")
 
 
 def _executable(name: str) -> list[str]:
@@ -258,7 +258,7 @@ class Command(BaseCommand):
         return [
             *_executable("celery"),
             "-A",
-            "nbcloud",
+            "workers",
             "worker",
             "-E",
             "-Q",

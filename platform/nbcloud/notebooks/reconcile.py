@@ -5,25 +5,33 @@
 - queued notebooks: try placing them again;
 - running notebooks: ask each host to check its editors (a dead
   one is saved and marked FAILED);
-- a notebook stuck in a transitional state longer than NBCLOUD_STUCK_AFTER:
-  its task was probably lost between commit and dispatch, so send it again
-  (tasks are idempotent).
+- a notebook stuck in a transitional state (STARTING, STOPPING, RESTARTING,
+  DELETING) longer than NBCLOUD_STUCK_AFTER: its task was probably lost between
+  commit and dispatch, so send it again (tasks are idempotent).
 """
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
 
+from nbcloud import dispatch
 from nbcloud.hosts import services as host_services
-from nbcloud.notebooks.models import Notebook
-from nbcloud.notebooks.states import State
+
+from .models import Notebook
+from .states import State
+
+# The task that drives each transitional state, sent again when it is stuck.
+RESEND = {
+    State.STARTING: dispatch.start,
+    State.STOPPING: dispatch.stop,
+    State.RESTARTING: dispatch.restart,
+    State.DELETING: dispatch.delete,
+}
 
 
-def run() -> None:
-    from .tasks import check_notebooks, delete_notebook, start_notebook, stop_notebook
-
-    now = timezone.now()
+def run(now: datetime | None = None) -> None:
+    now = now or timezone.now()
     host_services.mark_lost(now - timedelta(seconds=settings.NBCLOUD_HOST_LOST_AFTER))
     host_services.place_queued()
     hosts = (
@@ -32,15 +40,14 @@ def run() -> None:
         .distinct()
     )
     for host in hosts:
-        check_notebooks.delay(host=host)
-    resend = {
-        State.STARTING: start_notebook,
-        State.STOPPING: stop_notebook,
-        State.DELETING: delete_notebook,
-    }
+        dispatch.check_notebooks(host)
+    resend_stuck(now)
+
+
+def resend_stuck(now: datetime) -> None:
     stuck_before = now - timedelta(seconds=settings.NBCLOUD_STUCK_AFTER)
     stuck = Notebook.objects.filter(
-        state__in=resend, host__isnull=False, state_changed_at__lt=stuck_before
+        state__in=RESEND, host__isnull=False, state_changed_at__lt=stuck_before
     ).values_list("pk", "state", "host__name")
     for pk, state, host in stuck:
-        resend[state].delay(str(pk), host=host)
+        RESEND[state](str(pk), host)

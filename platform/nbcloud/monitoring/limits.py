@@ -1,0 +1,162 @@
+"""Idle and runtime limits: the control plane's rules.
+
+Beat sends `notebooks.check_limits` (control) every
+NBCLOUD_LIMITS_CHECK_INTERVAL seconds. It enforces `max_runtime` from the
+database alone (stop, or restart on the same host with the workspace in place
+when `timeout_auto_restart` is set), and asks each host with notebooks that
+have an idle timeout to check them (`hosts.check_idle`, `workers.idle`), since
+only the host reaches its editors; the host reports what it saw to
+`apply_idle_timeout`.
+
+A notebook is busy while a kernel executes, a terminal or VS Code saw use,
+its GPUs or CPUs work above NBCLOUD_IDLE_GPU_PERCENT / NBCLOUD_IDLE_CPU_CORES
+(the sampler's readings), a client reached it through the gateway, or its
+owner asked to keep it alive. A computation left running with the browser
+closed keeps its kernel busy: it is not idle. NBCLOUD_IDLE_WARNING seconds
+(at most half the timeout) before the stop, an IDLE_WARNING event says when it
+will stop.
+"""
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from nbcloud import dispatch
+from nbcloud.notebooks import services
+from nbcloud.notebooks.models import Notebook
+from nbcloud.notebooks.states import InfoCode, State
+
+
+def idle_timeout(notebook: Notebook) -> int | None:
+    return notebook.idle_timeout or notebook.project.default_idle_timeout
+
+
+def max_runtime(notebook: Notebook) -> int | None:
+    return notebook.max_runtime or notebook.project.default_max_runtime
+
+
+def duration(seconds: float) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [f"{hours} h"] if hours else []
+    if minutes:
+        parts.append(f"{minutes} min")
+    if seconds or not parts:
+        parts.append(f"{seconds} s")
+    return " ".join(parts)
+
+
+def check_limits(now: datetime | None = None) -> None:
+    now = now or timezone.now()
+    idle_hosts = set()
+    running = Notebook.objects.select_related("project", "host").filter(
+        state=State.RUNNING, host__isnull=False
+    )
+    for notebook in running:
+        limit = max_runtime(notebook)
+        started = notebook.last_started_at
+        if limit and started and now >= started + timedelta(seconds=limit):
+            _enforce_max_runtime(notebook, limit)
+        elif idle_timeout(notebook):
+            idle_hosts.add(notebook.host.name)
+    for host in sorted(idle_hosts):
+        dispatch.check_idle(host)
+
+
+def _enforce_max_runtime(notebook: Notebook, limit: int) -> None:
+    try:
+        if notebook.timeout_auto_restart:
+            with transaction.atomic():
+                services.transition(
+                    notebook,
+                    State.RESTARTING,
+                    actor=services.SYSTEM,
+                    code=InfoCode.TIMEOUT_RESTART,
+                    message=f"Reached its max_runtime ({duration(limit)}); restarting with "
+                    "its workspace (timeout_auto_restart).",
+                )
+                dispatch.restart(str(notebook.pk), notebook.host.name)
+        else:
+            services.stop(
+                notebook,
+                actor=services.SYSTEM,
+                code=InfoCode.MAX_RUNTIME,
+                message=f"Reached its max_runtime ({duration(limit)}); stopped, the workspace "
+                "is saved.",
+            )
+    except services.InvalidState:
+        pass  # a user action got there first
+
+
+def resource_activity(notebook: Notebook, now: datetime) -> datetime | None:
+    """The latest sample that shows the GPUs or CPUs at work, since the last check."""
+    window = now - timedelta(
+        seconds=settings.NBCLOUD_LIMITS_CHECK_INTERVAL + 2 * settings.NBCLOUD_SAMPLE_INTERVAL
+    )
+    for sample in notebook.samples.filter(at__gte=window).order_by("-at"):
+        gpu_busy = any(
+            gpu["utilization_percent"] > settings.NBCLOUD_IDLE_GPU_PERCENT for gpu in sample.gpus
+        )
+        cpu_busy = (sample.cpu_cores or 0) > settings.NBCLOUD_IDLE_CPU_CORES
+        if gpu_busy or cpu_busy:
+            return sample.at
+    return None
+
+
+def apply_idle_timeout(
+    notebook: Notebook, seen: datetime | None, timeout: int, now: datetime
+) -> None:
+    """Given the latest sign of use a host saw (`seen`), warn or stop an idle notebook."""
+    if seen is not None:
+        record_activity(notebook, seen)
+    since = max(t for t in (notebook.last_activity_at, notebook.last_started_at) if t)
+    idle_for = (now - since).total_seconds()
+    stop_at = since + timedelta(seconds=timeout)
+    lead = min(settings.NBCLOUD_IDLE_WARNING, timeout / 2)
+    try:
+        if idle_for >= timeout:
+            services.stop(
+                notebook,
+                actor=services.SYSTEM,
+                code=InfoCode.IDLE_TIMEOUT,
+                message=f"Idle for {duration(idle_for)} (idle_timeout {duration(timeout)}); "
+                "stopped, the workspace is saved.",
+            )
+        elif idle_for >= timeout - lead:
+            _warn(notebook, since, stop_at)
+    except services.InvalidState:
+        pass  # a user action got there first
+
+
+def record_activity(notebook: Notebook, at: datetime) -> None:
+    """Move last_activity_at forward (never back); clear a pending idle warning."""
+    if notebook.last_activity_at and notebook.last_activity_at >= at:
+        return
+    Notebook.objects.filter(pk=notebook.pk).update(last_activity_at=at)
+    notebook.last_activity_at = at
+    if notebook.info_code == InfoCode.IDLE_WARNING:
+        services.set_info(notebook, InfoCode.RUNNING, "The editor is up.")
+
+
+def _warn(notebook: Notebook, since: datetime, stop_at: datetime) -> None:
+    if notebook.events.filter(code=InfoCode.IDLE_WARNING, at__gte=since).exists():
+        return
+    message = (
+        f"Idle since {since:%Y-%m-%d %H:%M:%S} UTC: it stops at {stop_at:%H:%M:%S} UTC "
+        "unless it is used or kept alive (POST .../keepalive/)."
+    )
+    services.record_event(notebook, InfoCode.IDLE_WARNING, message)
+    services.set_info(notebook, InfoCode.IDLE_WARNING, message)
+
+
+def keepalive(notebook: Notebook, now: datetime | None = None) -> Notebook:
+    """Postpone the idle stop: the notebook counts as used now."""
+    if notebook.state != State.RUNNING:
+        raise services.InvalidState(
+            f"Notebook {notebook.name!r} is {notebook.state}: only a RUNNING notebook can be "
+            "kept alive."
+        )
+    record_activity(notebook, now or timezone.now())
+    return notebook

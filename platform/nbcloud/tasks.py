@@ -1,0 +1,34 @@
+"""The control plane's Celery tasks: thin adapters that call a service.
+
+They run on the `control` and `billing` queues (`nbcloud.dispatch.ROUTES`);
+the host's tasks are in `workers.tasks`.
+"""
+
+from celery import shared_task
+from django.conf import settings
+
+from nbcloud import dispatch
+from nbcloud.billing.services import tick
+from nbcloud.hosts.services import place_queued
+from nbcloud.monitoring import limits
+from nbcloud.notebooks import reconcile
+
+
+@shared_task(name=dispatch.SCHEDULE)
+def schedule() -> None:
+    place_queued()
+
+
+@shared_task(name=dispatch.RECONCILE, expires=settings.NBCLOUD_RECONCILE_INTERVAL)
+def reconcile_all() -> None:
+    reconcile.run()
+
+
+@shared_task(name=dispatch.CHECK_LIMITS, expires=settings.NBCLOUD_LIMITS_CHECK_INTERVAL)
+def check_limits() -> None:
+    limits.check_limits()
+
+
+@shared_task(name=dispatch.BILLING_TICK, expires=60)
+def billing_tick() -> None:
+    tick()
