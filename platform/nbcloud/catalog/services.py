@@ -13,6 +13,8 @@ import yaml
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+GIB = 1024**3
+
 
 @dataclass(frozen=True)
 class FrameworkVersion:
@@ -65,6 +67,21 @@ class Flavor:
     # Default price of one unit for one minute, in settings.NBCLOUD_CURRENCY;
     # a string so it is read as an exact Decimal.
     price_per_minute: str = "0"
+
+    def resources(self, units: int) -> "Resources":
+        """What `units` of this flavor get: memory, CPUs and storage scale linearly."""
+        return Resources(
+            cpus=self.cpus * units,
+            memory_bytes=self.memory_gib * GIB * units,
+            disk_bytes=self.storage_gib * GIB * units,
+        )
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: int
+    memory_bytes: int
+    disk_bytes: int
 
 
 @dataclass(frozen=True)

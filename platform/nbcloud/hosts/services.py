@@ -36,7 +36,6 @@ from nbcloud.notebooks.states import HOST_LOST_STATES, InfoCode, State
 from .models import Host, HostState
 
 log = logging.getLogger(__name__)
-GIB = 1024**3
 
 
 def register(name: str, region: str, inventory: dict, runtime: str) -> Host:
@@ -163,12 +162,12 @@ class Need:
     @classmethod
     def of(cls, notebook: Notebook) -> "Need":
         flavor = catalog().flavors[notebook.flavor]
-        units = notebook.units
+        given = flavor.resources(notebook.units)
         return cls(
             notebook.gpu,
-            flavor.cpus * units,
-            flavor.memory_gib * GIB * units,
-            flavor.storage_gib * GIB * units,
+            given.cpus,
+            given.memory_bytes,
+            given.disk_bytes,
             flavor.gpu_model if notebook.gpu else "",
         )
 

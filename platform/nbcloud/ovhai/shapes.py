@@ -252,9 +252,9 @@ def resources_out(resources: dict) -> dict:
     flavor = catalog().flavors.get(resources["flavor"])
     if flavor is None:
         return out
-    units = resources["gpu"] or resources["cpu"]
-    out["memory"] = units * flavor.memory_gib * GIB
-    out["ephemeralStorage"] = units * flavor.storage_gib * GIB
+    given = flavor.resources(resources["gpu"] or resources["cpu"])
+    out["memory"] = given.memory_bytes
+    out["ephemeralStorage"] = given.disk_bytes
     if flavor.gpu_model:
         out["gpuModel"] = flavor.gpu_model
         out["gpuMemory"] = flavor.gpu_memory_gib * GIB
