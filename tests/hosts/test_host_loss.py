@@ -11,8 +11,8 @@ from host_factories import fresh, make_host, make_notebook
 from nbcloud.billing.models import BillableInterval
 from nbcloud.hosts import services
 from nbcloud.hosts.models import Host, HostState
+from nbcloud.notebooks import reconcile
 from nbcloud.notebooks.states import InfoCode, State
-from workers import reconcile
 
 pytestmark = pytest.mark.django_db
 

@@ -2,16 +2,17 @@
 worker adopts the container the dead one made, by its name, and the notebook ends
 RUNNING exactly once with no orphan container."""
 
-import time
+from datetime import timedelta
 
 import pytest
 from conftest import _stop_service, kill_worker, start_worker, wait_for
 from django.conf import settings
+from django.utils import timezone
 
 from nbcloud.hosts import services as host_services
 from nbcloud.hosts.inventory import read_inventory
+from nbcloud.notebooks import reconcile
 from nbcloud.notebooks.models import Notebook, NotebookEvent
-from workers import reconcile
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -75,9 +76,7 @@ def test_start_cut_short_by_a_dead_worker_ends_running_once_in_one_container(
     assert _notebook(created["id"]).state == "STARTING"
 
     docker_workers()
-    settings.NBCLOUD_STUCK_AFTER = 1
-    time.sleep(1.5)
-    reconcile.run()
+    reconcile.resend_stuck(timezone.now() + timedelta(seconds=settings.NBCLOUD_STUCK_AFTER + 1))
     wait_for(lambda: _notebook(created["id"]).state == "RUNNING", what="RUNNING", timeout=90)
     running = _notebook(created["id"])
     assert running.runtime_state["container_id"] == made.id

@@ -16,9 +16,9 @@ from django.utils import timezone
 from nbcloud.celery import app
 from nbcloud.hosts import services as host_services
 from nbcloud.hosts.inventory import read_inventory
+from nbcloud.notebooks import reconcile
 from nbcloud.notebooks import services as notebook_services
 from nbcloud.notebooks.models import Notebook, NotebookEvent
-from workers import reconcile
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -107,9 +107,7 @@ def test_start_cut_short_by_a_dead_worker_is_finished_by_the_next(
     workers()
     # Beat's sweep finds it STARTING for longer than NBCLOUD_STUCK_AFTER and
     # sends its start again.
-    settings.NBCLOUD_STUCK_AFTER = 1
-    time.sleep(1.5)
-    reconcile.run()
+    reconcile.resend_stuck(timezone.now() + timedelta(seconds=settings.NBCLOUD_STUCK_AFTER + 1))
     wait_for(lambda: _notebook(created["id"]).state == "RUNNING", what="RUNNING", timeout=90)
     running = _notebook(created["id"])
     # The new worker adopted the editor the dead one launched: no second editor.
@@ -156,8 +154,7 @@ def test_a_start_lost_between_commit_and_dispatch_is_sent_again(
     time.sleep(2)
     assert _notebook(notebook.pk).state == "STARTING"  # nothing happens by itself
 
-    settings.NBCLOUD_STUCK_AFTER = 1
-    reconcile.run()
+    reconcile.resend_stuck(timezone.now() + timedelta(seconds=settings.NBCLOUD_STUCK_AFTER + 1))
     wait_for(lambda: _notebook(notebook.pk).state == "RUNNING", what="RUNNING", timeout=90)
     assert NotebookEvent.objects.filter(notebook=notebook, to_state="RUNNING").count() == 1
     notebook_services.stop(_notebook(notebook.pk), actor="test")
