@@ -14,13 +14,15 @@ never bills past the end of an interval closed meanwhile.
 """
 
 import logging
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from uuid import UUID
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Max
+from django.db.models import Count, Max, QuerySet
 from django.utils import timezone
 from rest_framework import exceptions, status
 
@@ -181,23 +183,53 @@ class Cost:
 
 
 def cost_to_date(
-    *, project: Project | None = None, notebook: Notebook | None = None, now: datetime | None = None
+    *,
+    project: Project | None = None,
+    notebook: Notebook | None = None,
+    notebooks: QuerySet | None = None,
+    now: datetime | None = None,
 ) -> list[Cost]:
-    """This month's cost, live: billed records plus the commenced minutes not yet ticked."""
+    """This month's cost, live: billed records plus the commenced minutes not yet ticked.
+
+    Of a project, of one notebook, or of a set of notebooks together.
+    """
+    if project is not None:
+        scope = {"project": project}
+    elif notebooks is not None:
+        scope = {"notebook__in": notebooks}
+    else:
+        scope = {"notebook": notebook}
+    return _costs(scope, now).get(None, [])
+
+
+def costs_to_date(notebooks, *, now: datetime | None = None) -> dict[UUID, list[Cost]]:
+    """`cost_to_date` of each notebook (ids, rows or a queryset) by notebook id, in two
+    queries whatever their number; a notebook that cost nothing this month is absent."""
+    return _costs({"notebook__in": notebooks}, now, by="notebook_id")
+
+
+def _costs(scope: dict, now: datetime | None, by: str | None = None) -> dict:
+    """Costs to date within `scope`, by the value of the field `by` (all together under
+    None without one): the month's records summed exactly, plus each open interval's
+    commenced minutes that no tick has billed yet."""
     now = now or timezone.now()
-    scope = {"project": project} if project is not None else {"notebook": notebook}
-    totals: dict[str, Decimal] = {}
+    totals: dict = defaultdict(dict)
     records = UsageRecord.objects.filter(starts_at__gte=month_start(now), **scope)
-    for row in records.values("currency").annotate(total=money_sum()):
-        totals[row["currency"]] = from_sum(row["total"])
+    keys = [by] if by else []
+    for row in records.values(*keys, "currency").annotate(total=money_sum()).order_by():
+        totals[row[by] if by else None][row["currency"]] = from_sum(row["total"])
     open_intervals = BillableInterval.objects.filter(ended_at__isnull=True, **scope)
     for interval in open_intervals.annotate(billed=Count("records")):
         pending = minutes_commenced(interval.started_at, now) - interval.billed
         if pending > 0:
-            totals[interval.currency] = (
-                totals.get(interval.currency, Decimal(0)) + pending * interval.minute_amount
+            amounts = totals[getattr(interval, by) if by else None]
+            amounts[interval.currency] = (
+                amounts.get(interval.currency, Decimal(0)) + pending * interval.minute_amount
             )
-    return [Cost(amount, currency) for currency, amount in sorted(totals.items())]
+    return {
+        key: [Cost(amount, currency) for currency, amount in sorted(amounts.items())]
+        for key, amounts in totals.items()
+    }
 
 
 def _spent(budget: Budget, now: datetime) -> Decimal:

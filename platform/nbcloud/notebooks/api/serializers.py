@@ -1,8 +1,9 @@
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import models
 from rest_framework import serializers
 
-from nbcloud.billing.services import cost_to_date
+from nbcloud.billing.services import costs_to_date
 from nbcloud.catalog.services import catalog
 from nbcloud.monitoring.samples import dashboard_url
 from nbcloud.notebooks import spec
@@ -261,15 +262,27 @@ class NotebookUpdateSerializer(serializers.Serializer):
         return attrs
 
 
+class NotebookListSerializer(serializers.ListSerializer):
+    """Notebooks whose costs to date are read for all of them at once, not one by one."""
+
+    def to_representation(self, data):
+        notebooks = list(data.all() if isinstance(data, models.manager.BaseManager) else data)
+        self.child.costs = costs_to_date([nb.pk for nb in notebooks])
+        return super().to_representation(notebooks)
+
+
 class NotebookSerializer(serializers.ModelSerializer):
     spec = serializers.SerializerMethodField()
     status = serializers.SerializerMethodField()
     project = serializers.CharField(source="project.name")
     created_by = serializers.CharField(source="created_by.username", default=None)
+    # The costs to date of the notebooks being listed, by id (NotebookListSerializer's).
+    costs: dict | None = None
 
     class Meta:
         model = Notebook
         fields = ["id", "project", "created_at", "updated_at", "created_by", "spec", "status"]
+        list_serializer_class = NotebookListSerializer
 
     def get_spec(self, nb: Notebook) -> dict:
         return {
@@ -305,9 +318,13 @@ class NotebookSerializer(serializers.ModelSerializer):
             "state_changed_at": nb.state_changed_at,
             "duration": _duration(nb),
             "workspace_size": nb.workspace_size,
-            "cost_to_date": [c.as_dict() for c in cost_to_date(notebook=nb)],
+            "cost_to_date": [c.as_dict() for c in self._costs_of(nb)],
             "data_sync": nb.data_sync,
         }
+
+    def _costs_of(self, nb: Notebook) -> list:
+        costs = self.costs if self.costs is not None else costs_to_date([nb.pk])
+        return costs.get(nb.pk, [])
 
 
 def _duration(nb: Notebook) -> int:

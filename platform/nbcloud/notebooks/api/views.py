@@ -173,7 +173,7 @@ class NotebookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectS
                 user=grant.validated_data["user"],
                 defaults={"role": grant.validated_data["role"], "granted_by": request.user},
             )
-        grants = notebook.grants.select_related("user").order_by("user__username")
+        grants = notebook.grants.select_related("user", "granted_by").order_by("user__username")
         status_code = status.HTTP_201_CREATED if request.method == "POST" else status.HTTP_200_OK
         return Response(GrantSerializer(grants, many=True).data, status=status_code)
 

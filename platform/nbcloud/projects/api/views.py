@@ -1,5 +1,3 @@
-from decimal import Decimal
-
 from django.db.models import Count, Sum
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
@@ -58,19 +56,18 @@ class ProjectView(ProjectScopedMixin, APIView):
 
         budget = budget_status(self.project)
         if _scoped(request):
-            cost = _cost_of(
-                visible_notebooks(request, Notebook.objects.filter(project=self.project))
-            )
+            notebooks = visible_notebooks(request, Notebook.objects.filter(project=self.project))
+            cost = cost_to_date(notebooks=notebooks)
             if budget is not None:
                 budget = {k: v for k, v in budget.items() if k not in ("spent", "used_percent")}
         else:
-            cost = [c.as_dict() for c in cost_to_date(project=self.project)]
+            cost = cost_to_date(project=self.project)
         return Response(
             {
                 "name": self.project.name,
                 "role": self.role,
                 "gpu_quota": self.project.gpu_quota,
-                "cost_to_date": cost,
+                "cost_to_date": [c.as_dict() for c in cost],
                 "budget": budget,
             }
         )
@@ -78,14 +75,3 @@ class ProjectView(ProjectScopedMixin, APIView):
 
 def _scoped(request) -> bool:
     return isinstance(request.auth, ApiToken) and bool(request.auth.label_selector)
-
-
-def _cost_of(notebooks) -> list[dict]:
-    """This month's cost to date of these notebooks, summed by currency."""
-    from nbcloud.billing.services import Cost, cost_to_date
-
-    totals: dict[str, Decimal] = {}
-    for notebook in notebooks:
-        for cost in cost_to_date(notebook=notebook):
-            totals[cost.currency] = totals.get(cost.currency, Decimal(0)) + cost.amount
-    return [Cost(amount, currency).as_dict() for currency, amount in sorted(totals.items())]
