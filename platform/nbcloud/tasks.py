@@ -6,6 +6,7 @@ the host's tasks are in `workers.tasks`.
 
 from celery import shared_task
 from django.conf import settings
+from django.utils import timezone
 
 from nbcloud import dispatch
 from nbcloud.billing.services import tick
@@ -31,4 +32,6 @@ def check_limits() -> None:
 
 @shared_task(name=dispatch.BILLING_TICK, expires=60)
 def billing_tick() -> None:
-    tick()
+    now = timezone.now()
+    tick(now)
+    limits.enforce_budgets(now)

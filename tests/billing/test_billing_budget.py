@@ -16,6 +16,7 @@ from nbcloud.billing import services as billing
 from nbcloud.billing.models import BillableInterval, Budget, Price
 from nbcloud.hosts.models import Host, HostState
 from nbcloud.hosts.services import place_queued
+from nbcloud.monitoring import limits
 from nbcloud.notebooks import services
 from nbcloud.notebooks.models import Notebook, NotebookEvent
 from nbcloud.notebooks.states import InfoCode, State
@@ -236,7 +237,7 @@ def test_a_tick_stops_running_notebooks_once_the_budget_is_spent(
     queued = make_notebook(alpha, state=State.QUEUED)
     spend(alpha, 40)  # 1.168
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        billing.tick()
+        tick()
 
     running.refresh_from_db()
     assert running.state == State.STOPPING
@@ -252,7 +253,7 @@ def test_a_tick_stops_running_notebooks_once_the_budget_is_spent(
 
     # A later tick does not stop it twice.
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        billing.tick()
+        tick()
     assert callbacks == []
     assert running.events.filter(code=InfoCode.BUDGET_EXCEEDED).count() == 1
 
@@ -270,7 +271,7 @@ def test_without_stop_running_a_tick_stops_nothing(
     budget(alpha, "1.00", stop_running=False)
     spend(alpha, 40)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        billing.tick()
+        tick()
     assert callbacks == []
     running.refresh_from_db()
     assert running.state == State.RUNNING
@@ -281,7 +282,7 @@ def test_a_tick_stops_nothing_below_the_budget(alpha, running, django_capture_on
     budget(alpha, "1.00", stop_running=True)
     spend(alpha, 33)  # warning
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        billing.tick()
+        tick()
     assert callbacks == []
     running.refresh_from_db()
     assert running.state == State.RUNNING
@@ -294,7 +295,7 @@ def test_the_running_notebook_own_minutes_reach_the_budget(
     # It has run 2 minutes (0.0584) that no tick has billed yet.
     BillableInterval.objects.filter(notebook=running).update(started_at=this_month(1))
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        billing.tick()
+        tick()
     running.refresh_from_db()
     assert running.state == State.STOPPING
     assert [name for name, _, _ in sent(callbacks)] == ["notebooks.stop"]
@@ -306,7 +307,14 @@ def test_another_project_budget_does_not_stop_this_one(
     budget(bravo, "0.01", stop_running=True)
     spend(bravo, 5)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        billing.tick()
+        tick()
     assert callbacks == []
     running.refresh_from_db()
     assert running.state == State.RUNNING
+
+
+def tick() -> None:
+    """What beat's billing tick does: bill the minutes, then stop what the budgets say."""
+    now = timezone.now()
+    billing.tick(now)
+    limits.enforce_budgets(now)

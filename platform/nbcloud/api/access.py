@@ -16,7 +16,7 @@ from django.db.models import QuerySet
 from rest_framework import exceptions, serializers
 
 from nbcloud.notebooks import spec
-from nbcloud.projects.models import ApiToken, format_selector
+from nbcloud.projects.models import ApiToken, Project, Role, format_selector
 
 
 def token_allows(auth, labels: dict) -> bool:
@@ -38,6 +38,15 @@ def grant_role(request, notebook) -> str | None:
     return grant.role if grant else None
 
 
+def project_role(request, project: Project) -> str | None:
+    """The caller's role on `project` (None: it may not see it)."""
+    if isinstance(request.auth, ApiToken):
+        return request.auth.role if request.auth.project_id == project.pk else None
+    if request.user.is_superuser:
+        return Role.OPERATOR
+    return project.role_of(request.user)
+
+
 def granted_notebooks(request, queryset: QuerySet) -> QuerySet:
     """Of `queryset`, the notebooks shared with the person signed in."""
     if isinstance(request.auth, ApiToken) or not request.user.is_authenticated:
@@ -51,8 +60,6 @@ def _terms(auth) -> list[tuple[str, str, str]]:
 
 def notebook_visible(request, notebook) -> bool:
     """Whether this request may see and act on `notebook` (roles aside)."""
-    from nbcloud.api.views import project_role
-
     if project_role(request, notebook.project) is None:
         return False
     return token_allows(request.auth, notebook.labels)

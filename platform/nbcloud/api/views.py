@@ -9,16 +9,8 @@ was shared (a grant), for that notebook only, with the granted role.
 
 from rest_framework import exceptions, permissions, viewsets
 
-from nbcloud.projects.models import WRITE_ROLES, ApiToken, Project, Role
-
-
-def project_role(request, project: Project) -> str | None:
-    if isinstance(request.auth, ApiToken):
-        return request.auth.role if request.auth.project_id == project.pk else None
-    if request.user.is_superuser:
-        return Role.OPERATOR
-    return project.role_of(request.user)
-
+from nbcloud.api.access import grant_role, project_role
+from nbcloud.projects.models import WRITE_ROLES, ApiToken, Project
 
 GUEST = "guest"  # no role on the project, a grant on some of its notebooks
 
@@ -33,8 +25,6 @@ class ProjectRolePermission(permissions.BasePermission):
         return view.admits_notebook_guests and bool(getattr(view, "detail", False))
 
     def has_object_permission(self, request, view, obj) -> bool:
-        from nbcloud.api.access import grant_role
-
         if request.method in permissions.SAFE_METHODS or view.role in WRITE_ROLES:
             return True
         return grant_role(request, obj) in WRITE_ROLES

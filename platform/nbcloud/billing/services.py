@@ -104,9 +104,7 @@ def tick(now: datetime | None = None) -> int:
     with transaction.atomic():
         _billing_lock(exclusive=True)
         now = now or timezone.now()
-        written = _bill(BillableInterval.objects.filter(ended_at__isnull=True), now=now)
-    enforce_budgets(now)
-    return written
+        return _bill(BillableInterval.objects.filter(ended_at__isnull=True), now=now)
 
 
 def _bill(intervals, *, now: datetime) -> int:
@@ -232,7 +230,8 @@ def _costs(scope: dict, now: datetime | None, by: str | None = None) -> dict:
     }
 
 
-def _spent(budget: Budget, now: datetime) -> Decimal:
+def spent_this_month(budget: Budget, now: datetime) -> Decimal:
+    """What the budget's project has spent this month, in the budget's currency."""
     costs = cost_to_date(project=budget.project, now=now)
     return next((c.amount for c in costs if c.currency == budget.currency), Decimal(0))
 
@@ -241,7 +240,7 @@ def budget_status(project: Project, now: datetime | None = None) -> dict | None:
     budget = Budget.objects.filter(project=project).first()
     if budget is None:
         return None
-    spent = _spent(budget, now or timezone.now())
+    spent = spent_this_month(budget, now or timezone.now())
     used = (spent / budget.monthly_amount * 100) if budget.monthly_amount else Decimal(100)
     state = (
         "exceeded"
@@ -264,33 +263,10 @@ def check_budget(project: Project) -> None:
     budget = Budget.objects.filter(project=project).first()
     if budget is None:
         return
-    spent = _spent(budget, timezone.now())
+    spent = spent_this_month(budget, timezone.now())
     if spent >= budget.monthly_amount:
         raise BudgetExceeded(
             f"Project {project.name!r} has spent {spent} {budget.currency} of its monthly budget of "
             f"{budget.monthly_amount} {budget.currency}: new starts are refused until next month "
             "or until an administrator raises the budget."
         )
-
-
-def enforce_budgets(now: datetime) -> None:
-    """Stop running notebooks of projects whose budget is spent, where asked to."""
-    from nbcloud.notebooks import services as notebook_services
-    from nbcloud.notebooks.states import InfoCode, State
-
-    for budget in Budget.objects.filter(stop_running=True).select_related("project"):
-        spent = _spent(budget, now)
-        if spent < budget.monthly_amount:
-            continue
-        running = Notebook.objects.filter(project=budget.project, state=State.RUNNING)
-        for notebook in running.select_related("host"):
-            try:
-                notebook_services.stop(
-                    notebook,
-                    actor=notebook_services.SYSTEM,
-                    code=InfoCode.BUDGET_EXCEEDED,
-                    message=f"Monthly budget of {budget.monthly_amount} {budget.currency} reached "
-                    f"({spent} {budget.currency} spent); stopping, the workspace is saved.",
-                )
-            except notebook_services.InvalidState:
-                continue

@@ -1,4 +1,4 @@
-"""Idle and runtime limits: the control plane's rules.
+"""Idle, runtime and budget limits: the control plane's rules that stop notebooks.
 
 Beat sends `notebooks.check_limits` (control) every
 NBCLOUD_LIMITS_CHECK_INTERVAL seconds. It enforces `max_runtime` from the
@@ -24,6 +24,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from nbcloud import dispatch
+from nbcloud.billing import services as billing
+from nbcloud.billing.models import Budget
 from nbcloud.notebooks import services
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import InfoCode, State
@@ -160,3 +162,23 @@ def keepalive(notebook: Notebook, now: datetime | None = None) -> Notebook:
         )
     record_activity(notebook, now or timezone.now())
     return notebook
+
+
+def enforce_budgets(now: datetime) -> None:
+    """Stop running notebooks of projects whose budget is spent, where asked to."""
+    for budget in Budget.objects.filter(stop_running=True).select_related("project"):
+        spent = billing.spent_this_month(budget, now)
+        if spent < budget.monthly_amount:
+            continue
+        running = Notebook.objects.filter(project=budget.project, state=State.RUNNING)
+        for notebook in running.select_related("host"):
+            try:
+                services.stop(
+                    notebook,
+                    actor=services.SYSTEM,
+                    code=InfoCode.BUDGET_EXCEEDED,
+                    message=f"Monthly budget of {budget.monthly_amount} {budget.currency} reached "
+                    f"({spent} {budget.currency} spent); stopping, the workspace is saved.",
+                )
+            except services.InvalidState:
+                continue
