@@ -5,7 +5,9 @@ A worker serves a host when started with ``--host-name NAME`` (then it also
 consumes ``host.NAME``; ``--region`` and ``--host-labels k=v,...`` go with
 it), or when it consumes ``host.<NBCLOUD_HOST_NAME>``: the settings
 NBCLOUD_HOST_NAME, NBCLOUD_HOST_REGION and NBCLOUD_HOST_LABELS are the
-fallbacks. On start it registers the host with its inventory; then, every
+fallbacks. On start it registers the host with its inventory and sends again
+the tasks of its notebooks in flight (STARTING, STOPPING, RESTARTING, DELETING:
+a crash or deploy cut them short; tasks are idempotent); then, every
 NBCLOUD_HEARTBEAT_INTERVAL seconds, it heart-beats and stops the editors of
 runs this host started but no longer holds (a host that was lost and comes
 back finds its notebooks started elsewhere: their old editors must not run
@@ -28,6 +30,7 @@ from nbcloud.catalog.services import catalog
 from nbcloud.dispatch import host_queue
 from nbcloud.hosts import services as host_services
 from nbcloud.hosts.inventory import parse_labels
+from nbcloud.notebooks import reconcile
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import InfoCode
 
@@ -77,6 +80,13 @@ class HostAgent:
         try:
             lifecycle.register_host(self.identity.name, self.identity.region, self.identity.labels)
             sweep_stale_editors(self.identity.name)
+            # A crash, deploy or reboot cut its work short: take it up now, not when
+            # reconcile finds it stuck (NBCLOUD_STUCK_AFTER).
+            resumed = reconcile.resume_host(self.identity.name)
+            if resumed:
+                log.info(
+                    "host %s: resuming %d notebook(s) in flight", self.identity.name, len(resumed)
+                )
         finally:
             # The pool's processes must not share this thread's connection.
             connections.close_all()

@@ -5,6 +5,7 @@ the host's tasks are in `workers.tasks`.
 """
 
 from celery import shared_task
+from celery.signals import worker_ready
 from django.conf import settings
 from django.utils import timezone
 
@@ -35,3 +36,13 @@ def billing_tick() -> None:
     now = timezone.now()
     tick(now)
     limits.enforce_budgets(now)
+
+
+@worker_ready.connect
+def resume_control(sender=None, **kwargs) -> None:
+    """A worker of the control queue (re)started: place and reconcile at once rather
+    than at beat's next round."""
+    queues = {q.name for q in sender.app.amqp.queues.consume_from.values()} if sender else set()
+    if dispatch.Queue.CONTROL in queues:
+        dispatch.schedule()
+        dispatch.send(dispatch.RECONCILE, expires=settings.NBCLOUD_RECONCILE_INTERVAL)

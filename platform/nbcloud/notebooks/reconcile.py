@@ -44,6 +44,18 @@ def run(now: datetime | None = None) -> None:
     resend_stuck(now)
 
 
+def resume_host(host: str) -> list[str]:
+    """A host's worker (re)started: drive its notebooks in flight again at once, whatever
+    their age (tasks are idempotent), and check its running editors. Returns the ids sent."""
+    moving = Notebook.objects.filter(host__name=host, state__in=RESEND).values_list("pk", "state")
+    sent = []
+    for pk, state in moving:
+        RESEND[state](str(pk), host)
+        sent.append(str(pk))
+    dispatch.check_notebooks(host)
+    return sent
+
+
 def resend_stuck(now: datetime) -> None:
     stuck_before = now - timedelta(seconds=settings.NBCLOUD_STUCK_AFTER)
     stuck = Notebook.objects.filter(
