@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "nbcloud.gateway",
     "nbcloud.ovhai",
     "nbcloud.monitoring",
+    "nbcloud.dispatch",
     # Host set-up commands only (buildenvs, buildimages, installcodeserver).
     "workers",
 ]
@@ -335,6 +336,9 @@ NBCLOUD_VOLUME_CACHE_DIR = envpath("NBCLOUD_VOLUME_CACHE_DIR", DATA_DIR / "volum
 NBCLOUD_VOLUME_CACHE_TTL = envint("NBCLOUD_VOLUME_CACHE_TTL", 72 * 3600, minimum=0)
 NBCLOUD_GIT_CLONE_DEPTH = envint("NBCLOUD_GIT_CLONE_DEPTH", 1, minimum=0)
 NBCLOUD_RECONCILE_INTERVAL = envint("NBCLOUD_RECONCILE_INTERVAL", 30, minimum=1)
+# Tasks the broker could not take (it was down) wait in the outbox; beat has it
+# flushed every NBCLOUD_OUTBOX_INTERVAL seconds.
+NBCLOUD_OUTBOX_INTERVAL = envint("NBCLOUD_OUTBOX_INTERVAL", 5, minimum=1)
 # A transitional state (STARTING, STOPPING, DELETING) older than this is
 # assumed to have lost its task, and reconcile sends it again.
 NBCLOUD_STUCK_AFTER = envint("NBCLOUD_STUCK_AFTER", 600, minimum=1)
@@ -423,6 +427,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "billing.tick",
         "schedule": 60,
         "options": {"expires": 60},
+    },
+    "flush-outbox": {
+        "task": "dispatch.flush_outbox",
+        "schedule": NBCLOUD_OUTBOX_INTERVAL,
+        "options": {"expires": NBCLOUD_OUTBOX_INTERVAL},
     },
     "check-limits": {
         "task": "notebooks.check_limits",

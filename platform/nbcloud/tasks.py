@@ -38,11 +38,17 @@ def billing_tick() -> None:
     limits.enforce_budgets(now)
 
 
+@shared_task(name=dispatch.FLUSH_OUTBOX, expires=settings.NBCLOUD_OUTBOX_INTERVAL)
+def flush_outbox() -> None:
+    dispatch.flush_outbox()
+
+
 @worker_ready.connect
 def resume_control(sender=None, **kwargs) -> None:
     """A worker of the control queue (re)started: place and reconcile at once rather
     than at beat's next round."""
     queues = {q.name for q in sender.app.amqp.queues.consume_from.values()} if sender else set()
     if dispatch.Queue.CONTROL in queues:
+        dispatch.flush_outbox(older_than=0)
         dispatch.schedule()
         dispatch.send(dispatch.RECONCILE, expires=settings.NBCLOUD_RECONCILE_INTERVAL)

@@ -40,10 +40,25 @@ def api_aware_404(request, exception=None):
 
 
 def api_aware_500(request):
-    """A crash under /api/ still answers the API's error shape."""
+    """A crash under /api/ still answers the API's error shape; a database that cannot
+    be reached (down, restarting, failing over) is a 503 with Retry-After, anywhere."""
+    import sys
+
+    from django.db import InterfaceError, OperationalError
     from django.http import JsonResponse
     from django.views.defaults import server_error
 
+    if isinstance(sys.exc_info()[1], OperationalError | InterfaceError):
+        answer = JsonResponse(
+            {
+                "code": "unavailable",
+                "message": "The platform's database cannot be reached just now; running "
+                "notebooks are not affected. Try again in a few seconds.",
+            },
+            status=503,
+        )
+        answer["Retry-After"] = str(DATABASE_RETRY_AFTER)
+        return answer
     if request.path.startswith("/api/"):
         return JsonResponse(
             {"code": "server_error", "message": "Internal error; the operator has the details."},
@@ -52,5 +67,6 @@ def api_aware_500(request):
     return server_error(request)
 
 
+DATABASE_RETRY_AFTER = 5  # seconds
 handler404 = api_aware_404
 handler500 = api_aware_500

@@ -4,17 +4,25 @@ Control code never imports `workers` (the host side). It names the task, and
 Celery carries it to the queue the routes table below gives: `control`
 (orchestration, scheduling, reconcile, limits), `billing` (beat's ticks), or
 `host.<name>` for work that must run on one host (those tasks take a `host`
-keyword naming it). Every send waits for the current transaction to commit
-(at once outside one): a worker never sees a row its sender may roll back.
-A send lost between commit and broker (a crash, the broker down) is found and
-sent again by reconcile (tasks are idempotent).
+keyword naming it). Every send is written to an outbox in the caller's
+transaction and sent once it commits (at once outside one): a worker never sees
+a row its sender may roll back, and a task the broker could not take (the
+broker down, a crash between commit and send) stays in the outbox until beat's
+`dispatch.flush_outbox` sends it, seconds after the broker is back. Reconcile
+remains the last net (tasks are idempotent).
 """
 
+import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+log = logging.getLogger(__name__)
 
 
 class Queue(StrEnum):
@@ -28,6 +36,7 @@ SCHEDULE = "notebooks.schedule"
 RECONCILE = "notebooks.reconcile"
 CHECK_LIMITS = "notebooks.check_limits"
 BILLING_TICK = "billing.tick"
+FLUSH_OUTBOX = "dispatch.flush_outbox"
 START = "notebooks.start"
 STOP = "notebooks.stop"
 DELETE = "notebooks.delete"
@@ -42,6 +51,7 @@ ROUTES: dict[str, Queue] = {
     RECONCILE: Queue.CONTROL,
     CHECK_LIMITS: Queue.CONTROL,
     BILLING_TICK: Queue.BILLING,
+    FLUSH_OUTBOX: Queue.CONTROL,
     START: Queue.HOST,
     STOP: Queue.HOST,
     DELETE: Queue.HOST,
@@ -77,25 +87,80 @@ def route_task(name, args, kwargs, options, task=None, **kw):
 
 @dataclass(frozen=True)
 class Sending:
-    """A task to send once the transaction commits (what `on_commit` holds)."""
+    """A task to send once the transaction commits (what `on_commit` holds); its
+    outbox row goes once the broker took it."""
 
     name: str
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
+    outbox_id: int | None = None
 
     def __call__(self) -> None:
         from nbcloud.celery import app
 
-        app.send_task(self.name, args=self.args, kwargs=self.kwargs, **self.options)
+        from .models import OutboxMessage
+
+        try:
+            app.send_task(self.name, args=self.args, kwargs=self.kwargs, **self.options)
+        except Exception as exc:  # the broker is down: the outbox keeps it
+            log.warning("task %s not sent (%s); kept in the outbox", self.name, exc)
+            OutboxMessage.objects.filter(pk=self.outbox_id).update(
+                attempts=F("attempts") + 1, last_error=str(exc)[:500]
+            )
+            return
+        OutboxMessage.objects.filter(pk=self.outbox_id).delete()
 
 
 def send(name: str, args: tuple = (), kwargs: dict | None = None, **options) -> None:
     """Send task `name` once the current transaction commits (`options`: Celery's,
-    e.g. `expires`)."""
+    e.g. `expires`). It is written to the outbox in the same transaction, so a broker
+    that is down (or a process that dies before the send) delays it, never loses it:
+    `flush_outbox` sends what is left."""
+    from .models import OutboxMessage
+
     if name not in ROUTES:
         raise UnroutedTask(f"task {name!r} has no route: add it to nbcloud.dispatch.ROUTES")
-    transaction.on_commit(Sending(name, tuple(args), dict(kwargs or {}), options))
+    args, kwargs = tuple(args), dict(kwargs or {})
+    kept = OutboxMessage.objects.create(name=name, args=list(args), kwargs=kwargs, options=options)
+    transaction.on_commit(Sending(name, args, kwargs, options, kept.pk))
+
+
+def flush_outbox(older_than: float = 2.0, limit: int = 1000) -> int:
+    """Send the tasks left in the outbox (their broker was down); returns how many went.
+
+    Rows younger than `older_than` seconds are left to their own on-commit send.
+    Concurrent flushes skip each other's rows; a task sent twice finds its work
+    done (tasks are idempotent)."""
+    from nbcloud.celery import app
+
+    from .models import OutboxMessage
+
+    sent = 0
+    cutoff = timezone.now() - timedelta(seconds=older_than)
+    with transaction.atomic():
+        pending = (
+            OutboxMessage.objects.select_for_update(skip_locked=True)
+            .filter(created_at__lt=cutoff)
+            .order_by("id")[:limit]
+        )
+        done = []
+        for message in pending:
+            try:
+                app.send_task(
+                    message.name,
+                    args=tuple(message.args),
+                    kwargs=message.kwargs,
+                    **message.options,
+                )
+            except Exception as exc:
+                log.warning("outbox: the broker still refuses tasks (%s)", exc)
+                break
+            done.append(message.pk)
+        sent = OutboxMessage.objects.filter(pk__in=done).delete()[0]
+    if sent:
+        log.info("outbox: sent %d task(s) held while the broker was away", sent)
+    return sent
 
 
 # What control asks for, by name.
