@@ -13,6 +13,7 @@ import time
 import requests
 from django.conf import settings
 
+from nbcloud import dispatch
 from nbcloud.hosts import services as host_services
 from nbcloud.hosts.inventory import read_inventory
 from nbcloud.notebooks import services
@@ -207,10 +208,11 @@ def restart(notebook_id: str, host: str) -> None:
         )
 
 
-def stop(notebook_id: str, host: str) -> None:
+def stop(notebook_id: str, host: str, attempt: int = 0) -> None:
     notebook = _load(notebook_id, host, State.STOPPING)
     if notebook is None:
         return
+    retrying = notebook.info_code == InfoCode.BACKUP_RETRY
     runtime = runtime_for(notebook)
     runtime.stop(settings.NBCLOUD_EDITOR_STOP_TIMEOUT)
     ship_logs(notebook, runtime)
@@ -232,12 +234,7 @@ def stop(notebook_id: str, host: str) -> None:
         saved = workspace.backup(notebook)
     except Exception as exc:
         log.exception("notebook %s: workspace backup failed; the local copy is kept", notebook_id)
-        services.finish_stop(
-            notebook,
-            workspace_size=None,
-            failure=f"Saving the workspace failed ({exc.__class__.__name__}); it is kept on "
-            f"host {host} and saved again at the next stop.",
-        )
+        _retry_stop(notebook, host, exc, attempt, chained=attempt > 0 or not retrying)
         return
     workspace.remove_local(notebook)
     if push_failure:
@@ -250,6 +247,28 @@ def stop(notebook_id: str, host: str) -> None:
         return
     volumes.remove_local(notebook)
     services.finish_stop(notebook, workspace_size=saved.workspace_size)
+
+
+def _retry_stop(notebook: Notebook, host: str, exc: Exception, attempt: int, chained: bool) -> None:
+    """The object store did not take the workspace (down, unreachable, full): the
+    notebook stays STOPPING with its workspace on this host and capacity held, and
+    the stop tries again with a growing delay, as long as it takes. One chain of
+    retries per notebook: a stop sent again meanwhile (reconcile) tries once."""
+    delay = min(settings.NBCLOUD_BACKUP_RETRY_DELAY * 2**attempt, settings.NBCLOUD_BACKUP_RETRY_MAX)
+    reason = f"{exc.__class__.__name__}: {exc}"[:300]
+    message = (
+        f"Saving the workspace failed ({reason}). It is kept on host {host}; the stop tries "
+        f"again{f' in {delay} s' if chained else ''} (attempt {attempt + 1})."
+    )
+    services.record_event(notebook, InfoCode.BACKUP_RETRY, message)
+    services.set_info(notebook, InfoCode.BACKUP_RETRY, message)
+    if chained:
+        dispatch.send(
+            dispatch.STOP,
+            (str(notebook.pk),),
+            {"host": host, "attempt": attempt + 1},
+            countdown=delay,
+        )
 
 
 def push_volumes(notebook_id: str, host: str) -> None:

@@ -20,8 +20,8 @@ def start_notebook(notebook_id: str, *, host: str) -> None:
 
 
 @shared_task(name=dispatch.STOP)
-def stop_notebook(notebook_id: str, *, host: str) -> None:
-    lifecycle.stop(notebook_id, host)
+def stop_notebook(notebook_id: str, *, host: str, attempt: int = 0) -> None:
+    lifecycle.stop(notebook_id, host, attempt)
 
 
 @shared_task(name=dispatch.DELETE)

@@ -336,6 +336,11 @@ NBCLOUD_VOLUME_CACHE_DIR = envpath("NBCLOUD_VOLUME_CACHE_DIR", DATA_DIR / "volum
 NBCLOUD_VOLUME_CACHE_TTL = envint("NBCLOUD_VOLUME_CACHE_TTL", 72 * 3600, minimum=0)
 NBCLOUD_GIT_CLONE_DEPTH = envint("NBCLOUD_GIT_CLONE_DEPTH", 1, minimum=0)
 NBCLOUD_RECONCILE_INTERVAL = envint("NBCLOUD_RECONCILE_INTERVAL", 30, minimum=1)
+# A stop whose workspace backup fails (the object store down) keeps the notebook
+# STOPPING, its workspace on the host, and tries again after
+# NBCLOUD_BACKUP_RETRY_DELAY seconds, doubling up to NBCLOUD_BACKUP_RETRY_MAX.
+NBCLOUD_BACKUP_RETRY_DELAY = envint("NBCLOUD_BACKUP_RETRY_DELAY", 15, minimum=1)
+NBCLOUD_BACKUP_RETRY_MAX = envint("NBCLOUD_BACKUP_RETRY_MAX", 600, minimum=1)
 # Tasks the broker could not take (it was down) wait in the outbox; beat has it
 # flushed every NBCLOUD_OUTBOX_INTERVAL seconds.
 NBCLOUD_OUTBOX_INTERVAL = envint("NBCLOUD_OUTBOX_INTERVAL", 5, minimum=1)

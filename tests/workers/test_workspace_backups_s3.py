@@ -159,3 +159,56 @@ def test_network_failure_mid_upload_leaves_nothing(notebook, s3, s3_endpoint, se
     assert _objects(s3) == {}
     assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
     assert (path / "data.bin").stat().st_size == 20 * 1024 * 1024  # the workspace is untouched
+
+
+@pytest.mark.django_db
+def test_a_stop_while_the_object_store_is_down_keeps_the_workspace_and_retries(
+    s3, s3_endpoint, settings, tmp_path, django_capture_on_commit_callbacks
+):
+    """The notebook is not lost: it stays STOPPING with its workspace on the host, the
+    status says why, the stop tries again with a growing delay, and once the store is
+    back the workspace is saved and the notebook STOPPED."""
+    from nbcloud.hosts.models import Host
+    from nbcloud.notebooks.models import Notebook
+    from workers import lifecycle
+
+    with socket.socket() as probe:  # a port where no object store answers
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    _use_s3(settings, dead, tmp_path)
+    host = Host.objects.create(name="h", region="GRA", cpus=4, memory_bytes=2**34, disk_bytes=2**36)
+    row = make_notebook(
+        Project.objects.create(name="s3"), state="STOPPING", host=host, editor_secret="s" * 48
+    )
+    (workspace.local_path(row)).mkdir(parents=True)
+    (workspace.local_path(row) / "results.txt").write_text("an afternoon of work\n")
+
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        lifecycle.stop(str(row.pk), "h")
+    row = Notebook.objects.get(pk=row.pk)
+    assert row.state == "STOPPING" and row.host_id == host.pk  # capacity held
+    assert row.info_code == "BACKUP_RETRY"
+    assert "kept on host h" in row.info_message and "in 15 s" in row.info_message
+    assert (workspace.local_path(row) / "results.txt").exists()
+    retry = [(c.name, c.kwargs, c.options) for c in sent]
+    assert retry == [("notebooks.stop", {"host": "h", "attempt": 1}, {"countdown": 15})]
+
+    # Reconcile sends the stop again meanwhile: it tries once, and starts no second chain.
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        lifecycle.stop(str(row.pk), "h")
+    assert sent == []
+    # The chain's next attempt waits twice as long.
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        lifecycle.stop(str(row.pk), "h", attempt=1)
+    assert [c.options for c in sent] == [{"countdown": 30}]
+    assert Backup.objects.count() == 0
+
+    _use_s3(settings, s3_endpoint, tmp_path)  # the store is back
+    with django_capture_on_commit_callbacks(execute=True):
+        lifecycle.stop(str(row.pk), "h", attempt=2)
+    row = Notebook.objects.get(pk=row.pk)
+    assert row.state == "STOPPED" and row.host_id is None
+    assert not workspace.local_path(row).exists()
+    restored = workspace.prepare(row)
+    assert (restored / "results.txt").read_text() == "an afternoon of work\n"
+    assert row.events.filter(code="BACKUP_RETRY").count() == 3
