@@ -9,6 +9,8 @@ leaves half a workspace.
 """
 
 import contextlib
+import errno
+import gzip
 import hashlib
 import logging
 import os
@@ -18,6 +20,7 @@ import tarfile
 import tempfile
 import threading
 import uuid
+import zlib
 from pathlib import Path
 
 from django.conf import settings
@@ -105,11 +108,55 @@ def prepare(notebook: Notebook) -> Path:
             if os.geteuid() == 0:
                 os.chown(path, uid, uid)
         else:
-            restore(latest, path, uid=uid)
+            try:
+                restore(latest, path, uid=uid)
+            except UnsafeBackup:
+                raise
+            except Exception as exc:
+                raise _restore_failure(notebook, latest, exc) from exc
     else:  # the notebook's own tree: its links are never followed
         safefs.chown_tree(path, uid)
     os.chmod(path, 0o700, follow_symlinks=False)
     return path
+
+
+def _restore_failure(notebook: Notebook, backup: Backup, exc: Exception) -> StartError:
+    """What the owner reads when the last backup cannot be restored, and what to do."""
+    when = f"backup {backup.pk} of {backup.created_at:%Y-%m-%d %H:%M} UTC"
+    previous = notebook.backups.exclude(pk=backup.pk).first()
+    offer = (
+        f" The previous one is backup {previous.pk} of {previous.created_at:%Y-%m-%d %H:%M} UTC: "
+        f"fork it (POST .../backups/{previous.pk}/fork/, `nbc notebook backup fork NOTEBOOK {previous.pk}`)."
+        if previous is not None
+        else " There is no older backup to fall back on."
+    )
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return StartError(
+            f"The host ran out of disk space restoring the workspace ({when}); nothing was "
+            "left half-restored. Start it again later, or ask an operator to free space.",
+            str(exc),
+        )
+    if isinstance(
+        exc, ChecksumMismatch | tarfile.TarError | EOFError | zlib.error | gzip.BadGzipFile
+    ):
+        return StartError(f"The workspace's latest {when} is corrupt.{offer}", str(exc))
+    if _missing(exc):
+        return StartError(
+            f"The workspace's latest {when} is missing from storage.{offer}", str(exc)
+        )
+    return StartError(
+        f"The workspace's latest {when} could not be read ({exc.__class__.__name__}): the "
+        "object store may be down. Start the notebook again in a while.",
+        str(exc),
+    )
+
+
+def _missing(exc: Exception) -> bool:
+    if isinstance(exc, FileNotFoundError):
+        return True
+    response = getattr(exc, "response", None)  # botocore's ClientError
+    code = (response or {}).get("Error", {}).get("Code", "") if isinstance(response, dict) else ""
+    return code in ("NoSuchKey", "404", "NotFound")
 
 
 @contextlib.contextmanager

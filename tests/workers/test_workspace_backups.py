@@ -86,9 +86,11 @@ def test_corrupt_backup_is_refused_and_leaves_nothing(notebook, backups_dir):
     data = bytearray(archive.read_bytes())
     data[-20] ^= 0xFF
     archive.write_bytes(bytes(data))
-    # A bad gzip CRC or the checksum, whichever is noticed first.
-    with pytest.raises((OSError, EOFError, tarfile.TarError, workspace.ChecksumMismatch)):
+    # A bad gzip CRC or the checksum, whichever is noticed first: "corrupt" either way.
+    with pytest.raises(workspace.StartError, match="corrupt") as failed:
         workspace.prepare(notebook)
+    cause = (OSError, EOFError, tarfile.TarError, workspace.ChecksumMismatch)
+    assert isinstance(failed.value.__cause__, cause)
     assert not path.exists()
     assert not list(path.parent.glob(".*restoring"))
 
@@ -99,8 +101,9 @@ def test_checksum_mismatch_is_refused(notebook, backups_dir):
     record = workspace.backup(notebook)
     workspace.remove_local(notebook)
     Backup.objects.filter(pk=record.pk).update(sha256="0" * 64)
-    with pytest.raises(workspace.ChecksumMismatch):
+    with pytest.raises(workspace.StartError, match="corrupt") as failed:
         workspace.prepare(notebook)
+    assert isinstance(failed.value.__cause__, workspace.ChecksumMismatch)
     assert not path.exists()
 
 
@@ -164,3 +167,63 @@ def test_gzip_archives_when_configured_and_either_restores(notebook, backups_dir
     gzipped.delete()
     settings.NBCLOUD_BACKUP_COMPRESSION = "none"
     assert (workspace.prepare(notebook) / "text.txt").read_text().startswith("compressible ")
+
+
+def _two_backups(notebook):
+    path = workspace.prepare(notebook)
+    (path / "notes.txt").write_text("first")
+    older = workspace.backup(notebook)
+    (path / "notes.txt").write_text("second")
+    (path / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    latest = workspace.backup(notebook)
+    workspace.remove_local(notebook)
+    return older, latest
+
+
+def test_a_corrupt_latest_backup_is_a_clear_error_that_offers_the_previous(notebook, backups_dir):
+    older, latest = _two_backups(notebook)
+    stored = backups_dir / latest.storage_name
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    with pytest.raises(workspace.StartError) as failed:
+        workspace.prepare(notebook)
+    message = failed.value.user_message
+    assert f"backup {latest.pk}" in message and "corrupt" in message
+    assert f"backup {older.pk}" in message and f"backups/{older.pk}/fork/" in message
+    # Nothing half-restored is left where the next start would take it.
+    assert not workspace.local_path(notebook).exists()
+    assert not list(workspace.local_path(notebook).parent.glob(".*restoring"))
+
+
+def test_a_missing_latest_backup_is_a_clear_error_that_offers_the_previous(notebook, backups_dir):
+    older, latest = _two_backups(notebook)
+    (backups_dir / latest.storage_name).unlink()
+    with pytest.raises(workspace.StartError) as failed:
+        workspace.prepare(notebook)
+    assert "missing" in failed.value.user_message
+    assert f"backup {older.pk}" in failed.value.user_message
+    assert not workspace.local_path(notebook).exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (root)")
+def test_a_full_disk_during_a_restore_names_the_cause_and_leaves_nothing(
+    notebook, backups_dir, settings, tmp_path
+):
+    import subprocess
+
+    _two_backups(notebook)
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        settings.NBCLOUD_WORKSPACES_DIR = small / "workspaces"
+        with pytest.raises(workspace.StartError) as failed:
+            workspace.prepare(notebook)
+        assert "ran out of disk space" in failed.value.user_message
+        assert not workspace.local_path(notebook).exists()
+        assert not [p for p in (small / "workspaces").iterdir()]  # no staging left
+        # The host keeps working: the space is free again.
+        (small / "workspaces" / "probe").write_bytes(b"x" * 500_000)
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

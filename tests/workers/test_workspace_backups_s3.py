@@ -88,8 +88,9 @@ def test_corrupt_object_is_refused(notebook, s3, s3_endpoint, settings, tmp_path
     body = bytearray(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
     body[-20] ^= 0xFF
     s3.put_object(Bucket=BUCKET, Key=key, Body=bytes(body))
-    with pytest.raises((OSError, EOFError, workspace.ChecksumMismatch)):
+    with pytest.raises(workspace.StartError, match="corrupt") as failed:
         workspace.prepare(notebook)
+    assert isinstance(failed.value.__cause__, OSError | EOFError | workspace.ChecksumMismatch)
     assert not path.exists()
 
 
