@@ -341,6 +341,9 @@ NBCLOUD_RECONCILE_INTERVAL = envint("NBCLOUD_RECONCILE_INTERVAL", 30, minimum=1)
 # NBCLOUD_BACKUP_RETRY_DELAY seconds, doubling up to NBCLOUD_BACKUP_RETRY_MAX.
 NBCLOUD_BACKUP_RETRY_DELAY = envint("NBCLOUD_BACKUP_RETRY_DELAY", 15, minimum=1)
 NBCLOUD_BACKUP_RETRY_MAX = envint("NBCLOUD_BACKUP_RETRY_MAX", 600, minimum=1)
+# While the database cannot be reached, the gateway lets a request identical to one
+# it admitted within this many seconds through to its running editor.
+NBCLOUD_GATEWAY_OUTAGE_GRACE = envint("NBCLOUD_GATEWAY_OUTAGE_GRACE", 600, minimum=0)
 # Tasks the broker could not take (it was down) wait in the outbox; beat has it
 # flushed every NBCLOUD_OUTBOX_INTERVAL seconds.
 NBCLOUD_OUTBOX_INTERVAL = envint("NBCLOUD_OUTBOX_INTERVAL", 5, minimum=1)

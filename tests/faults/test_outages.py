@@ -3,6 +3,8 @@ and the broker go away while the API serves, then come back.
 
 - Database unreachable: the API answers 503 with Retry-After (never a 500), and
   answers again once the database is back, without a restart.
+- The gateway keeps serving the running editors it admitted (the same caller,
+  the same request) while the database is away; others get a 503.
 - Broker down: reads still answer, an action (stop) is accepted and recorded
   (202), its task waits in the outbox, and it reaches the host's queue seconds
   after the broker is back (beat has the outbox flushed).
@@ -28,6 +30,7 @@ from conftest import (
     _stop_service,
     free_port,
     make_notebook,
+    notebook_url,
     wait_for,
 )
 from django.conf import settings
@@ -258,3 +261,57 @@ def test_with_the_broker_down_actions_are_kept_and_sent_once_it_is_back(web, alp
         _stop_service(control)
         broker.terminate()
         broker.wait(10)
+
+
+def test_the_gateway_keeps_serving_editors_it_admitted_while_the_database_is_away(
+    web, broker_url, celery_worker_process, conda_env, this_host, alice, alice_api, bob
+):
+    if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+        pytest.skip("a database server to cut off: PostgreSQL (DATABASE_URL)")
+    link = Link(_database_port())
+    link.up()
+    db = settings.DATABASES["default"]
+    base = web(
+        broker_url,
+        DATABASE_URL=f"postgres://{db['USER']}@127.0.0.1:{link.port}/{db['NAME']}",
+        CONN_MAX_AGE="0",
+    )
+    created = alice_api.post(
+        "/api/v1/projects/alpha/notebooks/",
+        {
+            "name": "steady",
+            "env": {"framework_id": "conda", "editor_id": "jupyterlab"},
+            "resources": {"cpu": 1},
+        },
+        format="json",
+    )
+    assert created.status_code == 201, created.content
+    pk = created.json()["id"]
+    try:
+        wait_for(
+            lambda: Notebook.objects.get(pk=pk).state == "RUNNING", timeout=120, what="RUNNING"
+        )
+        editor = notebook_url(base, pk) + "api/kernelspecs"
+        alice_auth = {"Authorization": f"Bearer {alice[1]}"}
+        assert httpx.get(editor, headers=alice_auth, timeout=30).status_code == 200
+
+        link.down()
+        # The same caller, the same request: the running editor keeps answering.
+        for _ in range(3):
+            kept = httpx.get(editor, headers=alice_auth, timeout=30)
+            assert kept.status_code == 200, kept.text
+            assert "python3" in kept.text
+        # A caller it never admitted cannot be checked now: 503, not a guess.
+        other = httpx.get(editor, headers={"Authorization": f"Bearer {bob[1]}"}, timeout=30)
+        assert other.status_code == 503, other.text
+        assert "database" in other.text
+        link.up()
+        assert httpx.get(editor, headers=alice_auth, timeout=30).status_code == 200
+    finally:
+        link.down()
+        alice_api.post(f"/api/v1/projects/alpha/notebooks/{pk}/stop/")
+        wait_for(
+            lambda: Notebook.objects.get(pk=pk).state in ("STOPPED", "FAILED"),
+            timeout=120,
+            what="stopped",
+        )

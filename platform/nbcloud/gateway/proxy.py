@@ -14,15 +14,18 @@ the gateway, and it changes at every start.)
 """
 
 import asyncio
+import hashlib
 import json
 import logging
+import time
+from collections import OrderedDict
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from nbcloud.monitoring import activity
 
@@ -103,6 +106,41 @@ def _forwarded_headers(
     return out
 
 
+class _Granted:
+    """The gateway's recent admissions, to ride out a database outage.
+
+    Every request is decided against the database; only while the database
+    cannot be reached does a request identical to one admitted within
+    NBCLOUD_GATEWAY_OUTAGE_GRACE seconds (same notebook, method, host, origin
+    and credentials, kept as a hash) pass on that admission: running editors keep
+    serving whoever was using them. Anything else gets a 503."""
+
+    SIZE = 10_000
+
+    def __init__(self):
+        self._seen: OrderedDict[str, tuple[float, Decision]] = OrderedDict()
+
+    @staticmethod
+    def key(notebook_id: str, kwargs: dict) -> str:
+        material = repr((notebook_id, sorted((k, repr(v)) for k, v in kwargs.items())))
+        return hashlib.sha256(material.encode()).hexdigest()
+
+    def remember(self, key: str, decision: Decision) -> None:
+        self._seen[key] = (time.monotonic(), decision)
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.SIZE:
+            self._seen.popitem(last=False)
+
+    def recall(self, key: str) -> Decision | None:
+        seen = self._seen.get(key)
+        if seen is None or time.monotonic() - seen[0] > settings.NBCLOUD_GATEWAY_OUTAGE_GRACE:
+            return None
+        return seen[1]
+
+
+_granted = _Granted()
+
+
 def _authorize(notebook_id: str, **kwargs) -> Decision:
     """authorize(), with the care Django's request cycle gives database connections.
 
@@ -111,11 +149,20 @@ def _authorize(notebook_id: str, **kwargs) -> Decision:
     this, one dropped connection (a database restart) fails every later
     gateway request, and CONN_MAX_AGE is never honoured.
     """
+    key = _Granted.key(notebook_id, kwargs)
     close_old_connections()
     try:
-        return authorize(notebook_id, **kwargs)
+        decision = authorize(notebook_id, **kwargs)
+    except (OperationalError, InterfaceError):
+        log.warning("gateway: the database is unreachable; notebook %s", notebook_id)
+        return _granted.recall(key) or Decision(
+            503, "The platform's database cannot be reached just now; try again shortly."
+        )
     finally:
         close_old_connections()
+    if decision.status == 200:
+        _granted.remember(key, decision)
+    return decision
 
 
 async def _decide(scope, headers: dict[str, str]) -> tuple[str, Decision]:
