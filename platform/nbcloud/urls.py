@@ -24,6 +24,8 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     path(f"{settings.NBCLOUD_OVHAI_PREFIX}/", include("nbcloud.ovhai.urls")),
     path("metrics", metrics_view, name="metrics"),
+    # The console last: its pages are at / and /accounts/.
+    path("", include("nbcloud.console.urls")),
 ]
 
 

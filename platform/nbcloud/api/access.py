@@ -16,7 +16,14 @@ from django.db.models import QuerySet
 from rest_framework import exceptions, serializers
 
 from nbcloud.notebooks import spec
-from nbcloud.projects.models import ApiToken, Project, Role, format_selector
+from nbcloud.projects.models import (
+    MANAGER_ROLES,
+    WRITE_ROLES,
+    ApiToken,
+    Project,
+    Role,
+    format_selector,
+)
 
 
 def token_allows(auth, labels: dict) -> bool:
@@ -157,3 +164,25 @@ def manageable_tokens(auth, queryset: QuerySet) -> QuerySet:
 def _missing_terms(auth: ApiToken, terms: list[tuple[str, str, str]]) -> list:
     """The terms of auth's selector that `terms` lack (a broader selector lacks some)."""
     return [t for t in auth.selector_terms if t not in terms]
+
+
+# What a role on a project allows: the one table the API and the console ask.
+
+
+class Ability:
+    VIEW = "view"  # see the project's notebooks, usage and quota
+    OPERATE = "operate"  # create, change, start, stop, delete notebooks
+    MANAGE = "manage"  # the project's members, tokens and datastores
+
+
+def may(role: str | None, ability: str) -> bool:
+    """Whether a caller holding `role` on a project (None: none) may do `ability`."""
+    if role is None:
+        return False
+    if ability == Ability.VIEW:
+        return True
+    if ability == Ability.OPERATE:
+        return role in WRITE_ROLES
+    if ability == Ability.MANAGE:
+        return role in MANAGER_ROLES
+    raise ValueError(f"unknown ability {ability!r}")

@@ -74,3 +74,31 @@ def report(project, *, params: dict, notebook=None, notebooks=None) -> dict:
     if notebooks is not None:
         records = records.filter(notebook__in=notebooks.values("pk"))
     return {"from": start, "to": end, "group_by": group_by, "rows": usage_rows(records, group_by)}
+
+
+def daily_cost(project, *, start: datetime, end: datetime, by: str, notebooks=None) -> dict:
+    """Cost per day between `start` and `end`, one series per notebook or per flavor, for a
+    stacked chart: {"days": [date, ...], "series": {name: [amount per day]}, "currency": ...}.
+
+    One currency only (the project's first): amounts in others are left out.
+    """
+    key = "notebook__name" if by == "notebook" else "flavor"
+    records = UsageRecord.objects.filter(project=project, starts_at__gte=start, starts_at__lt=end)
+    if notebooks is not None:
+        records = records.filter(notebook__in=notebooks.values("pk"))
+    rows = list(
+        records.annotate(day=TruncDate("starts_at"))
+        .values("day", key, "currency")
+        .annotate(cost=money_sum())
+        .order_by("day", key)
+    )
+    currency = rows[0]["currency"] if rows else ""
+    days = sorted({row["day"] for row in rows})
+    index = {day: i for i, day in enumerate(days)}
+    series: dict[str, list] = {}
+    for row in rows:
+        if row["currency"] != currency:
+            continue
+        amounts = series.setdefault(str(row[key]), [0.0] * len(days))
+        amounts[index[row["day"]]] = float(from_sum(row["cost"]))
+    return {"days": [d.isoformat() for d in days], "series": series, "currency": currency}

@@ -18,10 +18,17 @@ slug_validator = RegexValidator(
 class Role(models.TextChoices):
     READ = "read", "read"
     OPERATOR = "operator", "operator"
+    OWNER = "owner", "owner"
 
 
-# What each role may do through the API and at the gateway.
-WRITE_ROLES = frozenset({Role.OPERATOR})
+# What each role may do through the API, the console and at the gateway
+# (nbcloud.api.access.may asks these): `read` looks; `operator` also creates,
+# changes, starts, stops and deletes; `owner` also manages the project's
+# members, tokens and datastores.
+WRITE_ROLES = frozenset({Role.OPERATOR, Role.OWNER})
+MANAGER_ROLES = frozenset({Role.OWNER})
+# An app token acts for a program, never as the project's owner.
+TOKEN_ROLES = [(Role.READ.value, Role.READ.label), (Role.OPERATOR.value, Role.OPERATOR.label)]
 
 
 def default_gpu_quota() -> int:
@@ -140,7 +147,7 @@ class ApiToken(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
     )
     name = models.CharField(max_length=100)
-    role = models.CharField(max_length=16, choices=Role.choices, default=Role.OPERATOR)
+    role = models.CharField(max_length=16, choices=TOKEN_ROLES, default=Role.OPERATOR)
     label_selector = models.CharField(
         max_length=1000,
         blank=True,

@@ -23,9 +23,9 @@ from nbcloud.api.access import manageable_tokens, token_covers
 from nbcloud.api.views import ProjectScopedViewSet
 from nbcloud.projects.models import (
     KEEP,
+    TOKEN_ROLES,
     WRITE_ROLES,
     ApiToken,
-    Role,
     format_selector,
     parse_token_selector,
 )
@@ -85,7 +85,7 @@ class _StrictSerializer(serializers.Serializer):
 
 class ApiTokenCreateSerializer(_StrictSerializer):
     name = serializers.CharField(max_length=100)
-    role = serializers.ChoiceField(choices=Role.choices)
+    role = serializers.ChoiceField(choices=TOKEN_ROLES)
     label_selector = serializers.CharField(
         required=False,
         allow_blank=True,

@@ -3,7 +3,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from nbcloud.projects.models import ApiToken, Membership, Project, Role
+from nbcloud.projects.models import TOKEN_ROLES, ApiToken, Membership, Project, Role
 
 
 class Command(BaseCommand):
@@ -15,7 +15,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("username")
         parser.add_argument("--project", required=True)
-        parser.add_argument("--role", choices=Role.values, default=Role.OPERATOR)
+        parser.add_argument(
+            "--role", choices=[value for value, _ in TOKEN_ROLES], default=Role.OPERATOR
+        )
         parser.add_argument("--name", default="", help="The token's name (default: cli-<role>).")
 
     def handle(self, username, project, role, name, **options):
@@ -34,7 +36,9 @@ class Command(BaseCommand):
             membership, created = Membership.objects.get_or_create(
                 project=proj, user=user, defaults={"role": role}
             )
-            if not created and role == Role.OPERATOR and membership.role != role:
+            # A read member asking for an operator token becomes an operator; an
+            # owner stays one.
+            if not created and role == Role.OPERATOR and membership.role == Role.READ:
                 membership.role = role
                 membership.save(update_fields=["role"])
             _, value = ApiToken.issue(
