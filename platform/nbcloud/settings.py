@@ -138,6 +138,56 @@ LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 
+# Single sign-on with OpenID Connect (mozilla-django-oidc; nbcloud.console.oidc), off
+# unless a client id is set. The provider's endpoints come from
+# NBCLOUD_OIDC_ISSUER/.well-known/openid-configuration, or each is set by hand
+# (a set one wins over the discovered one).
+NBCLOUD_OIDC_CLIENT_ID = envstr("NBCLOUD_OIDC_CLIENT_ID", "")
+NBCLOUD_OIDC_ENABLED = bool(NBCLOUD_OIDC_CLIENT_ID)
+NBCLOUD_OIDC_ISSUER = envstr("NBCLOUD_OIDC_ISSUER", "").rstrip("/")
+NBCLOUD_OIDC_ENDPOINTS = {
+    "authorization_endpoint": envstr("NBCLOUD_OIDC_AUTHORIZATION_ENDPOINT", ""),
+    "token_endpoint": envstr("NBCLOUD_OIDC_TOKEN_ENDPOINT", ""),
+    "userinfo_endpoint": envstr("NBCLOUD_OIDC_USERINFO_ENDPOINT", ""),
+    "jwks_uri": envstr("NBCLOUD_OIDC_JWKS_URI", ""),
+}
+# The button on the sign-in page reads "Sign in with <NBCLOUD_OIDC_NAME>".
+NBCLOUD_OIDC_NAME = envstr("NBCLOUD_OIDC_NAME", "single sign-on")
+# Values of this claim (a list, or one string) such as `nbcloud:<project>:<role>`
+# give roles on existing projects; the memberships they made follow the claim at
+# every sign-in.
+NBCLOUD_OIDC_ROLES_CLAIM = envstr("NBCLOUD_OIDC_ROLES_CLAIM", "groups")
+NBCLOUD_OIDC_ROLE_PREFIX = envstr("NBCLOUD_OIDC_ROLE_PREFIX", "nbcloud:")
+if NBCLOUD_OIDC_ENABLED:
+    if not NBCLOUD_OIDC_ISSUER and not all(NBCLOUD_OIDC_ENDPOINTS.values()):
+        raise ImproperlyConfigured(
+            "NBCLOUD_OIDC_CLIENT_ID is set: also set NBCLOUD_OIDC_ISSUER (its endpoints are "
+            "discovered), or all of NBCLOUD_OIDC_AUTHORIZATION_ENDPOINT, "
+            "NBCLOUD_OIDC_TOKEN_ENDPOINT, NBCLOUD_OIDC_USERINFO_ENDPOINT and NBCLOUD_OIDC_JWKS_URI"
+        )
+    AUTHENTICATION_BACKENDS = [
+        "django.contrib.auth.backends.ModelBackend",
+        "nbcloud.console.oidc.ProjectRolesBackend",
+    ]
+    # mozilla-django-oidc's own settings.
+    OIDC_RP_CLIENT_ID = NBCLOUD_OIDC_CLIENT_ID
+    OIDC_RP_CLIENT_SECRET = envstr("NBCLOUD_OIDC_CLIENT_SECRET", "")
+    OIDC_RP_SIGN_ALGO = envchoice(
+        "NBCLOUD_OIDC_SIGN_ALGO", "RS256", ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
+    )
+    OIDC_RP_SCOPES = envstr("NBCLOUD_OIDC_SCOPES", "openid email profile")
+    OIDC_TIMEOUT = envint("NBCLOUD_OIDC_TIMEOUT", 10, minimum=1)
+    OIDC_USE_PKCE = True
+    OIDC_AUTHENTICATE_CLASS = "nbcloud.console.oidc.SignInView"
+    OIDC_CALLBACK_CLASS = "nbcloud.console.oidc.CallbackView"
+    OIDC_AUTHENTICATION_CALLBACK_URL = "console:oidc_authentication_callback"
+    # Endpoints are read through nbcloud.console.oidc (discovered when not set);
+    # the library asks for these names.
+    OIDC_OP_AUTHORIZATION_ENDPOINT = NBCLOUD_OIDC_ENDPOINTS["authorization_endpoint"]
+    OIDC_OP_TOKEN_ENDPOINT = NBCLOUD_OIDC_ENDPOINTS["token_endpoint"]
+    OIDC_OP_USER_ENDPOINT = NBCLOUD_OIDC_ENDPOINTS["userinfo_endpoint"]
+    OIDC_OP_JWKS_ENDPOINT = NBCLOUD_OIDC_ENDPOINTS["jwks_uri"]
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]

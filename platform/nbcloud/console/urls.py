@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, reverse_lazy
 
@@ -9,7 +10,11 @@ account_urls = [
     path(
         "login/",
         auth_views.LoginView.as_view(
-            template_name="console/login.html", redirect_authenticated_user=True
+            template_name="console/login.html",
+            redirect_authenticated_user=True,
+            extra_context={
+                "sso_name": settings.NBCLOUD_OIDC_NAME if settings.NBCLOUD_OIDC_ENABLED else ""
+            },
         ),
         name="login",
     ),
@@ -29,6 +34,9 @@ account_urls = [
     ),
     path("invitation/<str:code>/", accounts.accept_invitation, name="invitation"),
 ]
+if settings.NBCLOUD_OIDC_ENABLED:
+    # Single sign-on (nbcloud.console.oidc): authenticate/, callback/ and logout/.
+    account_urls.append(path("oidc/", include("mozilla_django_oidc.urls")))
 
 nb = "notebooks/<str:notebook_id>"
 project_urls = [

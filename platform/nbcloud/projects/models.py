@@ -66,6 +66,11 @@ class Membership(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
     )
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.OPERATOR)
+    from_sso = models.BooleanField(
+        default=False,
+        help_text="Made by single sign-on: it follows the provider's claim at every sign-in "
+        "(added, changed, removed). Memberships granted by hand are never touched by it.",
+    )
 
     class Meta:
         constraints = [

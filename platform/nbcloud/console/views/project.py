@@ -332,8 +332,9 @@ def member_change(request, project, role, user_id):
             membership.delete()
             messages.success(request, f"{membership.user.username} is no longer a member.")
         elif new_role in Role.values:
-            membership.role = new_role
-            membership.save(update_fields=["role"])
+            # A role set by hand is the owner's: single sign-on no longer changes it.
+            membership.role, membership.from_sso = new_role, False
+            membership.save(update_fields=["role", "from_sso"])
             messages.success(request, f"{membership.user.username} is now {new_role}.")
         else:
             messages.error(request, f"Choose a role: {', '.join(Role.values)}.")
