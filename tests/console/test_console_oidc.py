@@ -1,6 +1,7 @@
 """Single sign-on with OpenID Connect: claims to project roles, and the whole flow against
 a real provider (django-oauth-toolkit, tests/console/oidc_provider/) on loopback."""
 
+import io
 import logging
 import os
 import re
@@ -18,7 +19,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.test import override_settings
 
+from nbcloud.console import oidc
 from nbcloud.console.oidc import _free_username
 from nbcloud.console.sso import roles_from_claim, sync_memberships
 from nbcloud.projects.models import Membership, Project, Role
@@ -130,6 +134,19 @@ def test_an_owner_setting_a_role_by_hand_takes_it_from_single_sign_on(django_use
 
 
 @pytest.mark.django_db
+def test_createuser_gives_a_role_by_hand(django_user_model, alpha, monkeypatch):
+    dana = django_user_model.objects.create_user("dana")
+    sync_memberships(dana, {"alpha": "operator"})
+    monkeypatch.setenv("DANA_PASSWORD", "correct horse battery")
+    call_command(
+        "createuser", "dana", "--project", "alpha", "--role", "owner",
+        "--password-env", "DANA_PASSWORD", stdout=io.StringIO(),
+    )  # fmt: skip
+    sync_memberships(dana, {})
+    assert _roles(dana) == {"alpha": ("owner", False)}
+
+
+@pytest.mark.django_db
 def test_a_new_person_never_gets_the_name_of_an_account_made_here(django_user_model):
     django_user_model.objects.create_user("dana")
     django_user_model.objects.create_user("dana-2")
@@ -147,6 +164,23 @@ def test_single_sign_on_is_off_by_default(client):
     assert not settings.NBCLOUD_OIDC_ENABLED
     assert "Sign in with" not in client.get("/accounts/login/").content.decode()
     assert client.get("/accounts/oidc/authenticate/").status_code == 404
+
+
+def test_a_provider_that_does_not_answer_is_unavailable_naming_where_it_was_asked():
+    closed = f"http://127.0.0.1:{free_port()}/o"
+    endpoints = dict.fromkeys(oidc.ENDPOINTS, "")
+    with override_settings(
+        NBCLOUD_OIDC_ISSUER=closed, NBCLOUD_OIDC_ENDPOINTS=endpoints, OIDC_TIMEOUT=2
+    ):
+        oidc._discovered.cache_clear()
+        try:
+            with pytest.raises(oidc.ProviderUnavailable, match=f"{closed}/.well-known/openid"):
+                oidc.endpoint("token_endpoint")
+        finally:
+            oidc._discovered.cache_clear()
+    set_by_hand = {**endpoints, "token_endpoint": "http://idp.example/token"}
+    with override_settings(NBCLOUD_OIDC_ENDPOINTS=set_by_hand):
+        assert oidc.endpoint("token_endpoint") == "http://idp.example/token"
 
 
 def _django_setup(**env) -> subprocess.CompletedProcess:

@@ -110,6 +110,9 @@ class CallbackView(OIDCAuthenticationCallbackView):
             return super().get(request)
         except (ProviderUnavailable, requests.RequestException) as exc:
             return _unavailable(request, exc)
+        except SuspiciousOperation as exc:  # a bad ID token, an unknown state
+            logger.warning("single sign-on refused: %s", exc)
+            return self.login_failure()
 
     def login_failure(self):
         messages.error(
@@ -167,7 +170,7 @@ class ProjectRolesBackend(OIDCAuthenticationBackend):
         userinfo = super().get_userinfo(access_token, id_token, payload)
         if userinfo.get("sub") != payload["sub"]:
             raise SuspiciousOperation("userinfo is about someone else than the ID token")
-        return {**payload, **userinfo}
+        return {**payload, **userinfo, "iss": payload.get("iss", "")}
 
     def verify_claims(self, claims: dict) -> bool:
         return bool(claims.get("sub"))

@@ -62,7 +62,10 @@ class Command(BaseCommand):
                 proj.save()
             user.set_password(password)
             user.save()
-            Membership.objects.update_or_create(project=proj, user=user, defaults={"role": role})
+            # A role given here is by hand: single sign-on never changes it.
+            Membership.objects.update_or_create(
+                project=proj, user=user, defaults={"role": role, "from_sso": False}
+            )
         self.stdout.write(f"{username} is {role} of {proj.name}; sign in at /accounts/login/")
 
     def _password(self, variable: str) -> str:
