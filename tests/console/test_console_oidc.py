@@ -340,21 +340,24 @@ def _form_fields(html: str) -> dict[str, str]:
     }
 
 
-def sign_in(platform: str, username: str, password: str) -> httpx.Response:
-    """As a browser would: the console's button, the provider's form, back to the console."""
-    with httpx.Client(follow_redirects=True, timeout=30) as browser:
-        login = browser.get(f"{platform}/accounts/login/")
-        button = re.search(r'<a class="button" id="sso" href="([^"]+)">([^<]+)</a>', login.text)
-        assert button, login.text
-        assert button[2] == "Sign in with Example ID"
-        form = browser.get(urljoin(platform, unescape(button[1])))
-        assert "Test provider: sign in" in form.text, form.text
-        fields = {**_form_fields(form.text), "username": username, "password": password}
-        page = browser.post(str(form.url), data=fields)
-        assert str(page.url).startswith(platform), page.url
-        assert page.status_code == 200, page.text
-        page.other_project = browser.get(f"{platform}/projects/echo/").status_code
-        return page
+def sign_in(browser: httpx.Client, platform: str, username: str, password: str):
+    """As a browser would: the console's button, the provider's form, back to the console;
+    the page it lands on."""
+    login = browser.get(f"{platform}/accounts/login/")
+    button = re.search(r'<a class="button" id="sso" href="([^"]+)">([^<]+)</a>', login.text)
+    assert button, login.text
+    assert button[2] == "Sign in with Example ID"
+    form = browser.get(urljoin(platform, unescape(button[1])))
+    assert "Test provider: sign in" in form.text, form.text
+    fields = {**_form_fields(form.text), "username": username, "password": password}
+    page = browser.post(str(form.url), data=fields)
+    assert str(page.url).startswith(platform), page.url
+    assert page.status_code == 200, page.text
+    return page
+
+
+def a_browser() -> httpx.Client:
+    return httpx.Client(follow_redirects=True, timeout=30)
 
 
 @pytest.mark.e2e
@@ -369,10 +372,12 @@ def test_people_sign_in_with_the_provider_and_get_the_roles_their_groups_say(sso
          "nbcloud:alpha:admin", "staff"],
     )  # fmt: skip
 
-    page = sign_in(platform, "dana", "dana's password")
-    assert urlsplit(str(page.url)).path == "/projects/alpha/"
-    assert "dana" in page.text
-    assert page.other_project == 404
+    with a_browser() as browser:
+        page = sign_in(browser, platform, "dana", "dana's password")
+        assert urlsplit(str(page.url)).path == "/projects/alpha/"
+        assert '<span class="who">dana</span>' in page.text
+        assert browser.get(f"{platform}/projects/bravo/").status_code == 200
+        assert browser.get(f"{platform}/projects/echo/").status_code == 404
     dana = get_user_model().objects.get(username="dana")
     assert (dana.is_staff, dana.is_superuser, dana.has_usable_password()) == (False, False, False)
     assert dana.email == "dana@example.org"
@@ -384,9 +389,11 @@ def test_people_sign_in_with_the_provider_and_get_the_roles_their_groups_say(sso
     get_user_model().objects.filter(pk=dana.pk).update(is_staff=True)
     provider.person("dana", "dana's password", ["nbcloud:alpha:read", "nbcloud:delta:owner"])
 
-    page = sign_in(platform, "dana", "dana's password")
-    assert urlsplit(str(page.url)).path == "/projects/alpha/"
-    assert page.other_project == 404
+    with a_browser() as browser:
+        page = sign_in(browser, platform, "dana", "dana's password")
+        assert urlsplit(str(page.url)).path == "/projects/alpha/"
+        assert browser.get(f"{platform}/projects/delta/").status_code == 200
+        assert browser.get(f"{platform}/projects/bravo/").status_code == 404
     assert get_user_model().objects.filter(username__startswith="dana").count() == 1
     dana.refresh_from_db()
     assert dana.is_staff

@@ -21,6 +21,7 @@ import requests
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
+from django.contrib.auth.backends import ModelBackend
 from django.core.exceptions import SuspiciousOperation
 from django.db import transaction
 from django.shortcuts import redirect
@@ -143,6 +144,10 @@ class ProjectRolesBackend(OIDCAuthenticationBackend):
         self.OIDC_OP_USER_ENDPOINT = endpoint("userinfo_endpoint")
         self.OIDC_OP_JWKS_ENDPOINT = endpoint("jwks_uri")
         return super().authenticate(request, **kwargs)
+
+    def get_user(self, user_id):
+        # Django's, not the library's: a deactivated account's sessions end at once.
+        return ModelBackend.get_user(self, user_id)
 
     def get_token(self, payload: dict) -> dict:
         return super().get_token({**payload, "redirect_uri": callback_url()})
