@@ -170,7 +170,8 @@ def test_port_url_and_ctrl_c_leave_notebooks_for_the_next_start(tmp_path, conda_
     URLs say its port; Ctrl-C stops the platform and not the notebook, which the
     next start takes over; stopping it then saves its workspace."""
     data = tmp_path / "data"
-    data.mkdir()
+    # As `make run`: setup, migrate, then runplatform.
+    assert _manage(data, "setup", "-v", "0").returncode == 0
     assert _manage(data, "migrate", "--noinput", "-v", "0").returncode == 0
     made = _manage(data, "createapitoken", "alice", "--project", "demo")
     assert made.returncode == 0, made.stderr
