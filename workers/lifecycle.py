@@ -18,7 +18,7 @@ from nbcloud.notebooks import services
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import InfoCode, State
 
-from . import code_server, environments, ledger, volumes, workspace
+from . import environments, ledger, volumes, workspace
 from .runtimes import LaunchSpec, Runtime, StartError, get_runtime
 from .runtimes.editors import readiness_headers, readiness_path
 
@@ -128,12 +128,7 @@ def start(notebook_id: str, host: str) -> None:
             services.set_info(notebook, InfoCode.PULLING_DATA, "Pulling the volumes' data.")
             mounts = volumes.prepare(notebook, path)
             runtime = runtime_for(notebook, mounts)
-        if notebook.editor_id == "vscode" and not code_server.is_installed():
-            services.set_info(
-                notebook, InfoCode.STARTING_EDITOR, "Installing VS Code on this host (once)."
-            )
-        else:
-            services.set_info(notebook, InfoCode.STARTING_EDITOR, "Starting the editor.")
+        services.set_info(notebook, InfoCode.STARTING_EDITOR, "Starting the editor.")
         runtime.start()
         # Recorded before waiting: a worker killed now leaves a successor the
         # editor to adopt, not an orphan to duplicate.
