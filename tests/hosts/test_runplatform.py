@@ -91,14 +91,17 @@ def test_the_public_url_follows_port_unless_set():
 
 
 def test_a_taken_web_port_is_reported_with_the_variable_to_change(tmp_path):
+    data = tmp_path / "data"
     with _listener() as taken:
         port = taken.getsockname()[1]
-        done = _manage(tmp_path, "runplatform", "--no-beat", PORT=str(port))
+        done = _manage(data, "runplatform", "--no-beat", PORT=str(port))
     assert done.returncode == 1
     assert f"port {port} on 127.0.0.1 is already in use" in done.stderr
     assert "PORT=" in done.stderr and "make run" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
-    assert not (tmp_path / "redis.sock").exists()  # nothing was started
+    assert not (data / "redis.sock").exists()  # nothing was started
+    # Its data directory made first, as `manage.py setup` makes it.
+    assert (data / "secret_key").is_file()
 
 
 def test_a_taken_explicit_flower_port_is_reported(tmp_path):

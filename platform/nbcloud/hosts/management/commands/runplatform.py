@@ -80,6 +80,7 @@ class Command(BaseCommand):
         )
         parser.add_argument("--no-beat", action="store_true", help="do not run celery beat")
         parser.add_argument("--no-flower", action="store_true", help="do not run flower")
+        parser.add_argument("--skip-checks", action="store_true", help="skip system checks")
 
     def handle(self, *args, port: int | None, no_beat: bool, no_flower: bool, **options):
         port = settings.PORT if port is None else port
