@@ -30,21 +30,45 @@ def _declared(requirements: list[str]) -> set[str]:
     }
 
 
+class _Imports(ast.NodeVisitor):
+    """The modules a file imports on this Python (the project's): of a branch on
+    `sys.version_info` (nbc's code for 3.9, say), only the one taken here."""
+
+    def __init__(self):
+        self.names: list[str] = []
+
+    def visit_If(self, node: ast.If) -> None:
+        test = node.test
+        if (
+            isinstance(test, ast.Compare)
+            and ast.unparse(test.left) == "sys.version_info"
+            and len(test.ops) == 1
+            and isinstance(test.comparators[0], ast.Tuple)
+        ):
+            taken = eval(compile(ast.Expression(test), "<test>", "eval"), {"sys": sys})
+            for child in node.body if taken else node.orelse:
+                self.visit(child)
+        else:
+            self.generic_visit(node)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        self.names += [alias.name for alias in node.names]
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.level == 0 and node.module:
+            self.names.append(node.module)
+
+
 def _third_party_imports(folder: Path) -> dict[str, set[str]]:
     """Top-level modules imported anywhere under folder, outside the stdlib: module -> files."""
     found: dict[str, set[str]] = {}
     for path in folder.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            for name in names:
-                top = name.partition(".")[0]
-                if top not in sys.stdlib_module_names and top not in FIRST_PARTY:
-                    found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
+        imports = _Imports()
+        imports.visit(ast.parse(path.read_text(), str(path)))
+        for name in imports.names:
+            top = name.partition(".")[0]
+            if top not in sys.stdlib_module_names and top not in FIRST_PARTY:
+                found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
     return found
 
 
