@@ -27,9 +27,13 @@ COPY manage.py pyproject.toml ./
 COPY environments environments
 COPY workers workers
 COPY platform platform
+# The data directory (0700, with its static folder) is made in the image, so every
+# container (and the named volumes mounted there) starts with it; the key comes from
+# SECRET_KEY at run time, never from the image. Web, workers and beat make it again
+# as they start (nbcloud.datadir), e.g. over a host's bind mount.
 RUN python -m compileall -q platform workers \
- && SECRET_KEY=build NBCLOUD_DATA_DIR=/tmp/build python manage.py check \
- && rm -rf /tmp/build
+ && SECRET_KEY=build python manage.py setup -v 0 \
+ && SECRET_KEY=build python manage.py check
 
 EXPOSE 8000 9101
 # tini (from the base) reaps what celery and uvicorn leave behind.

@@ -12,7 +12,7 @@ PORT ?= 8000
 # where the editors' sandbox users can run it.
 NODE_DIR ?= $(if $(filter 0,$(shell id -u)),/var/lib/nbcloud/node,$(CURDIR)/.node)
 
-.PHONY: run test bench bench-billing install install-test install-dev sysdeps sysdeps-test node envs code-server docker-images image compose-config migrate lint format clean
+.PHONY: run test bench bench-billing install install-test install-dev sysdeps sysdeps-test setup node envs code-server docker-images image compose-config migrate lint format clean
 
 # System packages come first: creating .venv needs python3-venv.
 sysdeps:
@@ -32,11 +32,16 @@ install-test: sysdeps-test
 install-dev: sysdeps
 	@$(BOOTSTRAP) venv $(PYTHON) test
 
-envs: install
+# The data directory (NBCLOUD_DATA_DIR, var/ by default: 0700) and, without
+# SECRET_KEY, the generated key in it; every manage.py step below needs them.
+setup: install
+	@$(PY) manage.py setup
+
+envs: setup
 	@echo "==> building the conda environment (skipped while up to date)"
 	$(PY) manage.py buildenvs conda
 
-migrate: install
+migrate: setup
 	@echo "==> migrating the database"
 	$(PY) manage.py migrate --noinput -v 0
 
@@ -47,15 +52,15 @@ node:
 	@$(BOOTSTRAP) node $(NODE_DIR)
 
 # code-server for the vscode editor, installed once under /var/lib/nbcloud/code-server
-# (NBCLOUD_CODE_SERVER_DIR) with the Node.js 20 above. `make run` does not need
-# it (the first vscode notebook on a host installs it, with a Node.js 20 on PATH).
-code-server: install node
+# (NBCLOUD_CODE_SERVER_DIR) with the Node.js 20 above: a host's explicit step. `make
+# run` does not do it; a vscode notebook on a host without it fails to start, naming it.
+code-server: setup node
 	@echo "==> installing code-server (skipped while installed)"
 	PATH=$(NODE_DIR)/bin:$$PATH $(PY) manage.py installcodeserver
 
 # The docker runtime's images, each skipped while up to date: the base (debootstrap
 # into `docker import`; root, docker and debootstrap) and the conda environment's.
-docker-images: install
+docker-images: setup
 	environments/base/build-base.sh
 	$(PY) manage.py buildimages conda
 

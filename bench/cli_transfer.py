@@ -77,6 +77,7 @@ def main() -> None:
     for name in ("CELERY_BROKER_URL", "DATABASE_URL"):
         env.pop(name, None)
     manage = [sys.executable, str(ROOT / "manage.py")]
+    subprocess.run([*manage, "setup", "-v0"], env=env, check=True, cwd=ROOT)
     subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, cwd=ROOT)
     token = subprocess.run(
         [*manage, "createapitoken", "bench", "--project", "bench", "--role", "operator"],

@@ -125,6 +125,7 @@ def main() -> None:
     env.pop("CELERY_BROKER_URL", None)
     env.pop("DATABASE_URL", None)
     manage = [sys.executable, str(ROOT / "manage.py")]
+    subprocess.run([*manage, "setup", "-v0"], env=env, check=True, cwd=ROOT)
     subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, cwd=ROOT)
     token = subprocess.run(
         [*manage, "createapitoken", "bench", "--project", "bench"],

@@ -39,6 +39,7 @@ django.setup()
 
 from django.conf import settings  # noqa: E402
 
+from nbcloud.datadir import prepare  # noqa: E402
 from workers.runtimes import network  # noqa: E402
 
 
@@ -118,6 +119,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--round-trips", type=int, default=5000)
     args = parser.parse_args()
+    prepare()
 
     tag = uuid.uuid4().hex[:6]
     ns, outer, inner = f"nbb-{tag}", f"nbbh{tag}", f"nbbn{tag}"

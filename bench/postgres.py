@@ -37,5 +37,8 @@ def setup_django() -> str:
     django.setup()
     from django.core.management import call_command
 
+    from nbcloud.datadir import prepare
+
+    prepare()
     call_command("migrate", verbosity=0)
     return url

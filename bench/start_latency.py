@@ -97,6 +97,7 @@ def running_platform(name: str, **env_vars: str) -> Iterator[tuple[str, dict]]:
     env.pop("CELERY_BROKER_URL", None)
     env.pop("DATABASE_URL", None)
     manage = [PY, str(ROOT / "manage.py")]
+    subprocess.run([*manage, "setup", "-v0"], env=env, check=True, cwd=ROOT)
     subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, cwd=ROOT)
     token = subprocess.run(
         [*manage, "createapitoken", "bench", "--project", "bench"],

@@ -159,10 +159,12 @@ def main() -> None:
     from django.conf import settings
     from django.core.management import call_command
 
+    from nbcloud.datadir import prepare
     from nbcloud.notebooks.models import Notebook
     from nbcloud.projects.models import Project
     from workers import workspace
 
+    prepare()
     call_command("migrate", verbosity=0)
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **KEYS)
     client.create_bucket(Bucket=BUCKET)

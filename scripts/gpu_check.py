@@ -84,6 +84,9 @@ def _setup(args: argparse.Namespace) -> None:
 
     django.setup()
     from nbcloud.celery import app
+    from nbcloud.datadir import prepare
+
+    prepare()
 
     # Tasks run here, in order, as they are sent: no broker or worker needed.
     app.conf.task_always_eager = True

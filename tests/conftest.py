@@ -20,12 +20,19 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
+from nbcloud.datadir import prepare
 from nbcloud.projects.models import ApiToken, Membership, Project, Role
 from workers import environments
 from workers.runtimes import LaunchSpec
 from workers.runtimes.process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    """The tests' data directory (NBCLOUD_DATA_DIR, var/test) and secret key, made as
+    `manage.py setup` makes them, before the test database (SQLite: a file there)."""
+    prepare()
 
 
 @pytest.fixture(scope="session", autouse=True)

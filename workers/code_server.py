@@ -3,8 +3,10 @@
 `ensure_code_server()` installs code-server CODE_SERVER_VERSION with npm into
 `NBCLOUD_CODE_SERVER_DIR` (default `/var/lib/nbcloud/code-server`: outside the
 checkout, readable by the unprivileged sandbox users) and returns the script to
-run. It is a no-op when that version is already there, so the vscode editor
-calls it before every start: the first vscode notebook on a host installs it.
+run; it is a no-op when that version is already there. It runs as a host's
+provisioning step, `manage.py installcodeserver` (`make code-server`), never
+during a notebook's start: a vscode notebook on a host without it fails to
+start at once, naming that command (workers/runtimes/editors.py).
 
 What an npm install of code-server needs, found on Debian 12 with Node.js 20:
 - Node.js 20 (code-server's postinstall refuses any other major version) and npm;

@@ -79,7 +79,7 @@ def requirements(framework_id: str, version: str | None = None) -> tuple[str, ..
 
 
 def _python() -> str:
-    return str(getattr(settings, "NBCLOUD_ENV_PYTHON", "/usr/bin/python3"))
+    return str(settings.NBCLOUD_ENV_PYTHON)
 
 
 def _digest(reqs: tuple[str, ...]) -> str:

@@ -4,7 +4,11 @@ import os
 
 from django.core.asgi import get_asgi_application
 
+from nbcloud.datadir import prepare
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nbcloud.settings")
+# The web's start: the data directory before whitenoise looks in it.
+prepare()
 django_application = get_asgi_application()
 
 from nbcloud.gateway import routing  # noqa: E402  (needs Django set up)

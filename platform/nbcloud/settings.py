@@ -7,7 +7,6 @@ SECRET_KEY and the storage variables.
 
 import os
 import re
-import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,26 +24,21 @@ from nbcloud.envconf import (
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
+# The database, secrets, logs and workspaces; made (0700) by an explicit step,
+# `manage.py setup` and the platform's entry points (nbcloud.datadir), never
+# by importing these settings.
 DATA_DIR = envpath("NBCLOUD_DATA_DIR", BASE_DIR / "var")
-DATA_DIR.mkdir(parents=True, exist_ok=True)
-# The database, secrets, logs and workspaces are the platform's alone, whoever
-# runs it (workspaces reach their notebooks only through the sandbox's binds).
-DATA_DIR.chmod(0o700)
+# Without SECRET_KEY, the key `manage.py setup` generates into this file.
+GENERATED_SECRET_KEY_FILE = None if envstr("SECRET_KEY") else DATA_DIR / "secret_key"
 
 
 def _secret_key() -> str:
-    value = envstr("SECRET_KEY")
-    if value:
-        return value
-    key_file = DATA_DIR / "secret_key"
-    try:  # created 0600 from its first byte; never readable by anyone else
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        key_file.chmod(0o600)
-    else:
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(50))
-    return key_file.read_text().strip()
+    if GENERATED_SECRET_KEY_FILE is None:
+        return envstr("SECRET_KEY")
+    try:  # empty until generated: the data directory's system check says how
+        return GENERATED_SECRET_KEY_FILE.read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return ""
 
 
 SECRET_KEY = _secret_key()
@@ -199,7 +193,6 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
-STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns on every request otherwise
 STORAGES = {
     "default": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
@@ -320,8 +313,14 @@ NBCLOUD_ENVS_DIR = envpath(
     "NBCLOUD_ENVS_DIR",
     Path("/var/lib/nbcloud/envs") if os.geteuid() == 0 else DATA_DIR / "envs",
 )
-# code-server (the vscode editor), installed on first use; world-readable.
+# The interpreter environment virtualenvs are made from: Debian's, which the
+# sandbox users can run (part of each environment's build digest).
+NBCLOUD_ENV_PYTHON = envstr("NBCLOUD_ENV_PYTHON", "/usr/bin/python3")
+# code-server (the vscode editor), installed on a host by `manage.py
+# installcodeserver` (`make code-server`) into NBCLOUD_CODE_SERVER_DIR,
+# world-readable; or an operator's own code-server executable, used as is.
 NBCLOUD_CODE_SERVER_DIR = envpath("NBCLOUD_CODE_SERVER_DIR", Path("/var/lib/nbcloud/code-server"))
+NBCLOUD_CODE_SERVER = envstr("NBCLOUD_CODE_SERVER", "")
 NBCLOUD_WORKSPACES_DIR = envpath("NBCLOUD_WORKSPACES_DIR", DATA_DIR / "workspaces")
 NBCLOUD_RUNTIME = envchoice("NBCLOUD_RUNTIME", "process", ("process", "docker"))
 # The docker runtime: environment images (named in the manifests) build on this base

@@ -91,14 +91,17 @@ def test_the_public_url_follows_port_unless_set():
 
 
 def test_a_taken_web_port_is_reported_with_the_variable_to_change(tmp_path):
+    data = tmp_path / "data"
     with _listener() as taken:
         port = taken.getsockname()[1]
-        done = _manage(tmp_path, "runplatform", "--no-beat", PORT=str(port))
+        done = _manage(data, "runplatform", "--no-beat", PORT=str(port))
     assert done.returncode == 1
     assert f"port {port} on 127.0.0.1 is already in use" in done.stderr
     assert "PORT=" in done.stderr and "make run" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
-    assert not (tmp_path / "redis.sock").exists()  # nothing was started
+    assert not (data / "redis.sock").exists()  # nothing was started
+    # Its data directory made first, as `manage.py setup` makes it.
+    assert (data / "secret_key").is_file()
 
 
 def test_a_taken_explicit_flower_port_is_reported(tmp_path):
@@ -170,7 +173,8 @@ def test_port_url_and_ctrl_c_leave_notebooks_for_the_next_start(tmp_path, conda_
     URLs say its port; Ctrl-C stops the platform and not the notebook, which the
     next start takes over; stopping it then saves its workspace."""
     data = tmp_path / "data"
-    data.mkdir()
+    # As `make run`: setup, migrate, then runplatform.
+    assert _manage(data, "setup", "-v", "0").returncode == 0
     assert _manage(data, "migrate", "--noinput", "-v", "0").returncode == 0
     made = _manage(data, "createapitoken", "alice", "--project", "demo")
     assert made.returncode == 0, made.stderr

@@ -88,7 +88,7 @@ def _code_server_command(spec: LaunchSpec, port: int, ip: str) -> tuple[list[str
     from workers import code_server
 
     env = {"HASHED_PASSWORD": code_server_session(spec.secret), "NBCLOUD_BASE_PATH": spec.base_url}
-    explicit = getattr(settings, "NBCLOUD_CODE_SERVER", "")
+    explicit = settings.NBCLOUD_CODE_SERVER
     if explicit:  # an operator's own code-server
         if not Path(explicit).exists():
             raise StartError(
@@ -99,17 +99,23 @@ def _code_server_command(spec: LaunchSpec, port: int, ip: str) -> tuple[list[str
         prefix = [explicit]
         env["NODE_OPTIONS"] = f"--require={code_server.write_preload()}"
     else:
-        try:  # a no-op once installed: the first vscode notebook on a host installs it
-            entry = code_server.ensure_code_server(log=log.info)
-        except Exception as exc:
+        # Installing is a host's provisioning step, never a user's start.
+        if not code_server.is_installed():
             raise StartError(
-                "VS Code (code-server) could not be installed on this host; choose the "
-                "jupyterlab editor or ask an administrator to run `manage.py installcodeserver`.",
-                str(exc),
-            ) from exc
-        node = code_server.installed_node() or "node"
+                "VS Code (code-server) is not installed on this host; choose the jupyterlab "
+                "editor or ask an administrator to run `manage.py installcodeserver`.",
+                f"code-server {code_server.CODE_SERVER_VERSION} is not installed in "
+                f"{code_server.install_dir()}: run `manage.py installcodeserver` "
+                "(`make code-server`) on this host",
+            )
+        node = code_server.installed_node()
         # --require: code-server forks its server process with the same node options.
-        prefix = [node, "--require", str(code_server.preload_script()), str(entry)]
+        prefix = [
+            node,
+            "--require",
+            str(code_server.write_preload()),
+            str(code_server.entry_script()),
+        ]
     argv = [
         *prefix,
         "--bind-addr",

@@ -4,12 +4,11 @@ ApiError      the platform answered with an error: exit 1, its message as is
 Unreachable   no answer (refused, DNS, timeout): exit 3, naming the URL
 """
 
-from __future__ import annotations
-
 import csv
 import io
 import re
-from typing import Any
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Optional
 
 import httpx
 
@@ -22,7 +21,7 @@ UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 class ApiError(Exception):
     """The API refused: `{"code", "message", "fields"?}` and the HTTP status."""
 
-    def __init__(self, status: int, code: str, message: str, fields: dict | None = None):
+    def __init__(self, status: int, code: str, message: str, fields: Optional[dict] = None):
         super().__init__(message)
         self.status, self.code, self.message, self.fields = status, code, message, fields or {}
 
@@ -47,12 +46,13 @@ def _reason(exc: httpx.TransportError) -> str:
 
 
 def package_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("nbcloud")
-    except Exception:
-        return "dev"
+    """The version of what `nbc` came with: its own distribution, or the whole project."""
+    for distribution in ("nbcloud-cli", "nbcloud"):
+        try:
+            return version(distribution)
+        except PackageNotFoundError:
+            continue
+    return "dev"
 
 
 class ApiClient:
@@ -60,11 +60,11 @@ class ApiClient:
         self,
         url: str,
         token: str,
-        project: str | None = None,
+        project: Optional[str] = None,
         *,
         connect_timeout: float = CONNECT_TIMEOUT,
         read_timeout: float = READ_TIMEOUT,
-        transport: httpx.BaseTransport | None = None,
+        transport: Optional[httpx.BaseTransport] = None,
     ):
         self.url = url.rstrip("/")
         self.project = project

@@ -15,14 +15,14 @@ What a command uses, first found wins: a command-line flag (`--profile`,
 the profile.
 """
 
-from __future__ import annotations
-
 import os
 import re
 import tempfile
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
+
+from .compat import tomllib
 
 DEFAULT_PROFILE = "default"
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -49,7 +49,7 @@ class ConfigFile:
     profiles: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path | None = None) -> ConfigFile:
+    def load(cls, path: Optional[Path] = None) -> "ConfigFile":
         path = path or config_path()
         try:
             data = tomllib.loads(path.read_text())
@@ -112,15 +112,15 @@ class Settings:
     """What this invocation uses, and where each value came from."""
 
     profile: str
-    url: str | None
-    token: str | None
-    project: str | None
+    url: Optional[str]
+    token: Optional[str]
+    project: Optional[str]
     path: Path
     sources: dict[str, str]
     profiles: list[str]
 
 
-def resolve(profile: str | None = None, project: str | None = None) -> Settings:
+def resolve(profile: Optional[str] = None, project: Optional[str] = None) -> Settings:
     """The settings for this invocation: flags over environment over the profile."""
     file = ConfigFile.load()
     sources: dict[str, str] = {}
@@ -140,7 +140,7 @@ def resolve(profile: str | None = None, project: str | None = None) -> Settings:
             f"no profile named {name!r} in {file.path} (profiles: {known}); "
             f"create it with `nbc login --profile {name} --url URL --token TOKEN`"
         )
-    values: dict[str, str | None] = {}
+    values: dict[str, Optional[str]] = {}
     for key in KEYS:
         if key == "project" and project:
             values[key], sources[key] = project, "--project"
@@ -161,7 +161,7 @@ def resolve(profile: str | None = None, project: str | None = None) -> Settings:
     )
 
 
-def mask(token: str | None) -> str:
+def mask(token: Optional[str]) -> str:
     """A token shown by its first 8 characters (the API's `key_prefix`), never whole."""
     if not token:
         return ""

@@ -1,11 +1,9 @@
 """The invocation's settings and API client, made once per command from the root options."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -15,9 +13,9 @@ from .client import ApiClient
 
 @dataclass
 class Invocation:
-    profile: str | None = None
-    project: str | None = None
-    _client: ApiClient | None = field(default=None, repr=False)
+    profile: Optional[str] = None
+    project: Optional[str] = None
+    _client: Optional[ApiClient] = field(default=None, repr=False)
 
     def settings(self) -> config.Settings:
         return config.resolve(self.profile, self.project)
@@ -36,10 +34,10 @@ class Invocation:
 
 
 # Set by the root callback at the start of each invocation.
-_current: ContextVar[Invocation | None] = ContextVar("nbc_invocation", default=None)
+_current: ContextVar[Optional[Invocation]] = ContextVar("nbc_invocation", default=None)
 
 
-def begin(profile: str | None, project: str | None) -> Invocation:
+def begin(profile: Optional[str], project: Optional[str]) -> Invocation:
     inv = Invocation(profile=profile, project=project)
     _current.set(inv)
     return inv

@@ -6,8 +6,6 @@ the object store, streamed in chunks (never a whole file in memory), several
 files at once, with progress bars for bytes and files on stderr.
 """
 
-from __future__ import annotations
-
 import contextlib
 import os
 import re
@@ -18,7 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Annotated
+from typing import Annotated, Optional
 
 import httpx
 import typer
@@ -83,7 +81,7 @@ class TransferFailed(Exception):
 class Item:
     key: str
     path: Path
-    size: int | None  # None: learnt from the download's Content-Length
+    size: Optional[int]  # None: learnt from the download's Content-Length
 
 
 def _objects_path(client: ApiClient, alias: str, container: str, suffix: str = "") -> str:
@@ -152,8 +150,8 @@ class Piece:
     item: Item
     url: str
     offset: int = 0
-    length: int | None = None  # None: the whole file
-    part: int | None = None
+    length: Optional[int] = None  # None: the whole file
+    part: Optional[int] = None
     etag: str = ""
 
     @property
@@ -377,7 +375,7 @@ def _move(
     wanted: int,
     where: str,
     jobs: int,
-    errors: dict[str, str] | None = None,
+    errors: Optional[dict[str, str]] = None,
 ) -> None:
     """Presign, move and report: `put` uploads `items`, `get` downloads them.
 
@@ -507,7 +505,7 @@ def download(
     alias: AliasArg,
     container: ContainerArg,
     keys: Annotated[
-        list[str] | None,
+        Optional[list[str]],
         typer.Argument(
             metavar="KEY",
             help="Object keys (left out: every object under --prefix).",

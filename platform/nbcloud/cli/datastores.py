@@ -1,15 +1,13 @@
 """`nbc datastore ...`: where the project's volumes and data come from (S3 or git)."""
 
-from __future__ import annotations
-
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.text import Text
 
 from . import output
+from .compat import StrEnum
 from .context import ForceOption, api, delete_confirmed
 from .output import Format, OutputOption
 
@@ -59,25 +57,27 @@ def add(
     ],
     alias: AliasArg,
     endpoint: Annotated[
-        str | None, typer.Option(help="s3: the endpoint URL (left out: AWS).")
+        Optional[str], typer.Option(help="s3: the endpoint URL (left out: AWS).")
     ] = None,
-    region: Annotated[str | None, typer.Option(help="s3: the region, e.g. gra.")] = None,
-    access_key: Annotated[str | None, typer.Option(help="s3: the access key.")] = None,
+    region: Annotated[Optional[str], typer.Option(help="s3: the region, e.g. gra.")] = None,
+    access_key: Annotated[Optional[str], typer.Option(help="s3: the access key.")] = None,
     secret_key: Annotated[
-        str | None,
+        Optional[str],
         typer.Option(envvar="NBC_SECRET_KEY", help="s3: the secret key (asked for when left out)."),
     ] = None,
-    host: Annotated[str | None, typer.Option(help="git: the host name, e.g. github.com.")] = None,
-    username: Annotated[str | None, typer.Option(help="git: the user name.")] = None,
+    host: Annotated[
+        Optional[str], typer.Option(help="git: the host name, e.g. github.com.")
+    ] = None,
+    username: Annotated[Optional[str], typer.Option(help="git: the user name.")] = None,
     password: Annotated[
-        str | None,
+        Optional[str],
         typer.Option(
             envvar="NBC_GIT_PASSWORD",
             help="git: a password or access token (asked for with --username when left out).",
         ),
     ] = None,
     ssh_private_key: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(help="git: a file holding an SSH private key.", exists=True, dir_okay=False),
     ] = None,
     fmt: OutputOption = Format.table,

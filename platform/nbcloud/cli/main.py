@@ -5,10 +5,7 @@ notebook waited for ended FAILED; 2 usage error; 3 the platform could not be
 reached.
 """
 
-from __future__ import annotations
-
-from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Group
@@ -17,6 +14,7 @@ from typer.core import TyperGroup
 
 from . import config, data, datastores, notebooks, output, tokens
 from .client import ApiClient, ApiError, Unreachable, package_version
+from .compat import StrEnum
 from .context import api, begin, invocation
 from .output import Format, OutputOption
 from .waiting import WaitFailed
@@ -93,14 +91,14 @@ def _version(value: bool):
 @app.callback()
 def root(
     profile: Annotated[
-        str | None, typer.Option(help="Profile to use (or NBC_PROFILE).", show_default=False)
+        Optional[str], typer.Option(help="Profile to use (or NBC_PROFILE).", show_default=False)
     ] = None,
     project: Annotated[
-        str | None,
+        Optional[str],
         typer.Option(help="Project to act on (or NBC_PROJECT).", show_default=False),
     ] = None,
     version: Annotated[
-        bool | None,
+        Optional[bool],
         typer.Option("--version", help="Print the version.", callback=_version, is_eager=True),
     ] = None,
 ):
@@ -118,7 +116,7 @@ def login(
     token: Annotated[
         str, typer.Option(prompt="API token", hide_input=True, help="An app token (nbc_...).")
     ],
-    project: Annotated[str | None, typer.Option(help="The project commands act on.")] = None,
+    project: Annotated[Optional[str], typer.Option(help="The project commands act on.")] = None,
     profile: Annotated[
         str, typer.Option(help="Profile name, to keep several platforms or projects.")
     ] = config.DEFAULT_PROFILE,
@@ -202,7 +200,9 @@ def completion(shell: Annotated[Shell, typer.Argument(help="bash, zsh or fish.")
     `nbc completion fish > ~/.config/fish/completions/nbc.fish`."""
     from typer._completion_shared import get_completion_script
 
-    typer.echo(get_completion_script(prog_name="nbc", complete_var="_NBC_COMPLETE", shell=shell))
+    typer.echo(
+        get_completion_script(prog_name="nbc", complete_var="_NBC_COMPLETE", shell=shell.value)
+    )
 
 
 # Project, quota, usage.
@@ -267,11 +267,11 @@ class GroupBy(StrEnum):
 @app.command("usage")
 def usage(
     from_: Annotated[
-        str | None,
+        Optional[str],
         typer.Option("--from", help="Date or ISO datetime (default: start of the month)."),
     ] = None,
     to: Annotated[
-        str | None, typer.Option("--to", help="Date or ISO datetime, excluded (default: now).")
+        Optional[str], typer.Option("--to", help="Date or ISO datetime, excluded (default: now).")
     ] = None,
     group_by: Annotated[
         GroupBy,

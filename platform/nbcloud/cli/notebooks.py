@@ -1,12 +1,10 @@
 """`nbc notebook ...`: run, list, inspect, start, stop, delete and follow notebooks."""
 
-from __future__ import annotations
-
 import secrets
 import time
 import webbrowser
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.text import Text
@@ -134,7 +132,7 @@ def render_one(nb: dict):
     )
 
 
-def _finish(nb_id: str, nb: dict | None, fmt: Format, wait: bool, target: str, timeout: float):
+def _finish(nb_id: str, nb: Optional[dict], fmt: Format, wait: bool, target: str, timeout: float):
     """Print the notebook the API answered, or (with --wait) the one that reached `target`."""
     if wait:
         nb = wait_for_state(api(), nb_id, target, timeout=timeout)
@@ -163,19 +161,19 @@ def run(
         str, typer.Argument(help="Editor id: jupyterlab or vscode.", show_default=False)
     ],
     gpu: Annotated[
-        int | None, typer.Option("--gpu", min=1, help="Number of GPUs (the default: 1 GPU).")
+        Optional[int], typer.Option("--gpu", min=1, help="Number of GPUs (the default: 1 GPU).")
     ] = None,
     cpu: Annotated[
-        int | None, typer.Option("--cpu", min=1, help="Number of CPUs, instead of GPUs.")
+        Optional[int], typer.Option("--cpu", min=1, help="Number of CPUs, instead of GPUs.")
     ] = None,
     flavor: Annotated[
-        str | None, typer.Option(help="Flavor id: `nbc capabilities flavor`.")
+        Optional[str], typer.Option(help="Flavor id: `nbc capabilities flavor`.")
     ] = None,
     framework_version: Annotated[
-        str | None, typer.Option(help="Framework version (default: the framework's default).")
+        Optional[str], typer.Option(help="Framework version (default: the framework's default).")
     ] = None,
     volume: Annotated[
-        list[str] | None,
+        Optional[list[str]],
         typer.Option(
             "--volume",
             "-v",
@@ -184,13 +182,13 @@ def run(
         ),
     ] = None,
     label: Annotated[
-        list[str] | None,
+        Optional[list[str]],
         typer.Option(
             "--label", "-l", help="Label KEY=VALUE. Repeatable.", callback=params.label_pairs
         ),
     ] = None,
     envvar: Annotated[
-        list[str] | None,
+        Optional[list[str]],
         typer.Option(
             "--envvar",
             "-e",
@@ -199,14 +197,14 @@ def run(
         ),
     ] = None,
     name: Annotated[
-        str | None, typer.Option(help="Notebook name (default: FRAMEWORK-EDITOR-xxxx).")
+        Optional[str], typer.Option(help="Notebook name (default: FRAMEWORK-EDITOR-xxxx).")
     ] = None,
-    region: Annotated[str | None, typer.Option(help="Region id, e.g. GRA.")] = None,
+    region: Annotated[Optional[str], typer.Option(help="Region id, e.g. GRA.")] = None,
     unsecure_http: Annotated[
         bool, typer.Option("--unsecure-http", help="Open access: anyone with the URL may enter.")
     ] = False,
     ssh_public_keys: Annotated[
-        list[Path] | None,
+        Optional[list[Path]],
         typer.Option(
             "--ssh-public-keys",
             "-s",
@@ -265,11 +263,11 @@ def run(
 @app.command("list")
 def list_(
     label_selector: Annotated[
-        str | None,
+        Optional[str],
         typer.Option(help="Only notebooks whose labels match, e.g. team=vision,env!=prod."),
     ] = None,
     state: Annotated[
-        State | None,
+        Optional[State],
         typer.Option(help="Only notebooks in this state.", case_sensitive=False),
     ] = None,
     fmt: OutputOption = Format.table,
@@ -433,13 +431,14 @@ def open_(
 def label(
     notebook: NotebookArg,
     labels: Annotated[
-        list[str] | None,
+        Optional[list[str]],
         typer.Argument(
             help="KEY=VALUE labels to set (merged with the others).", show_default=False
         ),
     ] = None,
     remove: Annotated[
-        list[str] | None, typer.Option("--remove", "-r", help="A label key to remove. Repeatable.")
+        Optional[list[str]],
+        typer.Option("--remove", "-r", help="A label key to remove. Repeatable."),
     ] = None,
     fmt: OutputOption = Format.table,
 ):
@@ -520,7 +519,7 @@ def backup_fork(
     notebook: NotebookArg,
     backup: BackupArg,
     name: Annotated[
-        str | None, typer.Option(help="The new notebook's name (default: NAME-fork).")
+        Optional[str], typer.Option(help="The new notebook's name (default: NAME-fork).")
     ] = None,
     wait: WaitOption = False,
     timeout: TimeoutOption = 1800,

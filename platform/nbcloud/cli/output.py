@@ -5,22 +5,21 @@ Data goes to stdout; progress, warnings and errors go to stderr, so that
 always wrapped in `Text`, never read as rich markup.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import sys
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
-from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 import yaml
 from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
+
+from .compat import StrEnum
 
 
 class Format(StrEnum):
@@ -40,7 +39,7 @@ OutputOption = Annotated[
 ]
 
 
-def _width() -> int | None:
+def _width() -> Optional[int]:
     if os.environ.get("COLUMNS"):
         return None  # rich reads it
     return None if sys.stdout.isatty() else 160  # piped: no squeezed columns
@@ -63,7 +62,7 @@ def note(message: str, style: str = "dim") -> None:
     err_console().print(Text(message, style=style))
 
 
-def emit(data: Any, fmt: Format, render: Callable[[Any], RenderableType | None]) -> None:
+def emit(data: Any, fmt: Format, render: Callable[[Any], Optional[RenderableType]]) -> None:
     """Print `data` as JSON or YAML, or as what `render` makes of it."""
     if fmt == Format.json:
         typer.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
@@ -125,25 +124,27 @@ STATE_STYLES = {
 }
 
 
-def state(value: str | None) -> Text:
+def state(value: Optional[str]) -> Text:
     return Text(value or "-", style=STATE_STYLES.get(value or "", ""))
 
 
-def labels(values: dict | None) -> str:
+def labels(values: Optional[dict]) -> str:
     return ",".join(f"{k}={v}" for k, v in (values or {}).items())
 
 
-def parse_time(value: str | None) -> datetime | None:
+def parse_time(value: Optional[str]) -> Optional[datetime]:
     if not value:
         return None
+    if value.endswith("Z"):  # what the API writes; fromisoformat() reads it from 3.11 on
+        value = value[:-1] + "+00:00"
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def when(value: str | None) -> str:
+def when(value: Optional[str]) -> str:
     """'2026-11-03 10:04 (5 min ago)' in local time."""
     moment = parse_time(value)
     if moment is None:
@@ -152,16 +153,16 @@ def when(value: str | None) -> str:
     return f"{local} ({ago(value)})"
 
 
-def ago(value: str | None) -> str:
+def ago(value: Optional[str]) -> str:
     moment = parse_time(value)
     if moment is None:
         return ""
-    seconds = (datetime.now(UTC) - moment).total_seconds()
+    seconds = (datetime.now(timezone.utc) - moment).total_seconds()
     suffix = "ago" if seconds >= 0 else "from now"
     return f"{duration(abs(seconds))} {suffix}"
 
 
-def duration(seconds: float | int | None) -> str:
+def duration(seconds: Optional[float]) -> str:
     seconds = int(seconds or 0)
     if seconds < 60:
         return f"{seconds} s"
@@ -172,7 +173,7 @@ def duration(seconds: float | int | None) -> str:
     return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
 
 
-def size(value: int | None) -> str:
+def size(value: Optional[int]) -> str:
     if value is None:
         return ""
     amount = float(value)
@@ -183,7 +184,7 @@ def size(value: int | None) -> str:
     return str(value)
 
 
-def costs(values: list[dict] | None) -> str:
+def costs(values: Optional[list[dict]]) -> str:
     """[{"amount": "0.0123", "currency": "EUR"}] -> '0.0123 EUR'."""
     if not values:
         return "0"

@@ -1,16 +1,17 @@
 """Parsing of command-line values: `k=v` pairs, SSH key files, expiry times."""
 
-from __future__ import annotations
-
 import re
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def pairs(values: list[str] | None, what: str, *, name_pattern: re.Pattern | None = None) -> dict:
+def pairs(
+    values: Optional[list[str]], what: str, *, name_pattern: Optional[re.Pattern] = None
+) -> dict:
     """['a=1', 'b=x=y'] -> {'a': '1', 'b': 'x=y'}; a bad item is a usage error (exit 2)."""
     result: dict[str, str] = {}
     for item in values or []:
@@ -26,17 +27,17 @@ def pairs(values: list[str] | None, what: str, *, name_pattern: re.Pattern | Non
     return result
 
 
-def label_pairs(values: list[str] | None) -> list[str] | None:
+def label_pairs(values: Optional[list[str]]) -> Optional[list[str]]:
     pairs(values, "KEY")
     return values
 
 
-def envvar_pairs(values: list[str] | None) -> list[str] | None:
+def envvar_pairs(values: Optional[list[str]]) -> Optional[list[str]]:
     pairs(values, "NAME", name_pattern=ENV_NAME)
     return values
 
 
-def ssh_keys(files: list[Path] | None) -> list[str]:
+def ssh_keys(files: Optional[list[Path]]) -> list[str]:
     """The public key lines of these files (blank lines and comments left out)."""
     keys: list[str] = []
     for path in files or []:
@@ -51,6 +52,6 @@ def ssh_keys(files: list[Path] | None) -> list[str]:
     return keys
 
 
-def expiry(value: str | None) -> str | None:
+def expiry(value: Optional[str]) -> Optional[str]:
     """'never' -> None (JSON null); anything else is passed on for the API to check."""
     return None if value is None or value.lower() in ("never", "none", "null") else value

@@ -1,15 +1,13 @@
 """`nbc token ...`: the project's app tokens (`read` or `operator`)."""
 
-from __future__ import annotations
-
-from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Group
 from rich.text import Text
 
 from . import output, params
+from .compat import StrEnum
 from .context import ForceOption, api, delete_confirmed
 from .output import Format, OutputOption
 
@@ -75,11 +73,11 @@ def create(
     name: Annotated[str, typer.Argument(help="A name to recognise it by.", show_default=False)],
     role: Annotated[TokenRole, typer.Option(help="read or operator.", show_default=False)],
     label_selector: Annotated[
-        str | None,
+        Optional[str],
         typer.Option(help="Limit it to notebooks whose labels match, e.g. team=vision."),
     ] = None,
     expires_at: Annotated[
-        str | None, typer.Option(help="ISO 8601 date-time, e.g. 2027-01-01T00:00:00Z.")
+        Optional[str], typer.Option(help="ISO 8601 date-time, e.g. 2027-01-01T00:00:00Z.")
     ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Print the value only (for scripts).")
@@ -107,7 +105,7 @@ def list_(fmt: OutputOption = Format.table):
 def renew(
     token: TokenArg,
     expires_at: Annotated[
-        str | None,
+        Optional[str],
         typer.Option(help="New expiry (ISO 8601), or `never`; left out: unchanged."),
     ] = None,
     quiet: Annotated[

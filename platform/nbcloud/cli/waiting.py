@@ -4,17 +4,16 @@ Each change of state or of `info.message` is printed as a line on stderr; on
 a terminal a spinner also shows the current state and the time spent.
 """
 
-from __future__ import annotations
-
 import time
 from contextlib import nullcontext
 from datetime import datetime
-from enum import StrEnum
+from typing import Optional
 
 from rich.text import Text
 
 from . import output
 from .client import ApiClient, ApiError
+from .compat import StrEnum
 
 # States a notebook rests in until someone acts: waiting for another one from
 # there would wait forever.
@@ -36,7 +35,7 @@ State = StrEnum("State", {s: s for s in STATES})
 class WaitFailed(Exception):
     """The notebook ended somewhere else than asked (FAILED, most often), or never arrived."""
 
-    def __init__(self, message: str, notebook: dict | None = None):
+    def __init__(self, message: str, notebook: Optional[dict] = None):
         super().__init__(message)
         self.notebook = notebook
 
@@ -58,7 +57,7 @@ def wait_for_state(
     timeout: float = 1800,
     interval: float = 0.5,
     max_interval: float = 2.0,
-) -> dict | None:
+) -> Optional[dict]:
     """Poll until the notebook is in `target`; the notebook then (None once DELETED).
 
     Raises WaitFailed when it settles elsewhere (FAILED, or STOPPED while
@@ -66,7 +65,7 @@ def wait_for_state(
     """
     err = output.err_console()
     started = time.monotonic()
-    last: tuple | None = None
+    last: Optional[tuple] = None
     spinner = (
         err.status(f"waiting for {target}…", spinner="dots") if err.is_terminal else nullcontext()
     )

@@ -13,6 +13,7 @@ free port when their default is taken (a second platform on the machine); a
 port set explicitly, or the web's, that is taken stops the start naming the
 variable to change.
 
+It makes the data directory first, as ``manage.py setup`` does (nbcloud.datadir).
 One runplatform per data directory: it holds ``DATA_DIR/runplatform.lock``.
 Children run in their own sessions, so a runplatform killed with SIGKILL leaves
 them running (and holding the web port); the next start finds them by the
@@ -36,6 +37,7 @@ from django.core.management.base import BaseCommand, CommandError
 from honcho.manager import Manager
 
 from nbcloud.broker import BrokerError, start_embedded_broker
+from nbcloud.datadir import prepare
 from nbcloud.hosts.sandbox import ensure_bubblewrap
 
 LOCALHOST = "127.0.0.1"
@@ -66,6 +68,8 @@ class Command(BaseCommand):
         "Run the whole platform on this machine in the foreground: embedded broker, "
         "web (uvicorn), worker, beat and flower. Ctrl-C stops everything."
     )
+    # Checked in handle(), once the data directory is made.
+    requires_system_checks = []
 
     def add_arguments(self, parser):
         parser.add_argument(
@@ -76,11 +80,15 @@ class Command(BaseCommand):
         )
         parser.add_argument("--no-beat", action="store_true", help="do not run celery beat")
         parser.add_argument("--no-flower", action="store_true", help="do not run flower")
+        parser.add_argument("--skip-checks", action="store_true", help="skip system checks")
 
     def handle(self, *args, port: int | None, no_beat: bool, no_flower: bool, **options):
         port = settings.PORT if port is None else port
         if not 0 < port < 65536:
             raise CommandError(f"--port {port} is not a TCP port (1-65535)")
+        prepare()
+        if not options["skip_checks"]:
+            self.check()
         # Until honcho takes over the signals, a SIGTERM must still unwind
         # through the finally below so the broker is shut down.
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
