@@ -137,9 +137,9 @@ LOGOUT_REDIRECT_URL = "/accounts/login/"
 # NBCLOUD_OIDC_ISSUER/.well-known/openid-configuration, or each is set by hand
 # (a set one wins over the discovered one).
 NBCLOUD_OIDC_CLIENT_ID = envstr("NBCLOUD_OIDC_CLIENT_ID", "")
-NBCLOUD_OIDC_ENABLED = bool(NBCLOUD_OIDC_CLIENT_ID)
+OIDC_ENABLED = bool(NBCLOUD_OIDC_CLIENT_ID)
 NBCLOUD_OIDC_ISSUER = envstr("NBCLOUD_OIDC_ISSUER", "").rstrip("/")
-NBCLOUD_OIDC_ENDPOINTS = {
+OIDC_ENDPOINTS = {
     "authorization_endpoint": envstr("NBCLOUD_OIDC_AUTHORIZATION_ENDPOINT", ""),
     "token_endpoint": envstr("NBCLOUD_OIDC_TOKEN_ENDPOINT", ""),
     "userinfo_endpoint": envstr("NBCLOUD_OIDC_USERINFO_ENDPOINT", ""),
@@ -152,8 +152,16 @@ NBCLOUD_OIDC_NAME = envstr("NBCLOUD_OIDC_NAME", "single sign-on")
 # every sign-in.
 NBCLOUD_OIDC_ROLES_CLAIM = envstr("NBCLOUD_OIDC_ROLES_CLAIM", "groups")
 NBCLOUD_OIDC_ROLE_PREFIX = envstr("NBCLOUD_OIDC_ROLE_PREFIX", "nbcloud:")
-if NBCLOUD_OIDC_ENABLED:
-    if not NBCLOUD_OIDC_ISSUER and not all(NBCLOUD_OIDC_ENDPOINTS.values()):
+# mozilla-django-oidc's own settings (read only when single sign-on is on).
+OIDC_RP_CLIENT_ID = NBCLOUD_OIDC_CLIENT_ID
+OIDC_RP_CLIENT_SECRET = envstr("NBCLOUD_OIDC_CLIENT_SECRET", "")
+OIDC_RP_SIGN_ALGO = envchoice(
+    "NBCLOUD_OIDC_SIGN_ALGO", "RS256", ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
+)
+OIDC_RP_SCOPES = envstr("NBCLOUD_OIDC_SCOPES", "openid email profile")
+OIDC_TIMEOUT = envint("NBCLOUD_OIDC_TIMEOUT", 10, minimum=1)
+if OIDC_ENABLED:
+    if not NBCLOUD_OIDC_ISSUER and not all(OIDC_ENDPOINTS.values()):
         raise ImproperlyConfigured(
             "NBCLOUD_OIDC_CLIENT_ID is set: also set NBCLOUD_OIDC_ISSUER (its endpoints are "
             "discovered), or all of NBCLOUD_OIDC_AUTHORIZATION_ENDPOINT, "
@@ -163,24 +171,16 @@ if NBCLOUD_OIDC_ENABLED:
         "django.contrib.auth.backends.ModelBackend",
         "nbcloud.console.oidc.ProjectRolesBackend",
     ]
-    # mozilla-django-oidc's own settings.
-    OIDC_RP_CLIENT_ID = NBCLOUD_OIDC_CLIENT_ID
-    OIDC_RP_CLIENT_SECRET = envstr("NBCLOUD_OIDC_CLIENT_SECRET", "")
-    OIDC_RP_SIGN_ALGO = envchoice(
-        "NBCLOUD_OIDC_SIGN_ALGO", "RS256", ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
-    )
-    OIDC_RP_SCOPES = envstr("NBCLOUD_OIDC_SCOPES", "openid email profile")
-    OIDC_TIMEOUT = envint("NBCLOUD_OIDC_TIMEOUT", 10, minimum=1)
     OIDC_USE_PKCE = True
     OIDC_AUTHENTICATE_CLASS = "nbcloud.console.oidc.SignInView"
     OIDC_CALLBACK_CLASS = "nbcloud.console.oidc.CallbackView"
     OIDC_AUTHENTICATION_CALLBACK_URL = "console:oidc_authentication_callback"
     # Endpoints are read through nbcloud.console.oidc (discovered when not set);
     # the library asks for these names.
-    OIDC_OP_AUTHORIZATION_ENDPOINT = NBCLOUD_OIDC_ENDPOINTS["authorization_endpoint"]
-    OIDC_OP_TOKEN_ENDPOINT = NBCLOUD_OIDC_ENDPOINTS["token_endpoint"]
-    OIDC_OP_USER_ENDPOINT = NBCLOUD_OIDC_ENDPOINTS["userinfo_endpoint"]
-    OIDC_OP_JWKS_ENDPOINT = NBCLOUD_OIDC_ENDPOINTS["jwks_uri"]
+    OIDC_OP_AUTHORIZATION_ENDPOINT = OIDC_ENDPOINTS["authorization_endpoint"]
+    OIDC_OP_TOKEN_ENDPOINT = OIDC_ENDPOINTS["token_endpoint"]
+    OIDC_OP_USER_ENDPOINT = OIDC_ENDPOINTS["userinfo_endpoint"]
+    OIDC_OP_JWKS_ENDPOINT = OIDC_ENDPOINTS["jwks_uri"]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

@@ -161,7 +161,7 @@ def test_a_new_person_never_gets_the_name_of_an_account_made_here(django_user_mo
 
 @pytest.mark.django_db
 def test_single_sign_on_is_off_by_default(client):
-    assert not settings.NBCLOUD_OIDC_ENABLED
+    assert not settings.OIDC_ENABLED
     assert "Sign in with" not in client.get("/accounts/login/").content.decode()
     assert client.get("/accounts/oidc/authenticate/").status_code == 404
 
@@ -170,7 +170,7 @@ def test_a_provider_that_does_not_answer_is_unavailable_naming_where_it_was_aske
     closed = f"http://127.0.0.1:{free_port()}/o"
     endpoints = dict.fromkeys(oidc.ENDPOINTS, "")
     with override_settings(
-        NBCLOUD_OIDC_ISSUER=closed, NBCLOUD_OIDC_ENDPOINTS=endpoints, OIDC_TIMEOUT=2
+        NBCLOUD_OIDC_ISSUER=closed, OIDC_ENDPOINTS=endpoints, OIDC_TIMEOUT=2
     ):
         oidc._discovered.cache_clear()
         try:
@@ -179,7 +179,7 @@ def test_a_provider_that_does_not_answer_is_unavailable_naming_where_it_was_aske
         finally:
             oidc._discovered.cache_clear()
     set_by_hand = {**endpoints, "token_endpoint": "http://idp.example/token"}
-    with override_settings(NBCLOUD_OIDC_ENDPOINTS=set_by_hand):
+    with override_settings(OIDC_ENDPOINTS=set_by_hand):
         assert oidc.endpoint("token_endpoint") == "http://idp.example/token"
 
 

@@ -63,7 +63,7 @@ def _discovered() -> dict:
 
 def endpoint(name: str) -> str:
     """One of the provider's ENDPOINTS: as set, else discovered (and then remembered)."""
-    configured = settings.NBCLOUD_OIDC_ENDPOINTS[name]
+    configured = settings.OIDC_ENDPOINTS[name]
     if configured:
         return configured
     found = _discovered().get(name)

@@ -13,7 +13,7 @@ account_urls = [
             template_name="console/login.html",
             redirect_authenticated_user=True,
             extra_context={
-                "sso_name": settings.NBCLOUD_OIDC_NAME if settings.NBCLOUD_OIDC_ENABLED else ""
+                "sso_name": settings.NBCLOUD_OIDC_NAME if settings.OIDC_ENABLED else ""
             },
         ),
         name="login",
@@ -34,7 +34,7 @@ account_urls = [
     ),
     path("invitation/<str:code>/", accounts.accept_invitation, name="invitation"),
 ]
-if settings.NBCLOUD_OIDC_ENABLED:
+if settings.OIDC_ENABLED:
     # Single sign-on (nbcloud.console.oidc): authenticate/, callback/ and logout/.
     account_urls.append(path("oidc/", include("mozilla_django_oidc.urls")))
 
