@@ -22,9 +22,9 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, Max
 from django.utils import timezone
-from rest_framework import exceptions, status
 
 from nbcloud.catalog.services import catalog
+from nbcloud.errors import BudgetExceeded, InvalidState
 from nbcloud.notebooks.models import Notebook
 from nbcloud.projects.models import Project
 
@@ -33,12 +33,6 @@ from .money import from_sum, money_sum
 
 log = logging.getLogger(__name__)
 MINUTE_US = 60_000_000
-
-
-class BudgetExceeded(exceptions.APIException):
-    status_code = status.HTTP_403_FORBIDDEN
-    default_code = "budget_exceeded"
-    default_detail = "The project's monthly budget is spent."
 
 
 def minutes_commenced(start: datetime, end: datetime) -> int:
@@ -260,5 +254,5 @@ def enforce_budgets(now: datetime) -> None:
                     message=f"Monthly budget of {budget.monthly_amount} {budget.currency} reached "
                     f"({spent} {budget.currency} spent); stopping, the workspace is saved.",
                 )
-            except notebook_services.InvalidState:
+            except InvalidState:
                 continue

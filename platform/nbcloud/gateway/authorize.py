@@ -20,7 +20,7 @@ from django.contrib.auth import get_user
 from django.core import signing
 
 from nbcloud.api.access import token_allows
-from nbcloud.api.authentication import token_for_value
+from nbcloud.errors import NotAuthenticated
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import State
 from nbcloud.projects.models import WRITE_ROLES, ApiToken, Role
@@ -137,7 +137,7 @@ def _token_from_cookie(value: str) -> ApiToken | None:
 def _live_token(pk, key_hash: str | None) -> ApiToken | None:
     token = ApiToken.objects.select_related("user", "project").filter(pk=pk).first()
     # A renewed or deleted token no longer opens anything, nor one whose user
-    # is disabled (as with the token itself: token_for_value).
+    # is disabled (as with the token itself: ApiToken.for_value).
     if (
         token is None
         or token.key_hash[:16] != key_hash
@@ -165,9 +165,9 @@ def identify(
     scheme, _, value = authorization.partition(" ")
     if scheme == "Bearer":
         try:
-            return Caller(token=token_for_value(value.strip()))
-        except Exception as exc:  # AuthenticationFailed: unknown, expired
-            return Decision(401, str(getattr(exc, "detail", exc)))
+            return Caller(token=ApiToken.for_value(value.strip()))
+        except NotAuthenticated as exc:  # unknown, expired, disabled
+            return Decision(401, str(exc))
     if notebook_id and cookie_name(NOTEBOOK_COOKIE) in cookies:
         caller = _caller_from_notebook_cookie(cookies[cookie_name(NOTEBOOK_COOKIE)], notebook_id)
         if caller is not None:

@@ -13,8 +13,8 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from nbcloud.api.errors import Conflict, QuotaExceeded
 from nbcloud.billing import services as billing
+from nbcloud.errors import InvalidState, QuotaExceeded
 from nbcloud.projects.models import Project
 
 from .models import Backup, Notebook, NotebookEvent
@@ -22,10 +22,6 @@ from .states import ACTIONS, FAILURE_CODES, QUOTA_STATES, InfoCode, State, is_le
 
 log = logging.getLogger(__name__)
 SYSTEM = "system"
-
-
-class InvalidState(Conflict):
-    pass
 
 
 def transition(
