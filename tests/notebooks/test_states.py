@@ -97,7 +97,7 @@ def test_transition_refuses_an_illegal_move(notebook):
     with pytest.raises(services.InvalidState) as refused:
         services.transition(notebook, State.RUNNING, actor="tester", code=InfoCode.RUNNING)
     assert "QUEUED" in str(refused.value)
-    assert refused.value.status_code == 409
+    assert refused.value.code == "invalid_state"
     assert Notebook.objects.get(pk=notebook.pk).state == State.QUEUED
     assert notebook.state == State.QUEUED
     assert not NotebookEvent.objects.exists()
