@@ -12,7 +12,6 @@ else: each class has its status code, each error its code and message.
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
 from rest_framework import exceptions, status
-from rest_framework import views as drf_views  # a module: DRF's views import our authentication
 from rest_framework.response import Response
 
 from nbcloud import errors
@@ -90,7 +89,11 @@ def exception_handler(exc, context):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
-    response = drf_views.exception_handler(exc, context)
+    # Imported here: DRF's views module loads the authentication classes as it
+    # is imported, and they map their errors with `api_exception` above.
+    from rest_framework.views import exception_handler as drf_exception_handler
+
+    response = drf_exception_handler(exc, context)
     if response is None:
         return None
     if isinstance(exc, exceptions.ValidationError):
