@@ -7,6 +7,7 @@ from nbcloud.catalog.services import catalog
 from nbcloud.monitoring.samples import dashboard_url
 from nbcloud.notebooks import spec
 from nbcloud.notebooks.models import Backup, Notebook, NotebookEvent, NotebookGrant
+from nbcloud.notebooks.volumes import ObjectVolume, Volume
 
 MAX_GPUS = 4
 MAX_CPUS = 12
@@ -116,7 +117,9 @@ class LabelsField(serializers.DictField):
 
 
 class VolumeField(serializers.Field):
-    def to_internal_value(self, data):
+    """A volume string or object in; its value out (stored as `to_dict()`)."""
+
+    def to_internal_value(self, data) -> Volume:
         return _django_to_drf(spec.parse_volume, data)
 
     def to_representation(self, value):
@@ -185,25 +188,25 @@ class NotebookSpecSerializer(serializers.Serializer):
             )
         return value
 
-    def validate_volumes(self, value):
+    def validate_volumes(self, value: list[Volume]) -> list[dict]:
         _django_to_drf(spec.check_volume_set, value)
         project = self.context.get("project")
-        aliases = set(project.datastores.values_list("alias", flat=True)) if project else set()
+        kinds = dict(project.datastores.values_list("alias", "type")) if project else {}
         for volume in value:
-            if volume["type"] == "object" and volume["alias"] not in aliases:
+            if not isinstance(volume, ObjectVolume):
+                continue
+            if volume.alias not in kinds:
                 raise serializers.ValidationError(
-                    f"volume {volume['spec']!r}: unknown datastore alias {volume['alias']!r}; "
-                    f"known: {', '.join(sorted(aliases)) or 'none'} (add one with POST "
+                    f"volume {volume.spec!r}: unknown datastore alias {volume.alias!r}; "
+                    f"known: {', '.join(sorted(kinds)) or 'none'} (add one with POST "
                     ".../datastores/)"
                 )
-            if volume["type"] == "object":
-                kind = project.datastores.get(alias=volume["alias"]).type
-                if kind != "s3":
-                    raise serializers.ValidationError(
-                        f"volume {volume['spec']!r}: datastore {volume['alias']!r} is a {kind} "
-                        "datastore; object-storage volumes need an s3 one"
-                    )
-        return value
+            if kinds[volume.alias] != "s3":
+                raise serializers.ValidationError(
+                    f"volume {volume.spec!r}: datastore {volume.alias!r} is a "
+                    f"{kinds[volume.alias]} datastore; object-storage volumes need an s3 one"
+                )
+        return [volume.to_dict() for volume in value]
 
     def to_model_fields(self) -> dict:
         data = self.validated_data

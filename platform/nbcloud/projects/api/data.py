@@ -34,6 +34,8 @@ from nbcloud.api.access import visible_notebooks
 from nbcloud.api.views import ProjectRolePermission, ProjectScopedMixin, find
 from nbcloud.errors import DomainError, Invalid, NotFound, Unavailable
 from nbcloud.notebooks.models import Notebook
+from nbcloud.notebooks.volumes import ObjectVolume
+from nbcloud.notebooks.volumes import from_dict as volume_from_dict
 from nbcloud.projects.models import WRITE_ROLES, ApiToken, Datastore
 
 # S3's rule for bucket names, checked here so that a bad name is a clear 400.
@@ -115,10 +117,10 @@ def reachable_containers(request, project) -> set[tuple[str, str]] | None:
         return None
     notebooks = visible_notebooks(request, Notebook.objects.filter(project=project))
     return {
-        (volume.get("alias"), volume.get("container"))
+        (volume.alias, volume.container)
         for volumes in notebooks.values_list("volumes", flat=True)
-        for volume in volumes or []
-        if volume.get("type") == "object"
+        for volume in map(volume_from_dict, volumes or [])
+        if isinstance(volume, ObjectVolume)
     }
 
 
