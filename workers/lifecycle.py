@@ -12,6 +12,7 @@ import time
 import requests
 from django.conf import settings
 
+from nbcloud.gateway import routing
 from nbcloud.hosts import services as host_services
 from nbcloud.hosts.inventory import read_inventory
 from nbcloud.notebooks import services
@@ -73,7 +74,7 @@ def launch_spec(notebook: Notebook) -> LaunchSpec:
         workspace=workspace.local_path(notebook),
         uid=notebook.ensure_sandbox_uid(),
         secret=notebook.editor_secret,
-        base_url=f"/notebooks/{notebook.pk}/",
+        base_url=routing.base_path(notebook.pk),
         env_vars={e["name"]: e["value"] for e in notebook.env_vars},
         cpus=flavor.cpus * notebook.units,
         memory_bytes=flavor.memory_gib * 1024**3 * notebook.units,

@@ -271,12 +271,11 @@ def _sign_in(notebook_id: str, path: str, query: str) -> Decision:
     """Where a browser nobody identified goes: the token login page on a shared origin,
     the platform's hand-off on a notebook's own (handoff.py)."""
     next_path = path + (f"?{query}" if query else "")
-    public = settings.NBCLOUD_PUBLIC_URL.rstrip("/")
     if not routing.per_notebook_origins():
         return Decision(
             302,
             "Sign in to open this notebook.",
-            location=f"{public}/gateway/login/?next={quote(next_path)}",
+            location=routing.platform_url(f"/gateway/login/?next={quote(next_path)}"),
         )
     from .handoff import start
 

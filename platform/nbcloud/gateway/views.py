@@ -26,7 +26,7 @@ from nbcloud.errors import NotAuthenticated
 from nbcloud.projects.models import ApiToken
 
 from . import routing
-from .authorize import TOKEN_COOKIE, authorize, parse_cookies, sign_token_cookie
+from .authorize import TOKEN_COOKIE, authorize, parse_cookies, secure, sign_token_cookie
 
 
 class TokenLoginForm(forms.Form):
@@ -51,7 +51,7 @@ def login(request):
                 max_age=settings.SESSION_COOKIE_AGE,
                 httponly=True,
                 samesite="Lax",
-                secure=settings.NBCLOUD_PUBLIC_URL.startswith("https://"),
+                secure=secure(),
             )
             return response
     status = 401 if request.method == "POST" else 200

@@ -136,6 +136,17 @@ def ssh_keys_field(**kwargs) -> serializers.ListField:
     return serializers.ListField(child=key, required=False, max_length=20, **kwargs)
 
 
+def name_field(**kwargs) -> serializers.RegexField:
+    """A notebook's name."""
+    return serializers.RegexField(
+        r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,99}$",
+        error_messages={
+            "invalid": "use up to 100 letters, digits, '-', '_' and '.', starting with a letter or digit"
+        },
+        **kwargs,
+    )
+
+
 MIN_LIMIT = 60
 MAX_LIMIT = 366 * 24 * 3600
 
@@ -156,12 +167,7 @@ def limit_field(**kwargs) -> serializers.IntegerField:
 class NotebookSpecSerializer(serializers.Serializer):
     """What a user asks for; validated into the model's flat fields."""
 
-    name = serializers.RegexField(
-        r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,99}$",
-        error_messages={
-            "invalid": "use up to 100 letters, digits, '-', '_' and '.', starting with a letter or digit"
-        },
-    )
+    name = name_field()
     labels = LabelsField(required=False, default=dict)
     env = EnvSerializer()
     env_vars = EnvVarSerializer(many=True, required=False, default=list)
@@ -232,14 +238,7 @@ class NotebookSpecSerializer(serializers.Serializer):
 
 
 class ForkSerializer(serializers.Serializer):
-    name = serializers.RegexField(
-        r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,99}$",
-        required=False,
-        default="",
-        error_messages={
-            "invalid": "use up to 100 letters, digits, '-', '_' and '.', starting with a letter or digit"
-        },
-    )
+    name = name_field(required=False, default="")
 
 
 class NotebookUpdateSerializer(serializers.Serializer):
