@@ -58,18 +58,6 @@ def test_a_volume_is_frozen():
         parse_volume(OBJECT).permission = "RO"
 
 
-@pytest.mark.django_db
-def test_a_notebook_reads_its_volumes_as_values_in_their_order(alpha):
+def test_a_notebook_reads_its_volumes_as_values_in_their_order():
     volumes = [parse_volume(GIT), parse_volume(OBJECT)]
-    Notebook.objects.create(
-        project=alpha,
-        name="n",
-        framework_id="conda",
-        framework_version="py311",
-        editor_id="jupyterlab",
-        flavor="ai1-1-cpu",
-        cpu=1,
-        region="GRA",
-        volumes=[v.to_dict() for v in volumes],
-    )
-    assert Notebook.objects.get().volume_values == volumes
+    assert Notebook(volumes=[v.to_dict() for v in volumes]).volume_values == volumes
