@@ -7,13 +7,17 @@ redelivered task changes nothing).
 
 import contextlib
 import dataclasses
+import fcntl
+import functools
 import logging
+import threading
 import time
 
 import requests
 from django.conf import settings
 
 from nbcloud import dispatch
+from nbcloud.gateway import routing
 from nbcloud.hosts import services as host_services
 from nbcloud.hosts.inventory import read_inventory
 from nbcloud.notebooks import services
@@ -37,6 +41,35 @@ def register_host(
         read_inventory(settings.NBCLOUD_WORKSPACES_DIR, labels),
         settings.NBCLOUD_RUNTIME,
     )
+
+
+_held = threading.local()
+
+
+def serialised(task):
+    """One lifecycle step at a time per notebook on this host (start, stop, restart,
+    delete): the same task sent twice (a resume, a reconcile resend, two workers on
+    one host's queue) waits for the first, then finds its work done. An flock on a
+    file of the host's data directory, released by the kernel if the worker dies;
+    re-entrant within a thread (a failed restart stops)."""
+
+    @functools.wraps(task)
+    def run(notebook_id: str, *args, **kwargs):
+        held = _held.__dict__.setdefault("ids", set())
+        if notebook_id in held:
+            return task(notebook_id, *args, **kwargs)
+        folder = settings.DATA_DIR / "locks"
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(folder / f"{notebook_id}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            held.add(notebook_id)
+            try:
+                return task(notebook_id, *args, **kwargs)
+            finally:
+                held.discard(notebook_id)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    return run
 
 
 def _load(notebook_id: str, host: str, state: State) -> Notebook | None:
@@ -75,7 +108,7 @@ def launch_spec(notebook: Notebook) -> LaunchSpec:
         workspace=workspace.local_path(notebook),
         uid=notebook.ensure_sandbox_uid(),
         secret=notebook.editor_secret,
-        base_url=f"/notebooks/{notebook.pk}/",
+        base_url=routing.base_path(notebook.pk),
         env_vars={e["name"]: e["value"] for e in notebook.env_vars},
         cpus=flavor.resources(notebook.units).cpus,
         memory_bytes=flavor.resources(notebook.units).memory_bytes,
@@ -138,6 +171,7 @@ def ship_logs(notebook: Notebook, runtime: Runtime) -> None:
         log.exception("notebook %s: shipping the editor's log failed", notebook.pk)
 
 
+@serialised
 def start(notebook_id: str, host: str) -> None:
     notebook = _load(notebook_id, host, State.STARTING)
     if notebook is None:
@@ -172,6 +206,7 @@ def start(notebook_id: str, host: str) -> None:
     )
 
 
+@serialised
 def restart(notebook_id: str, host: str) -> None:
     """Restart the editor in place: same host, same workspace, capacity kept."""
     notebook = _load(notebook_id, host, State.RESTARTING)
@@ -208,6 +243,7 @@ def restart(notebook_id: str, host: str) -> None:
         )
 
 
+@serialised
 def stop(notebook_id: str, host: str, attempt: int = 0) -> None:
     notebook = _load(notebook_id, host, State.STOPPING)
     if notebook is None:
@@ -284,6 +320,7 @@ def push_volumes(notebook_id: str, host: str) -> None:
     services.record_event(notebook, InfoCode.PUSHING_DATA, "Data sync done.")
 
 
+@serialised
 def delete(notebook_id: str, host: str) -> None:
     notebook = _load(notebook_id, host, State.DELETING)
     if notebook is None:

@@ -169,9 +169,7 @@ def test_single_sign_on_is_off_by_default(client):
 def test_a_provider_that_does_not_answer_is_unavailable_naming_where_it_was_asked():
     closed = f"http://127.0.0.1:{free_port()}/o"
     endpoints = dict.fromkeys(oidc.ENDPOINTS, "")
-    with override_settings(
-        NBCLOUD_OIDC_ISSUER=closed, OIDC_ENDPOINTS=endpoints, OIDC_TIMEOUT=2
-    ):
+    with override_settings(NBCLOUD_OIDC_ISSUER=closed, OIDC_ENDPOINTS=endpoints, OIDC_TIMEOUT=2):
         oidc._discovered.cache_clear()
         try:
             with pytest.raises(oidc.ProviderUnavailable, match=f"{closed}/.well-known/openid"):

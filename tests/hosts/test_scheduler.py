@@ -10,7 +10,7 @@ import pytest
 from host_factories import T0, fresh, make_host, make_notebook, release
 
 from nbcloud.hosts.models import HostState
-from nbcloud.hosts.services import place_queued
+from nbcloud.hosts.services import Placed, Placer, Waiting, capacities, place_queued
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import State
 
@@ -28,6 +28,18 @@ def place(django_capture_on_commit_callbacks):
         return placed
 
     return run
+
+
+def test_the_placer_names_the_host_and_gpus_or_the_position_in_line(alpha):
+    host = make_host("gpu2", cpus=30, memory_gib=100, gpus=2)
+    placer = Placer(capacities([host]).values())
+    first, second, third = (make_notebook(alpha, f"nb{i}", gpu=1) for i in range(3))
+    assert placer.decide(first) == Placed(host, ("GPU-gpu2-0",))
+    assert placer.decide(second) == Placed(host, ("GPU-gpu2-1",))
+    assert placer.decide(third) == Waiting(1)
+    assert placer.decide(make_notebook(alpha, "nb3", gpu=1)) == Waiting(2)
+    # Another line (CPUs) does not wait behind the GPU line.
+    assert placer.decide(make_notebook(alpha, "cpu", cpu=1)) == Placed(host, ())
 
 
 def test_cpu_notebook_is_placed_on_a_host_of_its_region(alpha, place):

@@ -96,8 +96,8 @@ def test_transition_moves_and_writes_one_event(notebook):
 def test_transition_refuses_an_illegal_move(notebook):
     with pytest.raises(services.InvalidState) as refused:
         services.transition(notebook, State.RUNNING, actor="tester", code=InfoCode.RUNNING)
-    assert "QUEUED" in str(refused.value.detail)
-    assert refused.value.status_code == 409
+    assert "QUEUED" in str(refused.value)
+    assert refused.value.code == "invalid_state"
     assert Notebook.objects.get(pk=notebook.pk).state == State.QUEUED
     assert notebook.state == State.QUEUED
     assert not NotebookEvent.objects.exists()
@@ -110,7 +110,7 @@ def test_transition_refuses_a_stale_object_and_writes_no_event(notebook):
     assert stale.state == State.QUEUED  # it has not seen the change
     with pytest.raises(services.InvalidState) as refused:
         services.transition(stale, State.STARTING, actor="second", code=InfoCode.PLACED)
-    assert "STOPPED" in str(refused.value.detail)
+    assert "STOPPED" in str(refused.value)
     assert Notebook.objects.get(pk=notebook.pk).state == State.STOPPED
     assert stale.state == State.QUEUED
     assert list(NotebookEvent.objects.values_list("actor", flat=True)) == ["first"]

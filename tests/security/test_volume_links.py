@@ -91,7 +91,7 @@ def project(db, s3_endpoint, settings, tmp_path):
 
 
 def _notebook(project, spec):
-    return make_notebook(project, volumes=[parse_volume(spec)])
+    return make_notebook(project, volumes=[parse_volume(spec).to_dict()])
 
 
 def _bodies(s3) -> dict[str, bytes]:
@@ -113,7 +113,7 @@ def _workspace(notebook) -> Path:
 
 
 def _data(notebook) -> Path:
-    return volumes.volume_dir(notebook, 0, notebook.volumes[0])
+    return volumes.volume_dir(notebook, 0)
 
 
 KINDS = ["RO", "RW", "RWD", "RO:cache", "RW:cache"]
@@ -150,7 +150,7 @@ def test_a_pull_replaces_planted_links_and_never_writes_through_them(
         for key in ("sub/inner.txt", "top.txt", "hard.txt"):
             assert not (data / key).is_symlink()
             assert (data / key).read_bytes() == b"v2 " + key.encode()
-    cache = Path(volumes._cache_dir(notebook, notebook.volumes[0]))
+    cache = volumes.cache.cache_dir(notebook, notebook.volume_values[0])
     if kind.endswith("cache"):
         assert not any(p.is_symlink() for p in cache.rglob("*"))
         assert all(p.stat().st_uid == 0 for p in cache.rglob("*"))
@@ -163,7 +163,7 @@ def test_a_cached_copy_is_never_bound_nor_shared(project, s3, vault, untouched):
     spec = f"{BUCKET}@store:/workspace/data:RW:cache"
     first = _notebook(project, spec)
     [mine] = volumes.prepare(first, _workspace(first))
-    cache = Path(volumes._cache_dir(first, first.volumes[0]))
+    cache = volumes.cache.cache_dir(first, first.volume_values[0])
     assert not mine.source.startswith(str(cache.parent))
     # The first notebook plants links in its copy, then the second starts beside it.
     (Path(mine.source) / "0.bin").unlink()

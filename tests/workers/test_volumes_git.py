@@ -92,7 +92,7 @@ def project(db):
 
 
 def _clone(project, workspace: Path, spec: str) -> Notebook:
-    notebook = make_notebook(project, volumes=[parse_volume(spec)])
+    notebook = make_notebook(project, volumes=[parse_volume(spec).to_dict()])
     workspace.mkdir(exist_ok=True)
     volumes.prepare(notebook, workspace)
     return notebook

@@ -35,7 +35,7 @@ def project(db, s3_endpoint, settings, tmp_path):
 
 
 def _notebook(project, *specs):
-    return make_notebook(project, volumes=[parse_volume(s) for s in specs])
+    return make_notebook(project, volumes=[parse_volume(s).to_dict() for s in specs])
 
 
 def _objects(s3, prefix="") -> dict[str, bytes]:

@@ -87,6 +87,22 @@ def create(name: str, *, cpus: int, memory_bytes: int, pids: int = 0) -> list[Pa
     return dirs
 
 
+def kill_leftovers(name: str) -> list[int]:
+    """SIGKILL whatever still runs in the notebook's groups (an editor whose launcher
+    died before recording it): a new editor never runs beside an old one."""
+    killed = []
+    for group in _dirs(name) if version() is not None else []:
+        try:
+            pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+        except (FileNotFoundError, ValueError):
+            continue
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+                killed.append(pid)
+    return killed
+
+
 def join_argv(groups: list[Path], argv: list[str]) -> list[str]:
     """`argv`, first joining `groups` (the shell writes its own pid, then execs)."""
     if not groups:

@@ -9,6 +9,7 @@ time, against pid reuse) is the runtime state a fresh worker takes over.
 """
 
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -21,6 +22,8 @@ from django.conf import settings
 from . import cgroups, network
 from .base import Endpoint, LaunchSpec, Runtime, StartError, log_file, tail_file
 from .editors import editor_command, editor_environment
+
+log = logging.getLogger(__name__)
 
 # Found once, on the worker's own PATH (the operator's), never on a notebook's.
 BWRAP = shutil.which("bwrap") or "/usr/bin/bwrap"
@@ -244,6 +247,13 @@ class ProcessRuntime(Runtime):
         if self._process() is not None:
             return self.endpoint
         require_root()
+        leftovers = cgroups.kill_leftovers(self.spec.notebook_id)
+        if leftovers:
+            log.warning(
+                "notebook %s: killed %d unrecorded process(es) of an earlier launch",
+                self.spec.notebook_id,
+                len(leftovers),
+            )
         port = free_port()
         # Every address of its own namespace: its own loopback, and its own eth0,
         # where the gateway (on the host) reaches it.
@@ -256,7 +266,7 @@ class ProcessRuntime(Runtime):
         net = network.create(self.spec.notebook_id, self.spec.uid)
         env_fd = environment_file(env)
         try:
-            with open(self.log_path, "ab") as log:
+            with open(self.log_path, "ab") as output:
                 groups = cgroups.create(
                     self.spec.notebook_id,
                     cpus=self.spec.cpus,
@@ -271,8 +281,8 @@ class ProcessRuntime(Runtime):
                         ),
                     ),
                     stdin=open(os.devnull, "rb"),  # noqa: SIM115
-                    stdout=log,
-                    stderr=log,
+                    stdout=output,
+                    stderr=output,
                     env=network.LAUNCH_ENV,
                     cwd="/",
                     start_new_session=True,

@@ -1,29 +1,9 @@
-from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from rest_framework import authentication, exceptions
+from rest_framework import authentication
 
-from nbcloud.projects.models import ApiToken, hash_token
-
-
-def token_for_value(value: str) -> ApiToken:
-    """The live token with this value, or AuthenticationFailed saying why not."""
-    if not value:
-        raise exceptions.AuthenticationFailed("Bearer token missing after 'Bearer'.")
-    token = (
-        ApiToken.objects.select_related("user", "project")
-        .filter(key_hash=hash_token(value))
-        .first()
-    )
-    if token is None:
-        raise exceptions.AuthenticationFailed("Unknown API token.")
-    if token.is_expired:
-        raise exceptions.AuthenticationFailed(
-            f"API token {token.name!r} expired at {token.expires_at.isoformat()}."
-        )
-    if not token.user.is_active:
-        raise exceptions.AuthenticationFailed("The token's user is disabled.")
-    ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
-    return token
+from nbcloud.api.errors import api_exception
+from nbcloud.errors import NotAuthenticated
+from nbcloud.projects.models import ApiToken
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):
@@ -40,7 +20,10 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         scheme, _, value = header.partition(" ")
         if scheme != self.keyword:
             return None
-        token = token_for_value(value.strip())
+        try:
+            token = ApiToken.for_value(value.strip())
+        except NotAuthenticated as exc:
+            raise api_exception(exc) from None
         return token.user, token
 
     def authenticate_header(self, request) -> str:

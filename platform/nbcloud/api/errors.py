@@ -4,25 +4,47 @@
 
 `fields` appears on validation errors and maps a dotted field path to its
 messages; `message` repeats them in one sentence so a client can print it as is.
+
+The platform's own errors (`nbcloud.errors`) become answers here and nowhere
+else: each class has its status code, each error its code and message.
 """
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
-from rest_framework.views import exception_handler as drf_exception_handler
+
+from nbcloud import errors
+
+# The status code of each domain error (the nearest class in its MRO decides).
+STATUS_CODES: dict[type[errors.DomainError], int] = {
+    errors.DomainError: status.HTTP_400_BAD_REQUEST,
+    errors.Invalid: status.HTTP_400_BAD_REQUEST,
+    errors.NotAuthenticated: status.HTTP_401_UNAUTHORIZED,
+    errors.QuotaExceeded: status.HTTP_403_FORBIDDEN,
+    errors.BudgetExceeded: status.HTTP_403_FORBIDDEN,
+    errors.NotFound: status.HTTP_404_NOT_FOUND,
+    errors.InvalidState: status.HTTP_409_CONFLICT,
+    errors.Unavailable: status.HTTP_502_BAD_GATEWAY,
+}
 
 
-class Conflict(exceptions.APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_code = "invalid_state"
-    default_detail = "The resource is not in a state that allows this action."
+def status_code(error: errors.DomainError) -> int:
+    return next(STATUS_CODES[c] for c in type(error).__mro__ if c in STATUS_CODES)
 
 
-class QuotaExceeded(exceptions.APIException):
-    status_code = status.HTTP_403_FORBIDDEN
-    default_code = "quota_exceeded"
-    default_detail = "The project's quota does not allow this."
+def api_exception(error: errors.DomainError) -> exceptions.APIException:
+    """The DRF exception that answers `error`: its status code, code and message."""
+    if isinstance(error, errors.Invalid):
+        return exceptions.ValidationError(
+            {error.field: [error.message]} if error.field else [error.message]
+        )
+    if isinstance(error, errors.NotAuthenticated):
+        # DRF's own class: the answer carries WWW-Authenticate.
+        return exceptions.AuthenticationFailed(error.message, code=error.code)
+    found = exceptions.APIException(error.message, code=error.code)
+    found.status_code = status_code(error)
+    return found
 
 
 def _flatten(detail, prefix: str = "") -> dict[str, list[str]]:
@@ -61,10 +83,16 @@ def _code(exc: exceptions.APIException) -> str:
 
 
 def exception_handler(exc, context):
-    if isinstance(exc, Http404):
+    if isinstance(exc, errors.DomainError):
+        exc = api_exception(exc)
+    elif isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    # Imported here: DRF's views module loads the authentication classes as it
+    # is imported, and they map their errors with `api_exception` above.
+    from rest_framework.views import exception_handler as drf_exception_handler
+
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

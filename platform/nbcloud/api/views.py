@@ -12,6 +12,18 @@ from rest_framework import exceptions, permissions, viewsets
 from nbcloud.api.access import grant_role, project_role
 from nbcloud.projects.models import WRITE_ROLES, ApiToken, Project
 
+
+def find(queryset, **lookups):
+    """The first row of `queryset` matching `lookups` (values from a URL), or None.
+
+    PostgreSQL refuses a NUL byte in text: a value holding one matches no row,
+    and is not sent to the database to fail there.
+    """
+    if any(isinstance(value, str) and "\x00" in value for value in lookups.values()):
+        return None
+    return queryset.filter(**lookups).first()
+
+
 GUEST = "guest"  # no role on the project, a grant on some of its notebooks
 
 
@@ -46,8 +58,7 @@ class ProjectScopedMixin:
         # The same answer whether the project does not exist or is someone
         # else's: a 404 must not tell which.
         name = kwargs["project"]
-        # (PostgreSQL refuses NUL in text: such a name cannot exist.)
-        project = Project.objects.filter(name=name).first() if "\x00" not in name else None
+        project = find(Project.objects, name=name)
         role = project_role(request, project) if project is not None else None
         if role is None and project is not None and self.admits_notebook_guests:
             role = GUEST if _has_grant_in(request, project) else None

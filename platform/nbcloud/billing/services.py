@@ -24,9 +24,9 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, Max, QuerySet
 from django.utils import timezone
-from rest_framework import exceptions, status
 
 from nbcloud.catalog.services import catalog
+from nbcloud.errors import BudgetExceeded
 from nbcloud.notebooks.models import Notebook
 from nbcloud.projects.models import Project
 
@@ -35,12 +35,6 @@ from .money import from_sum, money_sum
 
 log = logging.getLogger(__name__)
 MINUTE_US = 60_000_000
-
-
-class BudgetExceeded(exceptions.APIException):
-    status_code = status.HTTP_403_FORBIDDEN
-    default_code = "budget_exceeded"
-    default_detail = "The project's monthly budget is spent."
 
 
 def minutes_commenced(start: datetime, end: datetime) -> int:

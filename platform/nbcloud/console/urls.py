@@ -12,9 +12,7 @@ account_urls = [
         auth_views.LoginView.as_view(
             template_name="console/login.html",
             redirect_authenticated_user=True,
-            extra_context={
-                "sso_name": settings.NBCLOUD_OIDC_NAME if settings.OIDC_ENABLED else ""
-            },
+            extra_context={"sso_name": settings.NBCLOUD_OIDC_NAME if settings.OIDC_ENABLED else ""},
         ),
         name="login",
     ),

@@ -20,7 +20,7 @@ from django.contrib.auth import get_user
 from django.core import signing
 
 from nbcloud.api.access import token_allows
-from nbcloud.api.authentication import token_for_value
+from nbcloud.errors import NotAuthenticated
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import State
 from nbcloud.projects.models import WRITE_ROLES, ApiToken, Role
@@ -137,7 +137,7 @@ def _token_from_cookie(value: str) -> ApiToken | None:
 def _live_token(pk, key_hash: str | None) -> ApiToken | None:
     token = ApiToken.objects.select_related("user", "project").filter(pk=pk).first()
     # A renewed or deleted token no longer opens anything, nor one whose user
-    # is disabled (as with the token itself: token_for_value).
+    # is disabled (as with the token itself: ApiToken.for_value).
     if (
         token is None
         or token.key_hash[:16] != key_hash
@@ -165,9 +165,9 @@ def identify(
     scheme, _, value = authorization.partition(" ")
     if scheme == "Bearer":
         try:
-            return Caller(token=token_for_value(value.strip()))
-        except Exception as exc:  # AuthenticationFailed: unknown, expired
-            return Decision(401, str(getattr(exc, "detail", exc)))
+            return Caller(token=ApiToken.for_value(value.strip()))
+        except NotAuthenticated as exc:  # unknown, expired, disabled
+            return Decision(401, str(exc))
     if notebook_id and cookie_name(NOTEBOOK_COOKIE) in cookies:
         caller = _caller_from_notebook_cookie(cookies[cookie_name(NOTEBOOK_COOKIE)], notebook_id)
         if caller is not None:
@@ -271,12 +271,11 @@ def _sign_in(notebook_id: str, path: str, query: str) -> Decision:
     """Where a browser nobody identified goes: the token login page on a shared origin,
     the platform's hand-off on a notebook's own (handoff.py)."""
     next_path = path + (f"?{query}" if query else "")
-    public = settings.NBCLOUD_PUBLIC_URL.rstrip("/")
     if not routing.per_notebook_origins():
         return Decision(
             302,
             "Sign in to open this notebook.",
-            location=f"{public}/gateway/login/?next={quote(next_path)}",
+            location=routing.platform_url(f"/gateway/login/?next={quote(next_path)}"),
         )
     from .handoff import start
 

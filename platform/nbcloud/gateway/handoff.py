@@ -71,7 +71,7 @@ def start(notebook_id: str, next_path: str) -> tuple[str, str]:
     """Where to send a browser to be handed to this notebook, and its state cookie."""
     state = secrets.token_urlsafe(32)
     query = urlencode({"notebook": notebook_id, "state": state, "next": next_path})
-    location = f"{settings.NBCLOUD_PUBLIC_URL.rstrip('/')}/gateway/handoff/?{query}"
+    location = routing.platform_url(f"/gateway/handoff/?{query}")
     return location, set_cookie(cookie_name(STATE_COOKIE), state, max_age=STATE_AGE)
 
 

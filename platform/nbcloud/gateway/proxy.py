@@ -440,7 +440,7 @@ async def gateway(scope, receive, send) -> None:
             await exchange_handoff(scope, send, own, headers)
         elif scope["type"] == "http" and scope["path"] == routing.LOGOUT_PATH:
             # Signing out here ends this origin's cookie, then the platform's.
-            platform_logout = f"{settings.NBCLOUD_PUBLIC_URL.rstrip('/')}/gateway/logout/"
+            platform_logout = routing.platform_url("/gateway/logout/")
             cookies = (handoff.forget_notebook_cookie(),)
             await _refuse_http(
                 send, Decision(302, "", location=platform_logout, set_cookies=cookies)

@@ -25,6 +25,11 @@ HANDOFF_PATH = "/_nbcloud/handoff"
 LOGOUT_PATH = "/_nbcloud/logout"
 
 
+def platform_url(path: str) -> str:
+    """The platform's own address of `path` (e.g. /gateway/login/)."""
+    return settings.NBCLOUD_PUBLIC_URL + path
+
+
 def base_path(notebook_id) -> str:
     return f"/notebooks/{notebook_id}/"
 

@@ -21,12 +21,12 @@ from django.conf import settings
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
-from rest_framework.exceptions import AuthenticationFailed
 
-from nbcloud.api.authentication import token_for_value
+from nbcloud.errors import NotAuthenticated
+from nbcloud.projects.models import ApiToken
 
 from . import routing
-from .authorize import TOKEN_COOKIE, authorize, parse_cookies, sign_token_cookie
+from .authorize import TOKEN_COOKIE, authorize, parse_cookies, secure, sign_token_cookie
 
 
 class TokenLoginForm(forms.Form):
@@ -40,9 +40,9 @@ def login(request):
     form = TokenLoginForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            token = token_for_value(form.cleaned_data["token"].strip())
-        except AuthenticationFailed as exc:
-            form.add_error("token", str(exc.detail))
+            token = ApiToken.for_value(form.cleaned_data["token"].strip())
+        except NotAuthenticated as exc:
+            form.add_error("token", str(exc))
         else:
             response = redirect(next_url)
             response.set_cookie(
@@ -51,7 +51,7 @@ def login(request):
                 max_age=settings.SESSION_COOKIE_AGE,
                 httponly=True,
                 samesite="Lax",
-                secure=settings.NBCLOUD_PUBLIC_URL.startswith("https://"),
+                secure=secure(),
             )
             return response
     status = 401 if request.method == "POST" else 200

@@ -254,6 +254,21 @@ def _fullest_first(capacity: Capacity) -> tuple[int, int, str]:
     return (len(capacity.free_gpus), capacity.free_cpus, capacity.host.name)
 
 
+@dataclass(frozen=True)
+class Placed:
+    """A placement: the host and the GPUs (UUIDs) reserved there."""
+
+    host: Host
+    gpu_uuids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """No host fits now: the notebook's position in its line (region and flavor), from 1."""
+
+    position: int
+
+
 class Placer:
     """The placement policy over capacities in memory: one decision per notebook.
 
@@ -270,8 +285,8 @@ class Placer:
             region.sort(key=_fullest_first)
         self._waiting: dict[tuple[str, str], int] = {}
 
-    def decide(self, notebook: Notebook) -> tuple[Capacity, list[str]] | int:
-        """The host's capacity (now taken) and the GPUs, or the position in line."""
+    def decide(self, notebook: Notebook) -> "Placed | Waiting":
+        """Where the notebook goes (that capacity now taken), or its position in line."""
         line = (notebook.region, notebook.flavor)
         if line not in self._waiting:
             need = Need.of(notebook)
@@ -281,9 +296,9 @@ class Placer:
                 region.remove(best)
                 gpus = best.take(need)
                 bisect.insort(region, best, key=_fullest_first)
-                return best, gpus
+                return Placed(best.host, tuple(gpus))
         self._waiting[line] = self._waiting.get(line, 0) + 1
-        return self._waiting[line]
+        return Waiting(self._waiting[line])
 
 
 def place_queued() -> list[tuple[str, str]]:
@@ -306,8 +321,8 @@ def place_queued() -> list[tuple[str, str]]:
         moved_up: list[Notebook] = []
         for notebook in waiting:
             decision = placer.decide(notebook)
-            if isinstance(decision, int):
-                message = _waiting_message(notebook, decision)
+            if isinstance(decision, Waiting):
+                message = _waiting_message(notebook, decision.position)
                 if notebook.state == State.RESTARTING:
                     notebook_services.transition(
                         notebook,
@@ -321,21 +336,20 @@ def place_queued() -> list[tuple[str, str]]:
                     notebook.info_message = message
                     moved_up.append(notebook)
                 continue
-            best, gpus = decision
             notebook_services.transition(
                 notebook,
                 State.STARTING,
                 actor=notebook_services.SYSTEM,
                 code=InfoCode.PLACED,
-                message=f"Placed on host {best.host.name}.",
-                host=best.host,
-                gpu_uuids=gpus,
+                message=f"Placed on host {decision.host.name}.",
+                host=decision.host,
+                gpu_uuids=list(decision.gpu_uuids),
                 # A new secret for every run: whoever could open the editor
                 # before loses it when the notebook restarts.
                 editor_secret=secrets.token_hex(24),
             )
-            dispatch.start(str(notebook.pk), best.host.name)
-            placed.append((str(notebook.pk), best.host.name))
+            dispatch.start(str(notebook.pk), decision.host.name)
+            placed.append((str(notebook.pk), decision.host.name))
         # Every placement moves those behind it up: one statement per batch,
         # not one per notebook in line.
         Notebook.objects.bulk_update(moved_up, ["info_code", "info_message"], batch_size=1000)

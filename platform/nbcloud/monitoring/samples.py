@@ -5,8 +5,8 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from rest_framework import serializers
 
+from nbcloud.errors import Invalid
 from nbcloud.notebooks.models import Notebook
 
 from .models import NotebookSample
@@ -65,11 +65,10 @@ def parse_since(raw: str | None) -> datetime | None:
     except ValueError:
         at = None
     if at is None:
-        raise serializers.ValidationError(
-            {
-                "since": f"{raw[:40]!r} is neither an ISO 8601 time (2026-01-31T12:00:00Z) "
-                "nor seconds back (600)"
-            }
+        raise Invalid(
+            f"{raw[:40]!r} is neither an ISO 8601 time (2026-01-31T12:00:00Z) "
+            "nor seconds back (600)",
+            field="since",
         )
     return at if timezone.is_aware(at) else at.replace(tzinfo=UTC)
 

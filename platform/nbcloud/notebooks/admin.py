@@ -42,7 +42,7 @@ def _run_action(modeladmin, request, queryset, func, verb: str) -> None:
             func(notebook, actor=f"{request.user.username} (admin)")
             done += 1
         except services.InvalidState as exc:
-            modeladmin.message_user(request, str(exc.detail), messages.WARNING)
+            modeladmin.message_user(request, str(exc), messages.WARNING)
     if done:
         modeladmin.message_user(request, f"{verb} {done} notebook(s).", messages.SUCCESS)
 

@@ -9,6 +9,8 @@ from nbcloud.hosts.models import Host
 from nbcloud.projects.models import Project
 
 from .states import InfoCode, State
+from .volumes import Volume
+from .volumes import from_dict as volume_from_dict
 
 
 class Notebook(models.Model):
@@ -92,6 +94,11 @@ class Notebook(models.Model):
         if self.sandbox_uid is None and self._state.adding:
             return allocate_sandbox_uid(self, lambda: super(Notebook, self).save(*args, **kwargs))
         return super().save(*args, **kwargs)
+
+    @property
+    def volume_values(self) -> list[Volume]:
+        """The spec's volumes as values (the row keeps them as JSON objects)."""
+        return [volume_from_dict(v) for v in self.volumes]
 
     @property
     def units(self) -> int:

@@ -14,19 +14,16 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from nbcloud import dispatch
-from nbcloud.api.errors import Conflict, QuotaExceeded
 from nbcloud.billing import services as billing
+from nbcloud.errors import InvalidState, QuotaExceeded
 from nbcloud.projects.models import Project
 
 from .models import Backup, EditorLog, Notebook, NotebookEvent
 from .states import ACTIONS, FAILURE_CODES, QUOTA_STATES, InfoCode, State, is_legal
+from .volumes import ObjectVolume
 
 log = logging.getLogger(__name__)
 SYSTEM = "system"
-
-
-class InvalidState(Conflict):
-    pass
 
 
 def transition(
@@ -298,9 +295,7 @@ def request_datasync(notebook: Notebook, *, actor: str) -> Notebook:
                 f"Notebook {notebook.name!r} is {notebook.state}: data can be synced only while "
                 "it is RUNNING (a stop pushes its volumes anyway)."
             )
-        writable = [
-            v["spec"] for v in notebook.volumes if v["type"] == "object" and v["permission"] != "RO"
-        ]
+        writable = [v for v in notebook.volume_values if isinstance(v, ObjectVolume) and v.writable]
         if not writable:
             raise InvalidState(
                 f"Notebook {notebook.name!r} has no RW or RWD object-storage volume: there is "

@@ -12,6 +12,8 @@ from posixpath import normpath
 
 from django.core.exceptions import ValidationError
 
+from .volumes import GitVolume, ObjectVolume, Volume
+
 PLATFORM_LABEL_PREFIX = "nbcloud/"
 LABEL_KEY = re.compile(
     r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
@@ -210,8 +212,8 @@ def _check_mount(mount: str) -> str:
     return clean
 
 
-def parse_volume(raw) -> dict:
-    """A volume string (or its object form) -> a normalised dict."""
+def parse_volume(raw) -> Volume:
+    """A volume string (or its object form) -> its value, checked and normalised."""
     if isinstance(raw, dict):
         raw = raw.get("spec") or _object_volume_to_string(raw)
     if not isinstance(raw, str):
@@ -220,28 +222,26 @@ def parse_volume(raw) -> dict:
         perm = (match["perm"] or "RO").upper()
         if perm not in ("RO", "RW"):
             raise ValidationError(f"volume {raw!r}: git volumes are RO or RW, not {perm}")
-        return {
-            "type": "git",
-            "url": match["url"],
-            "branch": match["branch"] or "",
-            "mount_path": _check_mount(match["mount"]),
-            "permission": perm,
-            "spec": raw,
-        }
+        return GitVolume(
+            url=match["url"],
+            branch=match["branch"] or "",
+            mount_path=_check_mount(match["mount"]),
+            permission=perm,
+            spec=raw,
+        )
     if match := OBJECT_VOLUME.match(raw):
         perm = (match["perm"] or "RO").upper()
         if perm not in ("RO", "RW", "RWD"):
             raise ValidationError(f"volume {raw!r}: permission must be RO, RW or RWD, not {perm}")
-        return {
-            "type": "object",
-            "container": match["container"],
-            "alias": match["alias"],
-            "prefix": match["prefix"] or "",
-            "mount_path": _check_mount(match["mount"]),
-            "permission": perm,
-            "cache": bool(match["cache"]),
-            "spec": raw,
-        }
+        return ObjectVolume(
+            container=match["container"],
+            alias=match["alias"],
+            prefix=match["prefix"] or "",
+            mount_path=_check_mount(match["mount"]),
+            permission=perm,
+            cache=bool(match["cache"]),
+            spec=raw,
+        )
     raise ValidationError(f"volume {raw!r} is malformed: {VOLUME_HELP}")
 
 
@@ -256,8 +256,8 @@ def _object_volume_to_string(obj: dict) -> str:
     return f"{obj.get('container', '')}@{obj.get('alias', '')}{prefix}:{mount}:{perm}{cache}"
 
 
-def check_volume_set(volumes: list[dict]) -> None:
-    mounts = sorted(v["mount_path"] for v in volumes)
+def check_volume_set(volumes: list[Volume]) -> None:
+    mounts = sorted(v.mount_path for v in volumes)
     for a, b in zip(mounts, mounts[1:], strict=False):
         if a == b:
             raise ValidationError(f"two volumes are mounted at {a}: mount paths must be unique")

@@ -12,7 +12,7 @@ services decide.
 import secrets
 import shlex
 
-from rest_framework import serializers
+from nbcloud.errors import Invalid
 
 GIB = 1024**3
 
@@ -62,7 +62,7 @@ def _renamed(data: dict, names: dict[str, str]) -> dict:
 
 def _body(data) -> dict:
     if not isinstance(data, dict):
-        raise serializers.ValidationError("the request body must be a JSON object")
+        raise Invalid("the request body must be a JSON object")
     return data
 
 
@@ -101,7 +101,7 @@ def label_in(data, labels: dict) -> dict:
     data = _body(data)
     name = data.get("name")
     if not isinstance(name, str) or not name:
-        raise serializers.ValidationError({"name": "give the label's name"})
+        raise Invalid("give the label's name", field="name")
     labels = dict(labels)
     if data.get("value") is None:
         labels.pop(name, None)
@@ -139,7 +139,7 @@ def volume_in(volume):
         return {**base, "url": volume["publicGit"].get("url") or ""}
     else:
         kinds = sorted(set(volume) - {"mountPath", "permission", "cache"}) or ["none"]
-        raise serializers.ValidationError(
+        raise Invalid(
             f"volume source {', '.join(kinds)} is not available on nbcloud: use dataStore "
             "{alias, container, prefix} (object storage) or publicGit {url} (git)"
         )

@@ -7,6 +7,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
+from nbcloud.errors import NotAuthenticated
 from nbcloud.notebooks import spec
 
 slug_validator = RegexValidator(
@@ -186,6 +187,24 @@ class ApiToken(models.Model):
         value = cls._new_value()
         token = cls.objects.create(key_hash=hash_token(value), key_prefix=value[:8], **fields)
         return token, value
+
+    @classmethod
+    def for_value(cls, value: str) -> "ApiToken":
+        """The live token with this value (now marked used), or NotAuthenticated saying why not."""
+        if not value:
+            raise NotAuthenticated("Bearer token missing after 'Bearer'.")
+        found = cls.objects.select_related("user", "project").filter(key_hash=hash_token(value))
+        token = found.first()
+        if token is None:
+            raise NotAuthenticated("Unknown API token.")
+        if token.is_expired:
+            raise NotAuthenticated(
+                f"API token {token.name!r} expired at {token.expires_at.isoformat()}."
+            )
+        if not token.user.is_active:
+            raise NotAuthenticated("The token's user is disabled.")
+        cls.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+        return token
 
     def renew(self, *, expires_at=KEEP) -> str:
         """Replace the key and return the new value, which is not stored.

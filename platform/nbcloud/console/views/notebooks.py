@@ -11,13 +11,14 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
-from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.exceptions import ValidationError
 
 from nbcloud.api import access
 from nbcloud.api.access import Ability
 from nbcloud.api.errors import _flatten
 from nbcloud.billing.services import cost_to_date, costs_to_date, price_for
 from nbcloud.catalog.services import catalog
+from nbcloud.errors import DomainError, QuotaExceeded
 from nbcloud.monitoring.samples import dashboard_url, series_response
 from nbcloud.notebooks import services, spec
 from nbcloud.notebooks.api.serializers import MAX_CPUS, MAX_GPUS, NotebookSpecSerializer
@@ -112,8 +113,8 @@ def _act(request, project, notebook_id, action: str, done: str):
     notebook = get_notebook(request, project, notebook_id)
     try:
         getattr(services, action)(notebook, actor=actor(request))
-    except APIException as exc:
-        messages.error(request, f"{notebook.name}: {exc.detail}")
+    except DomainError as exc:
+        messages.error(request, f"{notebook.name}: {exc.message}")
     else:
         messages.success(request, f"{notebook.name}: {done}")
     return redirect(_back(request, reverse("console:notebooks", args=[project.name])))
@@ -211,8 +212,8 @@ def notebook_fork(request, project, role, notebook_id, backup_id):
         raise Http404("This notebook has no such backup.")
     try:
         fork = services.fork(backup, actor=actor(request), user=request.user)
-    except APIException as exc:
-        messages.error(request, f"Fork of {notebook.name}: {exc.detail}")
+    except DomainError as exc:
+        messages.error(request, f"Fork of {notebook.name}: {exc.message}")
         return redirect("console:notebook", project.name, notebook.pk)
     messages.success(
         request, f"{fork.name} forked from the backup of {backup.created_at:%Y-%m-%d %H:%M}."
@@ -394,9 +395,9 @@ def notebook_new(request, project, role):
             notebook = services.create(project, fields, actor=actor(request), user=request.user)
         except ValidationError as exc:
             _merge(errors, _flatten(exc.detail))
-        except APIException as exc:
-            target = "count" if getattr(exc, "default_code", "") == "quota_exceeded" else "form"
-            errors.setdefault(target, []).append(str(exc.detail))
+        except DomainError as exc:
+            target = "count" if isinstance(exc, QuotaExceeded) else "form"
+            errors.setdefault(target, []).append(exc.message)
         else:
             messages.success(request, f"{notebook.name} is created and queued.")
             return redirect("console:notebook", project.name, notebook.pk)

@@ -8,6 +8,7 @@ from nbcloud.catalog.services import catalog
 from nbcloud.monitoring.samples import dashboard_url
 from nbcloud.notebooks import spec
 from nbcloud.notebooks.models import Backup, Notebook, NotebookEvent, NotebookGrant
+from nbcloud.notebooks.volumes import ObjectVolume, Volume
 
 MAX_GPUS = 4
 MAX_CPUS = 12
@@ -117,7 +118,9 @@ class LabelsField(serializers.DictField):
 
 
 class VolumeField(serializers.Field):
-    def to_internal_value(self, data):
+    """A volume string or object in; its value out (stored as `to_dict()`)."""
+
+    def to_internal_value(self, data) -> Volume:
         return _django_to_drf(spec.parse_volume, data)
 
     def to_representation(self, value):
@@ -132,6 +135,17 @@ def ssh_keys_field(**kwargs) -> serializers.ListField:
         },
     )
     return serializers.ListField(child=key, required=False, max_length=20, **kwargs)
+
+
+def name_field(**kwargs) -> serializers.RegexField:
+    """A notebook's name."""
+    return serializers.RegexField(
+        r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,99}$",
+        error_messages={
+            "invalid": "use up to 100 letters, digits, '-', '_' and '.', starting with a letter or digit"
+        },
+        **kwargs,
+    )
 
 
 MIN_LIMIT = 60
@@ -154,12 +168,7 @@ def limit_field(**kwargs) -> serializers.IntegerField:
 class NotebookSpecSerializer(serializers.Serializer):
     """What a user asks for; validated into the model's flat fields."""
 
-    name = serializers.RegexField(
-        r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,99}$",
-        error_messages={
-            "invalid": "use up to 100 letters, digits, '-', '_' and '.', starting with a letter or digit"
-        },
-    )
+    name = name_field()
     labels = LabelsField(required=False, default=dict)
     env = EnvSerializer()
     env_vars = EnvVarSerializer(many=True, required=False, default=list)
@@ -186,25 +195,25 @@ class NotebookSpecSerializer(serializers.Serializer):
             )
         return value
 
-    def validate_volumes(self, value):
+    def validate_volumes(self, value: list[Volume]) -> list[dict]:
         _django_to_drf(spec.check_volume_set, value)
         project = self.context.get("project")
-        aliases = set(project.datastores.values_list("alias", flat=True)) if project else set()
+        kinds = dict(project.datastores.values_list("alias", "type")) if project else {}
         for volume in value:
-            if volume["type"] == "object" and volume["alias"] not in aliases:
+            if not isinstance(volume, ObjectVolume):
+                continue
+            if volume.alias not in kinds:
                 raise serializers.ValidationError(
-                    f"volume {volume['spec']!r}: unknown datastore alias {volume['alias']!r}; "
-                    f"known: {', '.join(sorted(aliases)) or 'none'} (add one with POST "
+                    f"volume {volume.spec!r}: unknown datastore alias {volume.alias!r}; "
+                    f"known: {', '.join(sorted(kinds)) or 'none'} (add one with POST "
                     ".../datastores/)"
                 )
-            if volume["type"] == "object":
-                kind = project.datastores.get(alias=volume["alias"]).type
-                if kind != "s3":
-                    raise serializers.ValidationError(
-                        f"volume {volume['spec']!r}: datastore {volume['alias']!r} is a {kind} "
-                        "datastore; object-storage volumes need an s3 one"
-                    )
-        return value
+            if kinds[volume.alias] != "s3":
+                raise serializers.ValidationError(
+                    f"volume {volume.spec!r}: datastore {volume.alias!r} is a "
+                    f"{kinds[volume.alias]} datastore; object-storage volumes need an s3 one"
+                )
+        return [volume.to_dict() for volume in value]
 
     def to_model_fields(self) -> dict:
         data = self.validated_data
@@ -230,14 +239,7 @@ class NotebookSpecSerializer(serializers.Serializer):
 
 
 class ForkSerializer(serializers.Serializer):
-    name = serializers.RegexField(
-        r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,99}$",
-        required=False,
-        default="",
-        error_messages={
-            "invalid": "use up to 100 letters, digits, '-', '_' and '.', starting with a letter or digit"
-        },
-    )
+    name = name_field(required=False, default="")
 
 
 class NotebookUpdateSerializer(serializers.Serializer):

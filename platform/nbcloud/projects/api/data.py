@@ -31,8 +31,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from nbcloud.api.access import visible_notebooks
-from nbcloud.api.views import ProjectRolePermission, ProjectScopedMixin
+from nbcloud.api.views import ProjectRolePermission, ProjectScopedMixin, find
+from nbcloud.errors import DomainError, Invalid, NotFound, Unavailable
 from nbcloud.notebooks.models import Notebook
+from nbcloud.notebooks.volumes import ObjectVolume
+from nbcloud.notebooks.volumes import from_dict as volume_from_dict
 from nbcloud.projects.models import WRITE_ROLES, ApiToken, Datastore
 
 # S3's rule for bucket names, checked here so that a bad name is a clear 400.
@@ -44,12 +47,6 @@ MIN_PART_SIZE = 8 * 1024**2
 MAX_PARTS = 10_000
 MAX_OBJECT_SIZE = 5 * 1024**4
 URL_LIFETIME = 3600  # seconds: the most a presigned URL lives
-
-
-class DatastoreUnavailable(exceptions.APIException):
-    status_code = status.HTTP_502_BAD_GATEWAY
-    default_code = "datastore_unavailable"
-    default_detail = "The datastore could not be reached."
 
 
 class ObjectQuerySerializer(serializers.Serializer):
@@ -76,10 +73,9 @@ class ObjectPageSerializer(serializers.Serializer):
 
 
 def _key(value: str) -> str:
+    """An object key S3 accepts (DRF's CharField already refuses NUL)."""
     if len(value.encode()) > MAX_KEY_BYTES:
         raise serializers.ValidationError(f"a key is at most {MAX_KEY_BYTES} bytes (UTF-8)")
-    if "\x00" in value:
-        raise serializers.ValidationError("a key may not contain NUL")
     return value
 
 
@@ -121,11 +117,15 @@ def reachable_containers(request, project) -> set[tuple[str, str]] | None:
         return None
     notebooks = visible_notebooks(request, Notebook.objects.filter(project=project))
     return {
-        (volume.get("alias"), volume.get("container"))
+        (volume.alias, volume.container)
         for volumes in notebooks.values_list("volumes", flat=True)
-        for volume in volumes or []
-        if volume.get("type") == "object"
+        for volume in map(volume_from_dict, volumes or [])
+        if isinstance(volume, ObjectVolume)
     }
+
+
+def _unavailable(message: str) -> Unavailable:
+    return Unavailable(message, code="datastore_unavailable")
 
 
 class ContainerView(ProjectScopedMixin, APIView):
@@ -133,31 +133,27 @@ class ContainerView(ProjectScopedMixin, APIView):
 
     def s3(self, alias: str, container: str):
         """The datastore's S3 client, once the alias and container name are known good."""
-        # (PostgreSQL refuses NUL in text: such an alias cannot exist.)
-        found = Datastore.objects.filter(project=self.project, alias=alias)
-        datastore = found.first() if "\x00" not in alias else None
+        datastore = find(Datastore.objects, project=self.project, alias=alias)
         if datastore is None:
-            raise exceptions.NotFound(
+            raise NotFound(
                 f"No datastore named {alias!r} in project {self.project.name} "
                 "(see GET .../datastores/)."
             )
         if datastore.type != Datastore.Type.S3:
-            raise exceptions.ValidationError(
-                {
-                    "alias": f"datastore {alias!r} is a {datastore.type} datastore; objects live in "
-                    "s3 datastores"
-                }
+            raise Invalid(
+                f"datastore {alias!r} is a {datastore.type} datastore; objects live in s3 "
+                "datastores",
+                field="alias",
             )
         if not CONTAINER_NAME.match(container):
-            raise exceptions.ValidationError(
-                {
-                    "container": f"{container!r} is not a container name: 3 to 63 lowercase "
-                    "letters, digits, dots and dashes, starting and ending with a letter or digit"
-                }
+            raise Invalid(
+                f"{container!r} is not a container name: 3 to 63 lowercase letters, digits, "
+                "dots and dashes, starting and ending with a letter or digit",
+                field="container",
             )
         reachable = reachable_containers(self.request, self.project)
         if reachable is not None and (alias, container) not in reachable:
-            raise exceptions.NotFound(
+            raise NotFound(
                 f"No container {container!r} in datastore {alias!r} for this token: its label "
                 f"selector {self.request.auth.label_selector!r} limits it to the containers "
                 "that the notebooks it matches mount as volumes."
@@ -166,30 +162,30 @@ class ContainerView(ProjectScopedMixin, APIView):
         # SigV4: the version every S3-compatible store accepts (AWS refuses v2 in new regions).
         return datastore.s3_client(signature_version="s3v4")
 
-    def s3_error(self, exc: Exception, container: str) -> exceptions.APIException:
-        """An S3 failure in the API's words, naming the datastore and the container."""
+    def s3_error(self, exc: Exception, container: str) -> DomainError:
+        """An S3 failure in the platform's words, naming the datastore and the container."""
         where = f"datastore {self.datastore.alias!r} ({self.datastore.endpoint or 'AWS'})"
         if isinstance(exc, ClientError):
             error = exc.response.get("Error", {})
             code = str(error.get("Code") or "")
             if code in ("NoSuchBucket", "404"):
-                return exceptions.NotFound(f"No container named {container!r} in {where}.")
+                return NotFound(f"No container named {container!r} in {where}.")
             if code == "NoSuchUpload":
-                return exceptions.NotFound(
+                return NotFound(
                     f"No such multipart upload in container {container!r} of {where} "
                     "(completed, aborted, or expired)."
                 )
             if code in ("InvalidPart", "InvalidPartOrder", "EntityTooSmall"):
-                return exceptions.ValidationError({"parts": error.get("Message") or code})
+                return Invalid(error.get("Message") or code, field="parts")
             if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                return DatastoreUnavailable(
+                return _unavailable(
                     f"{where} refused its credentials for container {container!r} ({code}): "
                     "check the datastore's access and secret keys."
                 )
-            return DatastoreUnavailable(
+            return _unavailable(
                 f"{where} answered {code or 'an error'}: {error.get('Message') or exc}"
             )
-        return DatastoreUnavailable(f"Cannot reach {where}: {exc}")
+        return _unavailable(f"Cannot reach {where}: {exc}")
 
 
 class ObjectListView(ContainerView):

@@ -4,15 +4,17 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('projects', '0005_alter_membership_role'),
+        ("projects", "0005_alter_membership_role"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='membership',
-            name='from_sso',
-            field=models.BooleanField(default=False, help_text="Made by single sign-on: it follows the provider's claim at every sign-in (added, changed, removed). Memberships granted by hand are never touched by it."),
+            model_name="membership",
+            name="from_sso",
+            field=models.BooleanField(
+                default=False,
+                help_text="Made by single sign-on: it follows the provider's claim at every sign-in (added, changed, removed). Memberships granted by hand are never touched by it.",
+            ),
         ),
     ]
