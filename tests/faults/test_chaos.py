@@ -345,14 +345,14 @@ class Client(threading.Thread):
         state, roll = status["state"], self.rng.random()
         if state == State.RUNNING:
             self.check_files(owned, status)
-            if roll < 0.08:
+            if roll < 0.03:
                 self.action(owned, "DELETE", "")
             elif roll < 0.75 and self.write_file(owned, status):
                 self.action(owned, "POST", "stop/")
         elif state in (State.STOPPED, State.FAILED):
-            if roll < 0.1:
+            if roll < 0.04:
                 self.action(owned, "DELETE", "")
-            elif roll < 0.85:
+            elif roll < 0.9:
                 self.action(owned, "POST", "start/")
         elif state == State.QUEUED and roll < 0.1:
             self.action(owned, "POST", "stop/")
