@@ -187,13 +187,21 @@ def _open_archive(name: str):
 
     thread = threading.Thread(target=download, daemon=True)
     thread.start()
-    with os.fdopen(read_fd, "rb") as stream:
-        try:
-            yield stream
-            stream.read()  # to the end, so the writer finishes
-        finally:
-            stream.close()
-            thread.join()
+    try:
+        with os.fdopen(read_fd, "rb") as stream:
+            try:
+                yield stream
+                stream.read()  # to the end, so the writer finishes
+            finally:
+                stream.close()
+                thread.join()
+    except Exception as exc:
+        # A download cut short reads as a short archive ("empty file", unexpected
+        # end): the store's error is the cause, not a corrupt backup. A broken pipe
+        # is the reader stopping early (an unsafe member): its own error stands.
+        if errors and not isinstance(errors[0], BrokenPipeError):
+            raise errors[0] from exc
+        raise
     if errors:
         raise errors[0]
 

@@ -94,6 +94,32 @@ def test_corrupt_object_is_refused(notebook, s3, s3_endpoint, settings, tmp_path
     assert not path.exists()
 
 
+def test_a_start_while_the_object_store_is_down_says_so_and_blames_no_backup(
+    notebook, s3, s3_endpoint, settings, tmp_path
+):
+    """The download fails before a byte arrives: the archive reads as empty, but the
+    cause is the store, not the backup (found by tests/faults/test_chaos.py)."""
+    _use_s3(settings, s3_endpoint, tmp_path)
+    path = workspace.prepare(notebook)
+    (path / "kept.txt").write_text("kept\n")
+    workspace.backup(notebook)
+    workspace.remove_local(notebook)
+    with socket.socket() as probe:  # a port where no object store answers
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    _use_s3(settings, dead, tmp_path)
+
+    with pytest.raises(workspace.StartError) as failed:
+        workspace.prepare(notebook)
+    assert "corrupt" not in failed.value.user_message
+    assert "the object store may be down" in failed.value.user_message
+    assert isinstance(failed.value.__cause__, BotoCoreError)
+    assert not path.exists()
+
+    _use_s3(settings, s3_endpoint, tmp_path)  # the store is back: the backup is whole
+    assert (workspace.prepare(notebook) / "kept.txt").read_text() == "kept\n"
+
+
 def test_retention_deletes_old_objects(notebook, s3, s3_endpoint, settings, tmp_path):
     _use_s3(settings, s3_endpoint, tmp_path)
     settings.NBCLOUD_BACKUP_RETENTION = 2
