@@ -4,7 +4,7 @@ are full, and a host killed with SIGKILL whose notebook starts again on
 another host from its last backup, while the others keep their place in line.
 """
 
-import time
+from datetime import timedelta
 
 import psutil
 import pytest
@@ -111,12 +111,22 @@ def test_three_hosts_place_queue_and_survive_a_lost_host(
     d = create(alice_api, "d")
     wait_for(lambda: "position 1 in region BHS" in get(d).info_message, what="d in line")
 
-    # a's host dies: its worker is killed and heart-beats no more.
+    # a's host dies: its worker is killed and heart-beats no more. Reconcile runs at
+    # a time NBCLOUD_HOST_LOST_AFTER past its last heartbeat, without waiting that
+    # long, once the living hosts (every second) have heart-beaten since.
     lost_host, old_editor = first.host.name, first.runtime_state["pid"]
     kill_worker(hosts[lost_host])
-    settings.NBCLOUD_HOST_LOST_AFTER = 8  # the others heart-beat every second
-    time.sleep(settings.NBCLOUD_HOST_LOST_AFTER + 1)
-    reconcile.run()
+    silent_since = Host.objects.get(name=lost_host).last_heartbeat_at + timedelta(seconds=1)
+    wait_for(
+        lambda: (
+            not Host.objects.filter(state=HostState.READY, last_heartbeat_at__lt=silent_since)
+            .exclude(name=lost_host)
+            .exists()
+        ),
+        timeout=30,
+        what="the living hosts' next heartbeats",
+    )
+    reconcile.run(now=silent_since + timedelta(seconds=settings.NBCLOUD_HOST_LOST_AFTER))
     assert Host.objects.get(name=lost_host).state == HostState.LOST
 
     # No host has room: a waits first in line (it was queued before d).
