@@ -170,8 +170,7 @@ def check(args: argparse.Namespace) -> int:
 
 
 def _ask_kernel(notebook, spec) -> dict:
-    from conftest import Kernel
-
+    from support.editors import Kernel
     from workers.runtimes.editors import readiness_headers
 
     kernel = Kernel(f"{notebook.editor_url}{spec.base_url}", readiness_headers(spec))

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import make_s3_datastore
 
 from nbcloud.cli import data
+from support.factories import make_s3_datastore
 
 BUCKET = "cli-data"
 

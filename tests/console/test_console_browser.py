@@ -16,10 +16,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 from django.core.management import call_command
 
 from nbcloud.notebooks.models import Notebook
+from support.paths import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "var" / "artifacts"

@@ -10,7 +10,6 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from conftest import make_notebook
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -19,6 +18,7 @@ from nbcloud.billing.models import BillableInterval
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import State
 from nbcloud.projects.models import ApiToken, Datastore, Role, hash_token
+from support.factories import make_notebook
 
 from .console_support import person, signed_in
 

@@ -6,12 +6,12 @@ import re
 import uuid
 
 import pytest
-from conftest import make_notebook
 
 from nbcloud.console.models import Invitation
 from nbcloud.notebooks.models import Backup
 from nbcloud.notebooks.states import State
 from nbcloud.projects.models import ApiToken, Datastore, Role
+from support.factories import make_notebook
 
 from .console_support import person, signed_in
 

@@ -47,19 +47,10 @@ import boto3
 import httpx
 import psutil
 import pytest
-from conftest import (
-    ROOT,
-    _service_env,
-    _start_service,
-    _stop_service,
-    free_port,
-    kill_worker,
-)
 from django.conf import settings
 from django.db import connections
 from django.db.models import Q
 from django.utils import timezone
-from test_outages import Link, _database_port, _redis_server
 
 from nbcloud.billing.models import BillableInterval, UsageRecord
 from nbcloud.billing.services import minutes_commenced
@@ -67,6 +58,10 @@ from nbcloud.hosts.models import Host, HostState
 from nbcloud.hosts.services import Capacity, Need
 from nbcloud.notebooks.models import Notebook, NotebookEvent
 from nbcloud.notebooks.states import State, is_legal
+from support.outages import Link, database_port, redis_server
+from support.paths import ROOT
+from support.services import kill_worker, service_env, start_service, stop_service
+from workers.runtimes.process import free_port
 
 pytestmark = [
     pytest.mark.e2e,
@@ -140,7 +135,7 @@ class Platform:
     def env(self) -> dict[str, str]:
         db = settings.DATABASES["default"]
         return {
-            **_service_env(self.broker_url, HOST, self.public_url),
+            **service_env(self.broker_url, HOST, self.public_url),
             "DATABASE_URL": f"postgres://{db['USER']}@127.0.0.1:{self.db_link.port}/{db['NAME']}",
             "NBCLOUD_HOST_REGION": "GRA",
             "NBCLOUD_HOST_CPUS": str(HOST_CPUS),
@@ -177,12 +172,12 @@ class Platform:
 
     def start(self, kind: str) -> None:
         if kind == "broker":
-            self.procs[kind] = _redis_server(self.redis_port)
+            self.procs[kind] = redis_server(self.redis_port)
             return
         self.starts[kind] += 1
         argv, ready = self._argv(kind)
         name = f"chaos-{kind}-{self.redis_port}-{self.starts[kind]}"
-        self.procs[kind] = _start_service(name, argv, self.env(), ready)
+        self.procs[kind] = start_service(name, argv, self.env(), ready)
 
     def kill(self, kind: str) -> None:
         proc = self.procs[kind]
@@ -200,7 +195,7 @@ class Platform:
         for kind in ("beat", "worker", "web", "broker"):
             proc = self.procs.get(kind)
             if proc is not None and proc.poll() is None:
-                _stop_service(proc)
+                stop_service(proc)
 
 
 @dataclass
@@ -604,7 +599,7 @@ def chaos_platform(django_db_setup, s3_endpoint, conda_env):
     )
     with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
         s3.create_bucket(Bucket=BUCKET)
-    db_link, s3_link = Link(_database_port()), Link(int(s3_endpoint.rsplit(":", 1)[1]))
+    db_link, s3_link = Link(database_port()), Link(int(s3_endpoint.rsplit(":", 1)[1]))
     db_link.up()
     s3_link.up()
     workspaces = settings.DATA_DIR / f"workspaces-chaos-{uuid.uuid4().hex[:8]}"

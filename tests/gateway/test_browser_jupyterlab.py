@@ -19,9 +19,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from conftest import ROOT, wait_for
 
 from nbcloud.notebooks.models import Notebook
+from support.paths import ROOT
+from support.waiting import wait_state
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = ROOT / "var" / "artifacts" / "jupyterlab.png"
@@ -81,12 +82,7 @@ def _run_notebook(alice_api, spec):
     notebook_id = created.json()["id"]
     api_url = f"/api/v1/projects/alpha/notebooks/{notebook_id}/"
 
-    def running():
-        status = alice_api.get(api_url).json()["status"]
-        assert status["state"] not in ("FAILED", "DELETED"), status
-        return status["state"] == "RUNNING" and status
-
-    status = wait_for(running, timeout=120, what="the notebook to be RUNNING")
+    status = wait_state(alice_api, api_url, "RUNNING")
     yield notebook_id, status["url"]
     from workers.lifecycle import runtime_for
 

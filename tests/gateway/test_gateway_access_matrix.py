@@ -21,7 +21,6 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 import websocket
-from conftest import notebook_url
 from django.conf import settings
 from django.test import Client
 from rest_framework.test import APIClient
@@ -30,6 +29,7 @@ from nbcloud.hosts.models import Host
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import State
 from nbcloud.projects.models import ApiToken, Role
+from support.editors import notebook_url
 from workers.lifecycle import wait_ready
 from workers.runtimes import RUNTIMES, LaunchSpec
 

@@ -4,10 +4,10 @@ per-notebook origins: both ask the same `authorize` as the ASGI gateway."""
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import make_notebook
 
 from nbcloud.gateway import routing
 from nbcloud.notebooks.models import Notebook
+from support.factories import make_notebook
 
 pytestmark = pytest.mark.django_db
 

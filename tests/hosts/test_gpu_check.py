@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
-from host_factories import nvml_from_readings
 
 from nbcloud.catalog.services import catalog
+from support.gpu import nvml_from_readings
+from support.paths import ROOT
 
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
 

@@ -5,11 +5,11 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
-from host_factories import fresh, make_host, make_notebook
 
 from nbcloud.hosts.models import Host, HostState
 from nbcloud.hosts.services import place_queued
 from nbcloud.notebooks.states import State
+from support.factories import fresh, make_host, make_queued_notebook
 
 pytestmark = pytest.mark.django_db
 CHANGELIST = "/admin/hosts/host/"
@@ -34,7 +34,7 @@ def test_changelist_shows_capacity_use_heartbeat_and_state(admin_client, alpha):
     Host.objects.filter(name="cpu-b").update(
         last_heartbeat_at=timezone.now() - timedelta(minutes=5)
     )
-    make_notebook(alpha, "pair", gpu=2)
+    make_queued_notebook(alpha, "pair", gpu=2)
     place_queued()
     assert fresh(gpu).notebooks.count() == 1
 
@@ -49,14 +49,14 @@ def test_changelist_shows_capacity_use_heartbeat_and_state(admin_client, alpha):
 
 def test_drain_keeps_running_notebooks_and_takes_no_new_ones(admin_client, alpha):
     host = make_host("h1", cpus=8)
-    running = make_notebook(alpha, "running", cpu=1)
+    running = make_queued_notebook(alpha, "running", cpu=1)
     place_queued()
     html = act(admin_client, "drain_hosts", host)
     assert "Draining: h1." in html
     assert fresh(host).state == HostState.DRAINING
     assert fresh(running).state == State.STARTING and fresh(running).host == host
 
-    waiting = make_notebook(alpha, "waiting", cpu=1)
+    waiting = make_queued_notebook(alpha, "waiting", cpu=1)
     assert place_queued() == []
     assert "position 1 in region GRA" in fresh(waiting).info_message
 

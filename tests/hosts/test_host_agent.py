@@ -8,16 +8,18 @@ from datetime import timedelta
 
 import psutil
 import pytest
-from conftest import ROOT, _service_env, _stop_service, wait_for
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
-from host_factories import CELERY, fresh, host_worker, make_host, make_notebook
 
 from nbcloud.hosts import services
 from nbcloud.hosts.models import Host, HostState
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import State
+from support.factories import fresh, make_host, make_queued_notebook
+from support.paths import ROOT
+from support.services import CELERY, host_worker, service_env, stop_service
+from support.waiting import wait_for
 from workers import ledger, workspace
 from workers.host_agent import HostIdentity, identify, sweep_stale_editors
 
@@ -49,12 +51,12 @@ def test_a_worker_with_host_options_registers_and_heart_beats(broker_url, public
         Host.objects.filter(pk=host.pk).update(state=HostState.LOST)
         wait_for(lambda: fresh(host).state == HostState.READY, timeout=10, what="READY again")
     finally:
-        _stop_service(proc)
+        stop_service(proc)
 
 
 def test_a_region_outside_the_catalogue_stops_the_worker_with_the_fix(broker_url, public_url):
     argv = [CELERY, "-A", "workers", "worker", "--host-name", "x", "--region", "MARS"]
-    env = _service_env(broker_url, "x", public_url)
+    env = service_env(broker_url, "x", public_url)
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "region 'MARS' is not in the catalogue; use one of BHS, GRA" in done.stderr
@@ -87,7 +89,7 @@ def test_editors_of_runs_moved_away_are_stopped_and_their_workspace_set_aside(
     alpha, stale_editor, here
 ):
     me, other = make_host("me"), make_host("other")
-    notebook = make_notebook(alpha, "moved", cpu=1, state=State.RUNNING, host=me)
+    notebook = make_queued_notebook(alpha, "moved", cpu=1, state=State.RUNNING, host=me)
     started_here(notebook, stale_editor)
     local = workspace.local_path(notebook)
     local.mkdir(parents=True)
@@ -113,7 +115,7 @@ def test_the_current_run_is_left_alone_and_a_plain_stop_keeps_the_workspace(
     alpha, stale_editor, here
 ):
     me = make_host("me")
-    notebook = make_notebook(alpha, "mine", cpu=1, state=State.RUNNING, host=me)
+    notebook = make_queued_notebook(alpha, "mine", cpu=1, state=State.RUNNING, host=me)
     started_here(notebook, stale_editor)
     assert sweep_stale_editors("me") == []
     assert stale_editor.poll() is None and len(ledger.entries("me")) == 1

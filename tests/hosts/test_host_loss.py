@@ -6,13 +6,13 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
-from host_factories import fresh, make_host, make_notebook
 
 from nbcloud.billing.models import BillableInterval
 from nbcloud.hosts import services
 from nbcloud.hosts.models import Host, HostState
 from nbcloud.notebooks import reconcile
 from nbcloud.notebooks.states import InfoCode, State
+from support.factories import fresh, make_host, make_queued_notebook
 
 pytestmark = pytest.mark.django_db
 
@@ -60,7 +60,7 @@ def test_only_hosts_silent_longer_than_the_limit_are_lost(alpha, settings):
 def test_a_lost_hosts_notebook_starts_on_another_host_of_its_region(alpha, settings):
     settings.NBCLOUD_HOST_LOST_AFTER = 60
     doomed = make_host("a-doomed", gpus=2, cpus=26, memory_gib=80)
-    notebook = placed(make_notebook(alpha, "nb", gpu=1))
+    notebook = placed(make_queued_notebook(alpha, "nb", gpu=1))
     assert notebook.host == doomed
     make_host("other-region", region="BHS", gpus=2, cpus=26, memory_gib=80)
     spare = make_host("z-spare", gpus=2, cpus=26, memory_gib=80)
@@ -97,7 +97,7 @@ def test_a_lost_hosts_notebook_starts_on_another_host_of_its_region(alpha, setti
 
 def test_billing_of_a_start_after_the_last_heartbeat_bills_nothing(alpha):
     host = silent_for(make_host("h"), 90)
-    notebook = placed(make_notebook(alpha, "nb", cpu=1))
+    notebook = placed(make_queued_notebook(alpha, "nb", cpu=1))
     services.mark_lost(timezone.now() - timedelta(seconds=60))
     interval = BillableInterval.objects.get(notebook=notebook)
     assert interval.ended_at == interval.started_at > host.last_heartbeat_at
@@ -107,9 +107,9 @@ def test_billing_of_a_start_after_the_last_heartbeat_bills_nothing(alpha):
 def test_without_room_it_waits_first_in_line_and_positions_follow(alpha, settings):
     settings.NBCLOUD_HOST_LOST_AFTER = 60
     doomed = make_host("doomed", cpus=1, memory_gib=8)
-    running = placed(make_notebook(alpha, "running", cpu=1))
+    running = placed(make_queued_notebook(alpha, "running", cpu=1))
     assert running.host == doomed
-    later = make_notebook(alpha, "later", cpu=1)
+    later = make_queued_notebook(alpha, "later", cpu=1)
     services.place_queued()
     assert "position 1 in region GRA" in fresh(later).info_message
 
@@ -136,8 +136,8 @@ def test_without_room_it_waits_first_in_line_and_positions_follow(alpha, setting
 
 def test_a_stop_or_delete_under_way_on_a_lost_host_ends(alpha):
     doomed = make_host("doomed")
-    stopping = placed(make_notebook(alpha, "stopping", cpu=1))
-    deleting = placed(make_notebook(alpha, "deleting", cpu=1))
+    stopping = placed(make_queued_notebook(alpha, "stopping", cpu=1))
+    deleting = placed(make_queued_notebook(alpha, "deleting", cpu=1))
     for notebook, state in ((stopping, State.STOPPING), (deleting, State.DELETING)):
         type(notebook).objects.filter(pk=notebook.pk).update(state=state)
     silent_for(doomed, 90)
@@ -159,7 +159,7 @@ def test_a_host_that_heart_beats_is_not_lost(alpha):
 
 def test_a_notebook_restarting_on_a_lost_host_waits_in_line_again(alpha):
     doomed = make_host("doomed", cpus=1, memory_gib=8)
-    notebook = placed(make_notebook(alpha, "nb", cpu=1))
+    notebook = placed(make_queued_notebook(alpha, "nb", cpu=1))
     type(notebook).objects.filter(pk=notebook.pk).update(state=State.RESTARTING)
     silent_for(doomed, 90)
     reconcile.run()

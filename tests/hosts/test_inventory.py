@@ -9,20 +9,12 @@ they answer from those readings.
 import pynvml
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from host_factories import (
-    GIB,
-    H100,
-    MIB,
-    fresh,
-    make_notebook,
-    nvidia_smi_query,
-    nvml_from_readings,
-    nvml_readings,
-)
 
 from nbcloud.hosts import services
 from nbcloud.hosts.inventory import parse_labels, read_gpus, read_inventory
 from nbcloud.notebooks.states import State
+from support.factories import GIB, fresh, make_queued_notebook
+from support.gpu import H100, MIB, nvidia_smi_query, nvml_from_readings, nvml_readings
 
 
 @pytest.fixture
@@ -86,8 +78,8 @@ def test_an_h100_host_from_nvml_takes_h100_notebooks_only(nvml_calls, alpha, tmp
     host = services.register("h100-1", "GRA", read_inventory(tmp_path), "process")
     assert host.gpu_uuids == [nvml_readings()["devices"][0]["uuid"]]
 
-    v100 = make_notebook(alpha, "v100", gpu=1)  # ai1-1-gpu: Tesla V100S
-    h100 = make_notebook(alpha, "h100", gpu=1, flavor="h100-1-gpu")
+    v100 = make_queued_notebook(alpha, "v100", gpu=1)  # ai1-1-gpu: Tesla V100S
+    h100 = make_queued_notebook(alpha, "h100", gpu=1, flavor="h100-1-gpu")
     assert services.place_queued() == [(str(h100.pk), "h100-1")]
     assert fresh(h100).gpu_uuids == host.gpu_uuids
     v100 = fresh(v100)

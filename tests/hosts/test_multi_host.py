@@ -4,19 +4,19 @@ are full, and a host killed with SIGKILL whose notebook starts again on
 another host from its last backup, while the others keep their place in line.
 """
 
-import time
+from datetime import timedelta
 
 import psutil
 import pytest
 import requests
-from conftest import _stop_service, kill_worker, wait_for
 from django.conf import settings
-from host_factories import host_worker
 
 from nbcloud.hosts.models import Host, HostState
 from nbcloud.notebooks import reconcile
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import InfoCode, State
+from support.services import host_worker, kill_worker, stop_service
+from support.waiting import wait_for, wait_row_state
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -54,7 +54,7 @@ def hosts(broker_url, public_url):
     yield started
     for proc in started.values():
         if proc.poll() is None:
-            _stop_service(proc)
+            stop_service(proc)
 
 
 def running(pid: int) -> bool:
@@ -66,12 +66,6 @@ def running(pid: int) -> bool:
 
 def get(pk) -> Notebook:
     return Notebook.objects.select_related("host").get(pk=pk)
-
-
-def wait_state(pk, state: State, timeout: float = 120) -> Notebook:
-    return wait_for(
-        lambda: (nb := get(pk)).state == state and nb, timeout=timeout, what=f"{pk} {state}"
-    )
 
 
 def create(api, name: str) -> str:
@@ -96,7 +90,7 @@ def test_three_hosts_place_queue_and_survive_a_lost_host(
 
     # A notebook with a backup: a file written in it, then stopped and started.
     a = create(alice_api, "a")
-    url = wait_state(a, State.RUNNING).url
+    url = wait_row_state(a, State.RUNNING).url
     put = requests.put(
         f"{url}api/contents/kept.txt",
         json={"type": "file", "format": "text", "content": "from the last backup"},
@@ -105,24 +99,34 @@ def test_three_hosts_place_queue_and_survive_a_lost_host(
     )
     assert put.status_code in (200, 201), put.text
     act(alice_api, a, "stop")
-    wait_state(a, State.STOPPED)
+    wait_row_state(a, State.STOPPED)
     act(alice_api, a, "start")
-    first = wait_state(a, State.RUNNING)
+    first = wait_row_state(a, State.RUNNING)
 
     # Two more fill the other hosts, one per host; a fourth waits in line.
     b, c = create(alice_api, "b"), create(alice_api, "c")
-    placed = {first.host.name, wait_state(b, State.RUNNING).host.name}
-    placed.add(wait_state(c, State.RUNNING).host.name)
+    placed = {first.host.name, wait_row_state(b, State.RUNNING).host.name}
+    placed.add(wait_row_state(c, State.RUNNING).host.name)
     assert placed == set(HOSTS)
     d = create(alice_api, "d")
     wait_for(lambda: "position 1 in region BHS" in get(d).info_message, what="d in line")
 
-    # a's host dies: its worker is killed and heart-beats no more.
+    # a's host dies: its worker is killed and heart-beats no more. Reconcile runs at
+    # a time NBCLOUD_HOST_LOST_AFTER past its last heartbeat, without waiting that
+    # long, once the living hosts (every second) have heart-beaten since.
     lost_host, old_editor = first.host.name, first.runtime_state["pid"]
     kill_worker(hosts[lost_host])
-    settings.NBCLOUD_HOST_LOST_AFTER = 8  # the others heart-beat every second
-    time.sleep(settings.NBCLOUD_HOST_LOST_AFTER + 1)
-    reconcile.run()
+    silent_since = Host.objects.get(name=lost_host).last_heartbeat_at + timedelta(seconds=1)
+    wait_for(
+        lambda: (
+            not Host.objects.filter(state=HostState.READY, last_heartbeat_at__lt=silent_since)
+            .exclude(name=lost_host)
+            .exists()
+        ),
+        timeout=30,
+        what="the living hosts' next heartbeats",
+    )
+    reconcile.run(now=silent_since + timedelta(seconds=settings.NBCLOUD_HOST_LOST_AFTER))
     assert Host.objects.get(name=lost_host).state == HostState.LOST
 
     # No host has room: a waits first in line (it was queued before d).
@@ -135,7 +139,7 @@ def test_three_hosts_place_queue_and_survive_a_lost_host(
     # b stops: a takes its host, restores its last backup, and runs again.
     b_host = get(b).host.name
     act(alice_api, b, "stop")
-    moved = wait_state(a, State.RUNNING)
+    moved = wait_row_state(a, State.RUNNING)
     assert moved.host.name == b_host
     kept = requests.get(f"{moved.url}api/contents/kept.txt", headers=auth, timeout=30)
     assert kept.status_code == 200 and kept.json()["content"] == "from the last backup"
@@ -149,13 +153,13 @@ def test_three_hosts_place_queue_and_survive_a_lost_host(
     wait_for(lambda: not running(old_editor), timeout=30, what="the old editor stopped")
     aside = settings.DATA_DIR / f"workspaces-{lost_host}" / ".lost"
     assert any(p.name.startswith(a) for p in aside.iterdir())
-    assert wait_state(d, State.RUNNING).host.name == lost_host
+    assert wait_row_state(d, State.RUNNING).host.name == lost_host
     assert get(a).state == State.RUNNING and get(a).host.name == b_host
 
     for pk in (a, c, d):
         act(alice_api, pk, "stop")
     for pk in (a, c, d):
-        wait_state(pk, State.STOPPED)
+        wait_row_state(pk, State.STOPPED)
 
 
 def test_logs_come_from_each_notebooks_own_host(
@@ -180,7 +184,7 @@ def test_logs_come_from_each_notebooks_own_host(
             SECRET_KEY=live.SECRET_KEY,
         )
     first, second = create(alice_api, "log-a"), create(alice_api, "log-b")
-    on = {pk: wait_state(pk, State.RUNNING).host.name for pk in (first, second)}
+    on = {pk: wait_row_state(pk, State.RUNNING).host.name for pk in (first, second)}
     assert set(on.values()) == set(HOSTS[:2])
 
     for pk, host in on.items():
@@ -197,5 +201,5 @@ def test_logs_come_from_each_notebooks_own_host(
     for pk in on:
         act(alice_api, pk, "stop")
     for pk in on:
-        wait_state(pk, State.STOPPED)
+        wait_row_state(pk, State.STOPPED)
         assert f"/notebooks/{pk}/" in alice_api.get(f"{NOTEBOOKS}{pk}/logs/").json()["logs"]

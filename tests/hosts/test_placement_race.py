@@ -9,13 +9,13 @@ control workers. Run on PostgreSQL in CI (row locks) and on SQLite here
 import threading
 
 import pytest
-from conftest import _purge
 from django.db import connection
-from host_factories import make_host, make_notebook
 
 from nbcloud.hosts.services import place_queued
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import State
+from support.factories import make_host, make_queued_notebook
+from support.services import purge_queues
 
 pytestmark = pytest.mark.django_db(transaction=True)
 SCHEDULERS = 4
@@ -27,7 +27,7 @@ def race(alpha, name: str) -> list[Exception]:
     def scheduler(i: int) -> None:
         try:
             start.wait()
-            make_notebook(alpha, f"{name}-{i}", gpu=1)
+            make_queued_notebook(alpha, f"{name}-{i}", gpu=1)
             place_queued()
         except Exception as exc:
             errors.append(exc)
@@ -56,4 +56,4 @@ def test_schedulers_racing_for_the_last_gpu_place_exactly_one(alpha, broker_url)
             Notebook.objects.filter(host=host).update(state=State.STOPPED, host=None, gpu_uuids=[])
             waiting.update(state=State.STOPPED)
     finally:
-        _purge(broker_url, [f"host.{host.name}"])
+        purge_queues(broker_url, [f"host.{host.name}"])

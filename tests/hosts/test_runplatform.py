@@ -16,9 +16,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from conftest import ROOT, wait_for
 
 from nbcloud.hosts.management.commands.runplatform import free_port
+from support.paths import ROOT
+from support.waiting import wait_for
 
 SPEC = {
     "name": "adopted",

@@ -11,10 +11,10 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from test_metrics_endpoint import samples
 
 from nbcloud.monitoring import collectors
 from nbcloud.monitoring.samples import DASHBOARD_UID
+from support.metrics import samples
 from workers import sampler
 
 COMPOSE = Path(__file__).resolve().parents[2] / "compose"

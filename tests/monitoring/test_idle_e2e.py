@@ -5,23 +5,26 @@ attached under an idle_timeout of 1 minute (set through the API) is not
 stopped, and once it has ended the notebook stops an idle timeout later, its
 workspace saved. The others scale time down (a 20 s timeout, set on the row:
 the API's minimum is 60 s) to keep the suite short. Beat is played by the
-test, sending the check every 3 s.
+test, sending the check every 3 s; for max_runtime, which the control plane
+decides from the database alone, the test runs the check itself at a time past
+the limit instead of waiting for it.
 """
 
 import time
+from datetime import timedelta
 
 import pytest
 import requests
-import watch
-from conftest import Kernel, notebook_url, wait_for
+from django.utils import timezone
 
+from nbcloud.monitoring import limits
 from nbcloud.notebooks.models import Notebook
 from nbcloud.tasks import check_limits as check_limits_task
+from support.editors import Kernel, notebook_url
+from support.waiting import api_status, wait_for, wait_state
 from workers import workspace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-monitored_worker = watch.monitored_worker
-worker_metrics_port = watch.worker_metrics_port
 
 IDLE_TIMEOUT = 20
 FULL_IDLE_TIMEOUT = 60  # the issue's: 1 minute
@@ -34,17 +37,13 @@ SPEC = {
 }
 
 
-def status(api, url) -> dict:
-    return api.get(url).json()["status"]
-
-
 @pytest.fixture
 def notebook(platform_server, monitored_worker, conda_env, this_host, alice_api):
     created = alice_api.post("/api/v1/projects/alpha/notebooks/", SPEC, format="json")
     assert created.status_code == 201, created.content
     notebook_id = created.json()["id"]
     url = f"/api/v1/projects/alpha/notebooks/{notebook_id}/"
-    wait_for(lambda: status(alice_api, url)["state"] == "RUNNING", timeout=120, what="RUNNING")
+    wait_state(alice_api, url, "RUNNING")
     yield Notebook.objects.get(pk=notebook_id), url
     from workers.lifecycle import runtime_for
 
@@ -55,14 +54,15 @@ def notebook(platform_server, monitored_worker, conda_env, this_host, alice_api)
 
 def checks_until(api, url, predicate, timeout: float, what: str):
     """Send the limits check every CHECK_EVERY s (beat's job) until predicate(status)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def checked():
         check_limits_task.delay()
         time.sleep(CHECK_EVERY)
-        found = predicate(status(api, url))
-        if found:
-            return found
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}: {status(api, url)}")
+        return predicate(api_status(api, url))
+
+    return wait_for(
+        checked, timeout=timeout, interval=0, what=lambda: f"{what}: {api_status(api, url)}"
+    )
 
 
 def submit_and_leave(kernel: Kernel, code: str) -> None:
@@ -79,7 +79,7 @@ def test_a_long_computation_without_a_client_is_not_idle_then_idle_stops(
     row, url = notebook
     changed = alice_api.patch(url, {"idle_timeout": FULL_IDLE_TIMEOUT}, format="json")
     assert changed.status_code == 200, changed.content
-    kernel = Kernel(status(alice_api, url)["url"], {"Authorization": f"Bearer {alice[1]}"})
+    kernel = Kernel(api_status(alice_api, url)["url"], {"Authorization": f"Bearer {alice[1]}"})
     submit_and_leave(
         kernel,
         f"import time\ntime.sleep({COMPUTATION})\n"
@@ -141,7 +141,7 @@ def test_keepalive_and_gateway_traffic_postpone_the_idle_stop(
         assert alice_api.post(url + "keepalive/").status_code == 200
         check_limits_task.delay()
         time.sleep(CHECK_EVERY)
-        assert status(alice_api, url)["state"] == "RUNNING"
+        assert api_status(alice_api, url)["state"] == "RUNNING"
     last_kept = time.time()
 
     checks_until(alice_api, url, lambda s: s["state"] == "STOPPED", 90, "the idle stop")
@@ -149,22 +149,21 @@ def test_keepalive_and_gateway_traffic_postpone_the_idle_stop(
     assert stop.at.timestamp() >= last_kept + IDLE_TIMEOUT - CHECK_EVERY - 2
 
 
+def past_its_max_runtime():
+    return timezone.now() + timedelta(seconds=5)
+
+
 def test_max_runtime_restarts_with_the_workspace_then_stops(notebook, alice_api, alice):
     row, url = notebook
-    first = status(alice_api, url)
+    first = api_status(alice_api, url)
     kernel = Kernel(first["url"], {"Authorization": f"Bearer {alice[1]}"})
     kernel.execute("open('/workspace/kept.txt', 'w').write('still here')")
     kernel.close()
     Notebook.objects.filter(pk=row.pk).update(max_runtime=5, timeout_auto_restart=True)
-    time.sleep(5)
+    limits.check_limits(now=past_its_max_runtime())
 
-    restarted = checks_until(
-        alice_api,
-        url,
-        lambda s: s["state"] == "RUNNING" and s["last_started_at"] > first["last_started_at"] and s,
-        90,
-        "the restart",
-    )
+    restarted = wait_state(alice_api, url, "RUNNING", timeout=90)
+    assert restarted["last_started_at"] > first["last_started_at"]
     assert row.events.filter(code="TIMEOUT_RESTART").count() == 1
     assert restarted["host"] == first["host"]  # the same host, capacity kept
     kernel = Kernel(restarted["url"], {"Authorization": f"Bearer {alice[1]}"})
@@ -173,9 +172,8 @@ def test_max_runtime_restarts_with_the_workspace_then_stops(notebook, alice_api,
 
     patched = alice_api.patch(url, {"timeout_auto_restart": False}, format="json")
     assert patched.status_code == 200, patched.content
-    stopped = checks_until(
-        alice_api, url, lambda s: s["state"] == "STOPPED" and s, 90, "the max_runtime stop"
-    )
+    limits.check_limits(now=past_its_max_runtime())
+    stopped = wait_state(alice_api, url, "STOPPED", timeout=90)
     assert stopped["info"]["code"] == "MAX_RUNTIME"
     stop = row.events.get(to_state="STOPPING")
     assert stop.code == "MAX_RUNTIME" and "max_runtime (5 s)" in stop.message

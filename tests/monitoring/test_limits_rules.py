@@ -3,13 +3,13 @@
 from datetime import timedelta
 
 import pytest
-from conftest import make_notebook
 from django.utils import timezone
 
 from nbcloud import dispatch
 from nbcloud.hosts.models import Host
 from nbcloud.monitoring import limits
 from nbcloud.monitoring.models import NotebookSample
+from support.factories import make_notebook
 from workers import idle
 
 pytestmark = pytest.mark.django_db

@@ -2,22 +2,13 @@
 
 import pytest
 from celery import signals as celery_signals
-from conftest import make_notebook
-from prometheus_client.parser import text_string_to_metric_families
 
 from nbcloud.hosts.models import Host
 from nbcloud.monitoring import fleet
+from support.factories import make_notebook
+from support.metrics import samples
 
 pytestmark = pytest.mark.django_db
-
-
-def samples(text: str) -> dict[tuple, float]:
-    """{(sample name, sorted labels): value} of an exposition."""
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
 
 
 @pytest.fixture

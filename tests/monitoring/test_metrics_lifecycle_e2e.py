@@ -6,11 +6,11 @@ host worker's own metrics port are read as Prometheus would read them.
 
 import pytest
 import requests
-import watch
-from conftest import METRICS_TOKEN, wait_for
-from test_metrics_endpoint import samples
 
 from nbcloud.notebooks.models import Notebook
+from support.metrics import samples
+from support.services import METRICS_TOKEN
+from support.waiting import wait_for, wait_state
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -21,18 +21,12 @@ SPEC = {
 }
 START = "nbcloud_notebook_start_duration_seconds"
 SCRAPE = {"Authorization": f"Bearer {METRICS_TOKEN}"}
-monitored_worker = watch.monitored_worker
-worker_metrics_port = watch.worker_metrics_port
 
 
 def platform_metrics(url: str) -> dict:
     reply = requests.get(f"{url}/metrics", headers=SCRAPE, timeout=30)
     assert reply.status_code == 200, reply.text
     return samples(reply.text)
-
-
-def state(api, url) -> str:
-    return api.get(url).json()["status"]["state"]
 
 
 def test_metrics_follow_a_notebook_through_its_lifecycle(
@@ -57,7 +51,7 @@ def test_metrics_follow_a_notebook_through_its_lifecycle(
     assert created.status_code == 201, created.content
     notebook_id = created.json()["id"]
     url = f"/api/v1/projects/alpha/notebooks/{notebook_id}/"
-    wait_for(lambda: state(alice_api, url) == "RUNNING", timeout=120, what="RUNNING")
+    wait_state(alice_api, url, "RUNNING")
     try:
         running = platform_metrics(platform_server)
         assert running[("nbcloud_notebooks", (("region", "GRA"), ("state", "RUNNING")))] >= 1
@@ -97,7 +91,7 @@ def test_metrics_follow_a_notebook_through_its_lifecycle(
         assert all(s["memory_bytes"] > 0 and s["host"] == worker_host for s in body["samples"])
     finally:
         assert alice_api.post(url + "stop/").status_code == 202
-        wait_for(lambda: state(alice_api, url) == "STOPPED", timeout=120, what="STOPPED")
+        wait_state(alice_api, url, "STOPPED")
 
     # The control plane's own work is visible too.
     billing_tick.delay()

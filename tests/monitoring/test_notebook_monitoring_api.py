@@ -3,10 +3,10 @@
 from datetime import timedelta
 
 import pytest
-from conftest import make_notebook
 from django.utils import timezone
 
 from nbcloud.monitoring.models import NotebookSample
+from support.factories import make_notebook
 
 pytestmark = pytest.mark.django_db
 SPEC = {"name": "n", "env": {"framework_id": "conda", "editor_id": "jupyterlab"}}

@@ -6,12 +6,13 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
-from conftest import Kernel, make_notebook
 from prometheus_client import generate_latest
-from test_metrics_endpoint import samples
 
 from nbcloud.monitoring.models import NotebookSample
 from nbcloud.notebooks.models import Notebook
+from support.editors import Kernel
+from support.factories import make_notebook
+from support.metrics import samples
 from workers import lifecycle, sampler, workspace
 
 GPU_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "gpu" / "h100-80gb"

@@ -6,9 +6,10 @@ brings everything back; a fork of the backup finds the same files.
 """
 
 import pytest
-from conftest import Kernel, wait_for, wait_state
 
 from nbcloud.notebooks.models import Notebook
+from support.editors import Kernel
+from support.waiting import wait_for, wait_state
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

@@ -10,9 +10,10 @@ import signal
 
 import psutil
 import pytest
-from conftest import Kernel, api_status, notebook_url, wait_for, wait_state
 
 from nbcloud.notebooks.models import Notebook
+from support.editors import Kernel, notebook_url
+from support.waiting import api_status, wait_for, wait_row_state, wait_state
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -100,7 +101,7 @@ def test_notebook_runs_code_and_keeps_workspace_across_stop_and_start(
     assert restarted["last_started_at"] > status["last_started_at"]
 
     assert alice_api.delete(url).status_code == 202
-    wait_for(lambda: Notebook.objects.get(pk=notebook_id).state == "DELETED", what="DELETED")
+    wait_row_state(notebook_id, "DELETED")
     assert alice_api.get(url).status_code == 404
     events = [(e.from_state, e.to_state) for e in Notebook.objects.get(pk=notebook_id).events.all()]
     assert events == [

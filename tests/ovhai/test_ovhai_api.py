@@ -58,11 +58,11 @@ from ovhai.models import (
     TokenSpec,
     Volume,
 )
-from ovhai_sdk import refused, sdk_client
 
 from nbcloud.notebooks.models import Backup
 from nbcloud.notebooks.models import Notebook as NotebookRow
 from nbcloud.projects.models import ApiToken
+from support.ovhai_sdk import refused, sdk_client
 
 pytestmark = pytest.mark.django_db
 GIB = 1024**3

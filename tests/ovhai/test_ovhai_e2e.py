@@ -4,7 +4,6 @@ AI Notebooks would drive it."""
 
 import pytest
 import requests
-from conftest import notebook_url, wait_for
 from ovhai.api.notebook import (
     notebook_create_from_backup,
     notebook_data_sync,
@@ -31,9 +30,11 @@ from ovhai.models import (
     Resources,
     Volume,
 )
-from ovhai_sdk import refused, sdk_client
 
 from nbcloud.notebooks.models import Notebook as NotebookRow
+from support.editors import notebook_url
+from support.ovhai_sdk import refused, sdk_client
+from support.waiting import wait_for, wait_row_state
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -49,12 +50,10 @@ def ovh(platform_server, celery_worker_process, conda_env, this_host, alice):
             runtime_for(notebook).stop(5)
 
 
-def wait_state(client, notebook_id: str, state: str, timeout: float = 120) -> Notebook:
-    def reached():
-        notebook = notebook_get.sync(notebook_id, client=client)
-        return notebook if notebook.status.state == state else None
-
-    return wait_for(reached, timeout=timeout, what=f"{notebook_id} {state}")
+def read_when(client, notebook_id: str, state: str) -> Notebook:
+    """The notebook as the SDK reads it, once its row is in `state`."""
+    wait_row_state(notebook_id, state)
+    return notebook_get.sync(notebook_id, client=client)
 
 
 def ids(listing) -> list[str]:
@@ -72,7 +71,7 @@ def test_an_ovh_script_runs_a_notebook_through_its_life(ovh, alice, platform_ser
     assert isinstance(created, Notebook) and created.status.state == "QUEUED"
     nb_id = created.id
 
-    running = wait_state(ovh, nb_id, "RUNNING")
+    running = read_when(ovh, nb_id, "RUNNING")
     assert running.status.info.code == "RUNNING"
     assert running.status.url == notebook_url(platform_server, nb_id)
     assert running.status.last_started_at is not None
@@ -101,7 +100,7 @@ def test_an_ovh_script_runs_a_notebook_through_its_life(ovh, alice, platform_ser
     assert "nothing to push" in error.message
 
     assert notebook_stop.sync_detailed(nb_id, client=ovh).status_code == 204
-    stopped = wait_state(ovh, nb_id, "STOPPED")
+    stopped = read_when(ovh, nb_id, "STOPPED")
     assert stopped.status.workspace.storage_used > 0
     assert stopped.status.last_stopped_at > stopped.status.last_started_at
 
@@ -113,21 +112,17 @@ def test_an_ovh_script_runs_a_notebook_through_its_life(ovh, alice, platform_ser
     fork = notebook_create_from_backup.sync(nb_id, backup.id, client=ovh)
     assert isinstance(fork, Notebook) and fork.spec.name == "ovh-demo-fork"
     assert fork.spec.labels.additional_properties == {"team": "vision", "stage": "demo"}
-    forked = wait_state(ovh, fork.id, "RUNNING")
+    forked = read_when(ovh, fork.id, "RUNNING")
     assert forked.status.url == notebook_url(platform_server, fork.id)
     assert notebook_delete.sync_detailed(fork.id, client=ovh, force=True).status_code == 204
 
     assert notebook_start.sync_detailed(nb_id, client=ovh).status_code == 204
-    restarted = wait_state(ovh, nb_id, "RUNNING")
+    restarted = read_when(ovh, nb_id, "RUNNING")
     assert restarted.status.last_started_at > running.status.last_started_at
 
     assert notebook_delete.sync_detailed(nb_id, client=ovh, force=True).status_code == 204
     for gone in (nb_id, fork.id):
-        wait_for(
-            lambda gone=gone: NotebookRow.objects.get(pk=gone).state == "DELETED",
-            timeout=60,
-            what=f"{gone} DELETED",
-        )
+        wait_row_state(gone, "DELETED", timeout=60)
         refused(lambda gone=gone: notebook_get.sync_detailed(gone, client=ovh), 404)
     assert notebook_get_all.sync(client=ovh).items == []
 
@@ -156,7 +151,7 @@ def test_datasync_pushes_a_running_notebooks_volume(ovh, alice, alice_api, s3_en
         volumes=[volume],
     )
     nb_id = notebook_new.sync(client=ovh, body=body).id
-    running = wait_state(ovh, nb_id, "RUNNING")
+    running = read_when(ovh, nb_id, "RUNNING")
     assert running.spec.volumes[0].data_store.container == "ovh-data"
 
     # A file written in the notebook (through JupyterLab's contents API, via the gateway).
@@ -186,4 +181,4 @@ def test_datasync_pushes_a_running_notebooks_volume(ovh, alice, alice_api, s3_en
     assert progress.status.progress[0].info == "ovh-data@gra/out:/workspace/data:RW"
 
     assert notebook_delete.sync_detailed(nb_id, client=ovh, force=True).status_code == 204
-    wait_for(lambda: NotebookRow.objects.get(pk=nb_id).state == "DELETED", what="DELETED")
+    wait_row_state(nb_id, "DELETED")

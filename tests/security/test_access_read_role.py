@@ -15,9 +15,11 @@ import uuid
 import pytest
 import requests
 import websocket
-from conftest import Kernel, wait_for
 
 from nbcloud.notebooks.models import Notebook
+from support.editors import Kernel
+from support.factories import make_notebook
+from support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -215,8 +217,6 @@ def test_a_read_member_signed_in_looks_but_cannot_run_code(running, alice, bob):
 @pytest.mark.django_db
 def test_a_read_member_with_a_grant_of_operator_may_run(alpha, bob):
     """A grant can raise a read member to operator on one notebook, never the other way."""
-    from conftest import make_notebook
-
     from nbcloud.gateway.authorize import Caller, _caller_role
     from nbcloud.notebooks.models import NotebookGrant
 

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import make_s3_datastore
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -21,6 +20,7 @@ from nbcloud.monitoring.models import NotebookSample
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import State
 from nbcloud.projects.models import ApiToken, Role
+from support.factories import make_s3_datastore
 
 pytestmark = pytest.mark.django_db
 USAGE = "/api/v1/projects/alpha/usage/"

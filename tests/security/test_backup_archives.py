@@ -7,7 +7,8 @@ directory beside the destination; after each, the secret is unchanged, nothing
 appeared outside the destination, and the refusal names the member.
 
 Only the standard library and workers.safefs: this file also runs on Debian's
-own /usr/bin/python3 (`pytest --noconftest tests/security/test_backup_archives.py`).
+own /usr/bin/python3 (`pytest --noconftest -p support.security
+tests/security/test_backup_archives.py`).
 """
 
 import io
@@ -16,8 +17,9 @@ import stat
 import tarfile
 
 import pytest
-from conftest import ROOT_SECRET as SECRET
 
+from support.security import ROOT_SECRET as SECRET
+from support.security import tar_archive, tar_member
 from workers import safefs
 
 
@@ -42,23 +44,6 @@ def _state(tmp_path, dest):
     return seen
 
 
-def _archive(*members) -> bytes:
-    """A tar archive of (TarInfo, bytes or None) members, built by hand (as an attacker would)."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for info, data in members:
-            if data is not None:
-                info.size = len(data)
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return out.getvalue()
-
-
-def _member(name, kind=tarfile.REGTYPE, data=None, linkname="", mode=0o644):
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname, info.mode = kind, linkname, mode
-    return info, data
-
-
 def _extract(raw: bytes, dest) -> None:
     with tarfile.open(fileobj=io.BytesIO(raw), mode="r|*") as archive:
         safefs.extract_tar(archive, dest)
@@ -67,34 +52,37 @@ def _extract(raw: bytes, dest) -> None:
 def _hostile(vault):
     secret = str(vault / "secret")
     return {
-        "dotdot": ([_member("ok.txt", data=b"fine"), _member("../escape.txt", data=b"x")], "../"),
-        "absolute": ([_member(str(vault / "planted.txt"), data=b"x")], "planted.txt"),
+        "dotdot": (
+            [tar_member("ok.txt", data=b"fine"), tar_member("../escape.txt", data=b"x")],
+            "../",
+        ),
+        "absolute": ([tar_member(str(vault / "planted.txt"), data=b"x")], "planted.txt"),
         "through-absolute-symlink": (
             [
-                _member("out", tarfile.SYMTYPE, linkname=str(vault)),
-                _member("out/planted.txt", data=b"x"),
+                tar_member("out", tarfile.SYMTYPE, linkname=str(vault)),
+                tar_member("out/planted.txt", data=b"x"),
             ],
             "out/planted.txt",
         ),
         "through-symlink": (
             [
-                _member("inner", tarfile.DIRTYPE, mode=0o755),
-                _member("inner/up", tarfile.SYMTYPE, linkname="../.."),
-                _member("inner/up/vault/secret", data=b"overwritten"),
+                tar_member("inner", tarfile.DIRTYPE, mode=0o755),
+                tar_member("inner/up", tarfile.SYMTYPE, linkname="../.."),
+                tar_member("inner/up/vault/secret", data=b"overwritten"),
             ],
             "inner/up",
         ),
         "hardlink-through-symlink": (
             [
-                _member("out", tarfile.SYMTYPE, linkname=str(vault)),
-                _member("hl", tarfile.LNKTYPE, linkname="out/secret"),
+                tar_member("out", tarfile.SYMTYPE, linkname=str(vault)),
+                tar_member("hl", tarfile.LNKTYPE, linkname="out/secret"),
             ],
             "hl",
         ),
-        "hardlink-absolute": ([_member("hl", tarfile.LNKTYPE, linkname=secret)], "hl"),
-        "hardlink-up": ([_member("hl", tarfile.LNKTYPE, linkname="../vault/secret")], "hl"),
-        "chardev": ([_member("null", tarfile.CHRTYPE)], "null"),
-        "fifo": ([_member("pipe", tarfile.FIFOTYPE)], "pipe"),
+        "hardlink-absolute": ([tar_member("hl", tarfile.LNKTYPE, linkname=secret)], "hl"),
+        "hardlink-up": ([tar_member("hl", tarfile.LNKTYPE, linkname="../vault/secret")], "hl"),
+        "chardev": ([tar_member("null", tarfile.CHRTYPE)], "null"),
+        "fifo": ([tar_member("pipe", tarfile.FIFOTYPE)], "pipe"),
     }
 
 
@@ -121,7 +109,7 @@ def test_hostile_member_is_refused_by_name_and_nothing_lands_outside(
     before = _state(tmp_path, dest)
 
     with pytest.raises(safefs.UnsafeArchive) as refused:
-        _extract(_archive(*members), dest)
+        _extract(tar_archive(*members), dest)
 
     assert named in str(refused.value)
     assert (vault / "secret").read_bytes() == SECRET
@@ -137,12 +125,12 @@ def test_symlinks_out_are_kept_as_links_and_nothing_is_written_through_them(
     dest = tmp_path / "dest"
     dest.mkdir(mode=0o700)
     before = _state(tmp_path, dest)
-    raw = _archive(
-        _member("venv", tarfile.DIRTYPE, mode=0o755),
-        _member("venv/python3", tarfile.SYMTYPE, linkname="/usr/bin/python3"),
-        _member("up", tarfile.SYMTYPE, linkname="../vault"),
-        _member("name", tarfile.SYMTYPE, linkname=str(vault / "secret")),
-        _member("name", data=b"replaces the link, not what it points at"),
+    raw = tar_archive(
+        tar_member("venv", tarfile.DIRTYPE, mode=0o755),
+        tar_member("venv/python3", tarfile.SYMTYPE, linkname="/usr/bin/python3"),
+        tar_member("up", tarfile.SYMTYPE, linkname="../vault"),
+        tar_member("name", tarfile.SYMTYPE, linkname=str(vault / "secret")),
+        tar_member("name", data=b"replaces the link, not what it points at"),
     )
     _extract(raw, dest)
     assert os.readlink(dest / "venv" / "python3") == "/usr/bin/python3"
@@ -156,10 +144,10 @@ def test_symlinks_out_are_kept_as_links_and_nothing_is_written_through_them(
 def test_setuid_setgid_and_sticky_bits_are_stripped(path_kind, tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
-    raw = _archive(
-        _member("suid", data=b"#!/bin/sh\n", mode=0o6755),
-        _member("dir", tarfile.DIRTYPE, mode=0o1777),
-        _member("dir/plain", data=b"x", mode=0o666),
+    raw = tar_archive(
+        tar_member("suid", data=b"#!/bin/sh\n", mode=0o6755),
+        tar_member("dir", tarfile.DIRTYPE, mode=0o1777),
+        tar_member("dir/plain", data=b"x", mode=0o666),
     )
     _extract(raw, dest)
     assert stat.S_IMODE((dest / "suid").stat().st_mode) == 0o755

@@ -12,12 +12,12 @@ import stat
 import tarfile
 
 import pytest
-from conftest import ROOT_SECRET as SECRET
-from conftest import make_notebook
-from test_backup_archives import _archive, _member
 
 from nbcloud.notebooks.models import Backup
 from nbcloud.projects.models import Project
+from support.factories import make_notebook
+from support.security import ROOT_SECRET as SECRET
+from support.security import tar_archive, tar_member
 from workers import safefs, workspace
 
 pytestmark = pytest.mark.skipif(
@@ -45,7 +45,7 @@ def notebook(db, tmp_path, settings):
 
 def _store(notebook, tmp_path, members) -> Backup:
     """A backup row whose archive holds `members` ((TarInfo, bytes | None)), checksum right."""
-    raw = _archive(*members)
+    raw = tar_archive(*members)
     name = f"{notebook.pk}/hostile.tar"
     (tmp_path / "backups" / str(notebook.pk)).mkdir(parents=True)
     (tmp_path / "backups" / name).write_bytes(raw)
@@ -61,16 +61,16 @@ def _store(notebook, tmp_path, members) -> Backup:
 def _attacks(vault):
     return {
         "write-through-symlink": [
-            _member("work.txt", data=b"fine"),
-            _member("out", tarfile.SYMTYPE, linkname=str(vault)),
-            _member("out/secret", data=b"overwritten"),
+            tar_member("work.txt", data=b"fine"),
+            tar_member("out", tarfile.SYMTYPE, linkname=str(vault)),
+            tar_member("out/secret", data=b"overwritten"),
         ],
         "hardlink-to-secret": [
-            _member("work.txt", data=b"fine"),
-            _member("mine", tarfile.LNKTYPE, linkname=str(vault / "secret")),
+            tar_member("work.txt", data=b"fine"),
+            tar_member("mine", tarfile.LNKTYPE, linkname=str(vault / "secret")),
         ],
-        "dotdot": [_member("../../vault/secret", data=b"overwritten")],
-        "setuid-device": [_member("sh", tarfile.CHRTYPE, mode=0o4755)],
+        "dotdot": [tar_member("../../vault/secret", data=b"overwritten")],
+        "setuid-device": [tar_member("sh", tarfile.CHRTYPE, mode=0o4755)],
     }
 
 
@@ -103,11 +103,11 @@ def test_a_restored_workspace_is_the_notebooks_hard_links_and_all(notebook, tmp_
         notebook,
         tmp_path,
         [
-            _member("pkgs", tarfile.DIRTYPE, mode=0o755),
-            _member("pkgs/lib.so", data=b"\x7fELF", mode=0o755),
-            _member("env", tarfile.DIRTYPE, mode=0o755),
-            _member("env/lib.so", tarfile.LNKTYPE, linkname="pkgs/lib.so"),
-            _member("env/current", tarfile.SYMTYPE, linkname="../pkgs"),
+            tar_member("pkgs", tarfile.DIRTYPE, mode=0o755),
+            tar_member("pkgs/lib.so", data=b"\x7fELF", mode=0o755),
+            tar_member("env", tarfile.DIRTYPE, mode=0o755),
+            tar_member("env/lib.so", tarfile.LNKTYPE, linkname="pkgs/lib.so"),
+            tar_member("env/current", tarfile.SYMTYPE, linkname="../pkgs"),
         ],
     )
     path = workspace.prepare(notebook)

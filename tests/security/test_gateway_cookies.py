@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Kernel, wait_for
 from django.conf import settings
 from django.test import Client
 
 from nbcloud.notebooks.models import Notebook
+from support.editors import Kernel
+from support.waiting import wait_state
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -72,15 +73,6 @@ c.ServerApp.jpserver_extensions.update({"cookie_ext": True})
 PLATFORM_NAMES = {"sessionid", "csrftoken", "nbcloud_gateway", "nbcloud_handoff_state"}
 
 
-def _api_wait(api, url, state, timeout=180):
-    def reached():
-        status = api.get(url).json()["status"]
-        assert status["state"] not in ("FAILED", "DELETED"), status
-        return status["state"] == state and status
-
-    return wait_for(reached, timeout=timeout, what=f"the notebook to be {state}")
-
-
 @pytest.fixture
 def cookie_setter(platform_server, celery_worker_process, conda_env, this_host, alice_api, alice):
     """A running notebook whose editor loads a cookie-setting extension from its workspace."""
@@ -88,7 +80,7 @@ def cookie_setter(platform_server, celery_worker_process, conda_env, this_host, 
     assert created.status_code == 201, created.content
     notebook_id = created.json()["id"]
     api_url = f"/api/v1/projects/alpha/notebooks/{notebook_id}/"
-    status = _api_wait(alice_api, api_url, "RUNNING")
+    status = wait_state(alice_api, api_url, "RUNNING", timeout=180)
     bearer = {"Authorization": f"Bearer {alice[1]}"}
     kernel = Kernel(status["url"], bearer)
     try:
@@ -103,9 +95,9 @@ def cookie_setter(platform_server, celery_worker_process, conda_env, this_host, 
         kernel.close()
     # Loaded at the next start.
     assert alice_api.post(api_url + "stop/").status_code == 202
-    _api_wait(alice_api, api_url, "STOPPED")
+    wait_state(alice_api, api_url, "STOPPED", timeout=180)
     assert alice_api.post(api_url + "start/").status_code == 202
-    status = _api_wait(alice_api, api_url, "RUNNING")
+    status = wait_state(alice_api, api_url, "RUNNING", timeout=180)
     yield Notebook.objects.get(pk=notebook_id), status["url"]
     from workers.lifecycle import runtime_for
 

@@ -9,13 +9,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import make_notebook
 from django.utils import timezone
 
 from nbcloud.gateway import handoff, routing
 from nbcloud.gateway.authorize import Caller, identify, is_platform_cookie
 from nbcloud.gateway.models import HandoffCode
 from nbcloud.gateway.proxy import editor_cookie_allowed
+from support.factories import make_notebook
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 pytestmark = pytest.mark.django_db

@@ -8,8 +8,8 @@ import os
 import stat
 
 import pytest
-from conftest import Kernel
 
+from support.editors import Kernel
 from workers.lifecycle import wait_ready
 from workers.runtimes.process import ProcessRuntime
 

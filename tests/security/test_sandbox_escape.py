@@ -18,10 +18,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Kernel, api_status, wait_state
 from django.conf import settings
 
 from nbcloud.notebooks.models import Notebook
+from support.editors import Kernel
+from support.waiting import api_status, wait_for, wait_state
 
 pytestmark = [
     pytest.mark.e2e,
@@ -321,8 +322,6 @@ def outside_world(tmp_path):
                 stderr=subprocess.DEVNULL,
             )
         )
-        from conftest import wait_for
-
         wait_for(
             lambda: "hello" in subprocess.run(
                 ["ip", "netns", "exec", ns, "python3", "-c",

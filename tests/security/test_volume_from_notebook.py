@@ -13,7 +13,9 @@ import stat
 import textwrap
 
 import pytest
-from conftest import Kernel, wait_for, wait_state
+
+from support.editors import Kernel
+from support.waiting import wait_for, wait_state
 
 pytestmark = [
     pytest.mark.e2e,

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_notebook, make_s3_datastore
 
 from nbcloud.notebooks.spec import parse_volume
 from nbcloud.projects.models import Project
+from support.factories import make_notebook, make_s3_datastore
 from workers import volumes, workspace
 
 pytestmark = pytest.mark.skipif(

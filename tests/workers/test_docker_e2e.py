@@ -3,10 +3,9 @@ JupyterLab in a container -> a kernel through the gateway; logs through the API;
 the workspace kept across stop and start; no container left after delete."""
 
 import pytest
-from conftest import Kernel, wait_for, wait_state
-from test_docker_failover import docker_host, docker_workers  # noqa: F401 (fixtures)
 
-from nbcloud.notebooks.models import Notebook
+from support.editors import Kernel
+from support.waiting import wait_row_state, wait_state
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -21,8 +20,8 @@ SPEC = {
 def test_notebook_in_a_container_runs_code_and_keeps_its_workspace(
     platform_server,
     celery_worker_process,
-    docker_host,  # noqa: F811 (the imported fixture)
-    docker_workers,  # noqa: F811
+    docker_host,
+    docker_workers,
     docker_containers,
     alice_api,
     alice,
@@ -64,5 +63,5 @@ def test_notebook_in_a_container_runs_code_and_keeps_its_workspace(
     kernel.close()
 
     assert alice_api.delete(url).status_code == 202
-    wait_for(lambda: Notebook.objects.get(pk=notebook_id).state == "DELETED", what="DELETED")
+    wait_row_state(notebook_id, "DELETED")
     assert docker_containers(notebook_id) == []

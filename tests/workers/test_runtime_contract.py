@@ -1,5 +1,5 @@
 """The runtime contract, run against every runtime: process, and docker (on a real
-Docker Engine; see conftest.py for when it is skipped)."""
+Docker Engine; see tests/support/fixtures.py for when it is skipped)."""
 
 import os
 import subprocess
@@ -7,8 +7,8 @@ import time
 
 import pytest
 import requests
-from conftest import wait_for
 
+from support.waiting import wait_for
 from workers.lifecycle import wait_ready
 from workers.runtimes import RUNTIMES, StartError
 from workers.runtimes.process import sandbox_argv

@@ -13,11 +13,11 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import git
 import pytest
-from conftest import make_notebook
 
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.spec import parse_volume
 from nbcloud.projects.models import Datastore, Project
+from support.factories import make_notebook
 from workers import volumes
 
 USER, PASSWORD = "bot", "s3cret-pass"

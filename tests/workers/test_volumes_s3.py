@@ -8,12 +8,14 @@ import os
 
 import boto3
 import pytest
-from conftest import make_notebook, make_s3_datastore
-from test_workspace_backups_s3 import CuttingProxy
 
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.spec import parse_volume
 from nbcloud.projects.models import Project
+from support.factories import make_notebook, make_s3_datastore
+from support.network import CuttingProxy
+from support.services import stop_service
+from support.waiting import wait_for
 from workers import volumes
 
 BUCKET = "datasets"
@@ -245,7 +247,7 @@ def s3_with_auth(tmp_path):
     import sys
     from pathlib import Path
 
-    from conftest import _stop_service, free_port, wait_for
+    from workers.runtimes.process import free_port
 
     port = free_port()
     proc = subprocess.Popen(
@@ -266,7 +268,7 @@ def s3_with_auth(tmp_path):
         '"Action": "s3:*", "Resource": "*"}]}',
     )
     yield endpoint, key["AccessKeyId"], key["SecretAccessKey"]
-    _stop_service(proc)
+    stop_service(proc)
 
 
 def _reachable(iam) -> bool:

@@ -15,8 +15,9 @@ import uuid
 import psutil
 import pytest
 import requests
-from conftest import notebook_url, wait_for
 
+from support.editors import notebook_url
+from support.waiting import wait_for, wait_state
 from workers import code_server as cs
 from workers.lifecycle import wait_ready
 from workers.runtimes import RUNTIMES, StartError
@@ -29,7 +30,7 @@ COOKIE = "code-server-session"
 
 @pytest.fixture
 def make_spec(make_spec):
-    """The shared runtime specs (conftest), for VS Code."""
+    """The shared runtime specs (support/fixtures.py), for VS Code."""
     return lambda **overrides: make_spec(**{"editor_id": "vscode", **overrides})
 
 
@@ -188,16 +189,8 @@ def test_vscode_notebook_through_the_gateway(
     notebook_id = created.json()["id"]
     url = f"/api/v1/projects/alpha/notebooks/{notebook_id}/"
 
-    def status():
-        return alice_api.get(url).json()["status"]
-
     try:
-        running = wait_for(
-            lambda: (s := status())["state"] in ("RUNNING", "FAILED") and s,
-            timeout=180,
-            what="RUNNING",
-        )
-        assert running["state"] == "RUNNING", running
+        running = wait_state(alice_api, url, "RUNNING", timeout=180)
         page_url = running["url"]
         assert page_url == notebook_url(platform_server, notebook_id)
         bearer = {"Authorization": f"Bearer {alice[1]}"}
@@ -237,9 +230,7 @@ def test_vscode_notebook_through_the_gateway(
             ws.close()
 
         assert alice_api.post(url + "stop/").status_code == 202
-        stopped = wait_for(
-            lambda: (s := status())["state"] == "STOPPED" and s, timeout=90, what="STOPPED"
-        )
+        stopped = wait_state(alice_api, url, "STOPPED", timeout=90)
         assert stopped["workspace_size"] > 0
         with pytest.raises(requests.ConnectionError):
             requests.get(direct.url, timeout=5)

@@ -9,54 +9,25 @@ from datetime import timedelta
 import psutil
 import pytest
 import requests
-from conftest import _stop_service, kill_worker, make_notebook, start_worker, wait_for
 from django.conf import settings
 from django.utils import timezone
 
 from nbcloud.celery import app
-from nbcloud.hosts import services as host_services
-from nbcloud.hosts.inventory import read_inventory
 from nbcloud.notebooks import reconcile
 from nbcloud.notebooks import services as notebook_services
 from nbcloud.notebooks.models import Notebook, NotebookEvent
+from support.factories import make_notebook
+from support.services import kill_worker
+from support.waiting import wait_for, wait_row_state
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-HOST = "failover"
 SPEC = {
     "name": "survivor",
     "env": {"framework_id": "conda", "editor_id": "jupyterlab"},
     "resources": {"cpu": 1},
     "region": "BHS",  # only the failover host serves this region here
 }
-
-
-@pytest.fixture
-def failover_host(transactional_db):
-    return host_services.register(
-        HOST, "BHS", read_inventory(settings.NBCLOUD_WORKSPACES_DIR), "process"
-    )
-
-
-@pytest.fixture
-def workers(broker_url, public_url):
-    started = []
-
-    def start(**env):
-        proc = start_worker(
-            broker_url,
-            HOST,
-            public_url,
-            name=f"failover{len(started)}",
-            env={"NBCLOUD_HOST_REGION": "BHS", **env},
-        )
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            _stop_service(proc)
 
 
 def _notebook(pk) -> Notebook:
@@ -68,10 +39,8 @@ def test_running_editor_survives_its_worker_and_a_new_one_stops_it(
 ):
     first = workers()
     created = alice_api.post("/api/v1/projects/alpha/notebooks/", SPEC, format="json").json()
-    notebook = wait_for(
-        lambda: (nb := _notebook(created["id"])).state == "RUNNING" and nb, what="RUNNING"
-    )
-    assert notebook.host.name == HOST
+    notebook = wait_row_state(created["id"], "RUNNING")
+    assert notebook.host == failover_host
     editor_pid = notebook.runtime_state["pid"]
     kill_worker(first)
 
@@ -83,7 +52,7 @@ def test_running_editor_survives_its_worker_and_a_new_one_stops_it(
     assert (
         alice_api.post(f"/api/v1/projects/alpha/notebooks/{notebook.pk}/stop/").status_code == 202
     )
-    wait_for(lambda: _notebook(notebook.pk).state == "STOPPED", what="STOPPED")
+    wait_row_state(notebook.pk, "STOPPED")
     gone = not psutil.pid_exists(editor_pid) or psutil.Process(editor_pid).status() == "zombie"
     assert gone
     assert _notebook(notebook.pk).backups.count() == 1
@@ -109,9 +78,8 @@ def test_start_cut_short_by_a_dead_worker_is_finished_by_the_next(
     assert settings.NBCLOUD_STUCK_AFTER >= 600
     began = time.monotonic()
     workers()
-    wait_for(lambda: _notebook(created["id"]).state == "RUNNING", what="RUNNING", timeout=90)
+    running = wait_row_state(created["id"], "RUNNING", timeout=90)
     print(f"recovered {time.monotonic() - began:.1f} s after the new worker was started")
-    running = _notebook(created["id"])
     # The new worker adopted the editor the dead one launched: no second editor.
     assert running.runtime_state["pid"] == launched.runtime_state["pid"]
     editors = [
@@ -124,7 +92,7 @@ def test_start_cut_short_by_a_dead_worker_is_finished_by_the_next(
         len({p.pid for p in editors if p.ppid() == 1 or p.pid == running.runtime_state["pid"]}) <= 1
     )
     alice_api.post(f"/api/v1/projects/alpha/notebooks/{running.pk}/stop/")
-    wait_for(lambda: _notebook(running.pk).state == "STOPPED", what="STOPPED")
+    wait_row_state(running.pk, "STOPPED")
 
 
 def test_redelivery_settings_make_a_killed_task_run_again_and_never_twice_at_once():
@@ -157,7 +125,7 @@ def test_a_start_lost_between_commit_and_dispatch_is_sent_again(
     assert _notebook(notebook.pk).state == "STARTING"  # nothing happens by itself
 
     reconcile.resend_stuck(timezone.now() + timedelta(seconds=settings.NBCLOUD_STUCK_AFTER + 1))
-    wait_for(lambda: _notebook(notebook.pk).state == "RUNNING", what="RUNNING", timeout=90)
+    wait_row_state(notebook.pk, "RUNNING", timeout=90)
     assert NotebookEvent.objects.filter(notebook=notebook, to_state="RUNNING").count() == 1
     notebook_services.stop(_notebook(notebook.pk), actor="test")
-    wait_for(lambda: _notebook(notebook.pk).state == "STOPPED", what="STOPPED")
+    wait_row_state(notebook.pk, "STOPPED")

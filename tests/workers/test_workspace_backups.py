@@ -4,11 +4,11 @@ import os
 import tarfile
 
 import pytest
-from conftest import make_notebook
 from django.core.files.storage import FileSystemStorage, storages
 
 from nbcloud.notebooks.models import Backup
 from nbcloud.projects.models import Project
+from support.factories import make_notebook
 from workers import workspace
 
 

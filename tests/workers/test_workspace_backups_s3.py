@@ -5,18 +5,17 @@ interface: streamed multipart uploads, checksums, retention, and a network
 failure in the middle of an upload that leaves nothing behind.
 """
 
-import contextlib
 import os
 import socket
-import threading
 
 import pytest
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
-from conftest import make_notebook
 
 from nbcloud.notebooks.models import Backup
 from nbcloud.projects.models import Project
+from support.factories import make_notebook
+from support.network import CuttingProxy
 from workers import workspace
 
 BUCKET = "nbcloud-backups"
@@ -129,47 +128,6 @@ def test_retention_deletes_old_objects(notebook, s3, s3_endpoint, settings, tmp_
         workspace.backup(notebook)
     kept = {f"backups/{b.storage_name}" for b in notebook.backups.all()}
     assert set(_objects(s3)) == kept and len(kept) == 2
-
-
-class CuttingProxy:
-    """Forwards TCP to the object store, cutting any connection after `limit` bytes up."""
-
-    def __init__(self, target_port: int, limit: int):
-        self.target_port, self.limit = target_port, limit
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            threading.Thread(
-                target=self._pipe, args=(client, upstream, self.limit), daemon=True
-            ).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, None), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source, target, limit):
-        sent = 0
-        try:
-            while data := source.recv(65536):
-                sent += len(data)
-                if limit is not None and sent > limit:
-                    break
-                target.sendall(data)
-        except OSError:
-            pass
-        for sock in (source, target):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def close(self):
-        self.server.close()
 
 
 def test_network_failure_mid_upload_leaves_nothing(notebook, s3, s3_endpoint, settings, tmp_path):

@@ -1,10 +1,10 @@
-"""Fixtures: a host worker for the monitoring tests: it samples every 2 s and serves its
+"""A host worker for the monitoring tests: it samples every 2 s and serves its
 notebook metrics on a port of its own (so that tests running beside it on
 this machine cannot answer in its place)."""
 
 import pytest
-from conftest import _stop_service, start_worker
 
+from support.services import start_worker, stop_service
 from workers.runtimes.process import free_port
 
 SAMPLE_INTERVAL = 2
@@ -30,4 +30,4 @@ def monitored_worker(django_db_setup, broker_url, worker_host, public_url, worke
         },
     )
     yield proc
-    _stop_service(proc)
+    stop_service(proc)

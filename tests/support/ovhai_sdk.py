@@ -1,17 +1,15 @@
 """The official `ovhai` SDK pointed at nbcloud: in-process for the fast tests
 (through Django's test client, inside the test's transaction), or over HTTP at
-the real platform for the end-to-end ones.
-
-(Not a conftest.py: this folder has no __init__.py, which would shadow the
-`ovhai` package, and a second top-level `conftest` would replace the suite's.)"""
+the real platform for the end-to-end ones."""
 
 import json
 
 import httpx
 from django.test import Client
-from ovhai import AuthenticatedClient
 from ovhai.errors import UnexpectedStatus
 from ovhai.models.error import Error
+
+from ovhai import AuthenticatedClient
 
 PREFIX = "/ovhai"
 
