@@ -7,6 +7,16 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nbcloud.settings")
 django_application = get_asgi_application()
 
+from django.conf import settings  # noqa: E402
+
+# Django's ASGI handler runs each request's database work in a thread of its own:
+# a persistent connection outlives that thread and is never used again, so with
+# CONN_MAX_AGE one connection per request stays open until PostgreSQL refuses more
+# ("too many clients", every request then a 503). Django's advice under ASGI:
+# no persistent connections. The workers (one thread each) keep theirs.
+for _database in settings.DATABASES.values():
+    _database["CONN_MAX_AGE"] = 0
+
 from nbcloud.gateway import routing  # noqa: E402  (needs Django set up)
 from nbcloud.gateway.proxy import gateway  # noqa: E402
 
