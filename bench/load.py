@@ -621,13 +621,13 @@ def main() -> None:
             flush=True,
         )
         report = run_load(args).report
+        out = ROOT / "bench" / "results"
+        out.mkdir(exist_ok=True)
+        (out / "load.json").write_text(json.dumps(report, indent=2))
+        print_report(report)
         tear_down_notebooks()
     finally:
         platform.stop()
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "load.json").write_text(json.dumps(report, indent=2))
-    print_report(report)
 
 
 if __name__ == "__main__":
