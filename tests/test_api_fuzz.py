@@ -453,10 +453,13 @@ ovh_schema.app = _TestTransactionApp()
 
 @ovh_schema.hook("flatmap_body")
 def some_creatable_ovh_notebooks(context, body):
-    """As for nbcloud's API: half the generated specs made creatable (a CPU conda notebook)."""
+    """As for nbcloud's API: half the generated notebooks and tokens made creatable (a CPU
+    conda notebook; a read token), so that the links behind them are followed."""
     op = context.operation
-    creates = op is not None and op.method.lower() == "post" and op.path == "/v1/notebook"
-    if creates and isinstance(body, dict):
+    creates = op is not None and op.method.lower() == "post" and isinstance(body, dict)
+    if creates and op.path == "/v1/token":
+        return st.sampled_from([body, {"name": "fuzz", "role": "ai_training_read"}])
+    if creates and op.path == "/v1/notebook":
         creatable = {
             **{k: v for k, v in body.items() if k not in ("volumes", "sshPublicKeys", "region")},
             "env": {"frameworkId": "conda", "editorId": "jupyterlab"},
