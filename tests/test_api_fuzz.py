@@ -8,6 +8,11 @@ calls that schemathesis infers from the schema (create a notebook or a token,
 then read, change, act on, delete it) and checks that nothing answers as if
 it still existed once deleted (`use_after_free`).
 
+OVH's AI API (/ovhai) is fuzzed the same way, per operation and stateful, from a
+description of the paths nbcloud serves (OVH publishes no OpenAPI document with its
+SDK). The console's forms are fuzzed in tests/console/test_console_forms_fuzz.py,
+the volume parser in tests/notebooks/test_spec_fuzz.py.
+
 No worker runs here: tasks are sent on commit, and these tests run inside a
 transaction that never commits, so nothing reaches a broker.
 """
