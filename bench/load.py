@@ -463,7 +463,21 @@ def set_up(platform: Platform, args) -> None:
     PROJECTS.extend(projects)
 
 
-def tear_down_notebooks() -> None:
+def churned(project: dict) -> list[dict]:
+    url = f"{project['api']}notebooks/?label_selector=bench=churn&size=1000"
+    return api_call("GET", url, project["token"])["results"]
+
+
+def clean_up() -> None:
+    """Delete what the clients left (a create cut short by the end of the run), then stop
+    the running notebooks: no editor may outlive the platform. In this order, or a
+    left QUEUED notebook would start on the capacity the stops release."""
+    for project in PROJECTS:
+        for notebook in churned(project):
+            if notebook["status"]["state"] not in ("DELETING", "DELETED"):
+                api_call("DELETE", f"{project['api']}notebooks/{notebook['id']}/", project["token"])
+    for project in PROJECTS:
+        wait(lambda p=project: not churned(p), timeout=120, what=f"{project['name']}'s deletes")
     for notebook in KERNEL_NOTEBOOKS:
         api_call("POST", f"{notebook['api']}stop/", notebook["token"])
     for notebook in KERNEL_NOTEBOOKS:
@@ -625,9 +639,11 @@ def main() -> None:
         out.mkdir(exist_ok=True)
         (out / "load.json").write_text(json.dumps(report, indent=2))
         print_report(report)
-        tear_down_notebooks()
     finally:
-        platform.stop()
+        try:
+            clean_up()
+        finally:
+            platform.stop()
 
 
 if __name__ == "__main__":
