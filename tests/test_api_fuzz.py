@@ -8,6 +8,11 @@ calls that schemathesis infers from the schema (create a notebook or a token,
 then read, change, act on, delete it) and checks that nothing answers as if
 it still existed once deleted (`use_after_free`).
 
+OVH's AI API (/ovhai) is fuzzed the same way, per operation and stateful, from a
+description of the paths nbcloud serves (OVH publishes no OpenAPI document with its
+SDK). The console's forms are fuzzed in tests/console/test_console_forms_fuzz.py,
+the volume parser in tests/notebooks/test_spec_fuzz.py.
+
 No worker runs here: tasks are sent on commit, and these tests run inside a
 transaction that never commits, so nothing reaches a broker.
 """
@@ -219,3 +224,284 @@ def test_project_name_with_a_nul_byte_is_not_found(path, method, bearer):
     with _rolled_back():
         response = case.call_and_validate(headers=bearer, checks=CHECKS)
     assert response.status_code == 404, response.text
+
+
+# OVHcloud's AI API (/ovhai, the `ovhai` SDK's paths). It is not in nbcloud's
+# OpenAPI document and OVH publishes none with its SDK, so the paths nbcloud
+# serves are described here, in OVH's shapes (docs/api.md, "OVHcloud AI SDK"),
+# with the links a stateful run follows: a notebook or a token created, then
+# read, changed, acted on and deleted.
+
+_STRING = {"type": "string"}
+_ID = {"name": "id", "in": "path", "required": True, "schema": _STRING}
+_NOTEBOOK_SPEC = {
+    "type": "object",
+    "required": ["env"],
+    "properties": {
+        "name": _STRING,
+        "region": _STRING,
+        "labels": {"type": "object", "additionalProperties": _STRING},
+        "env": {
+            "type": "object",
+            "properties": {
+                "frameworkId": {"enum": ["conda", "pytorch", "nope"]},
+                "frameworkVersion": _STRING,
+                "editorId": {"enum": ["jupyterlab", "vscode", "nope"]},
+            },
+        },
+        "envVars": {
+            "type": "array",
+            "items": {"type": "object", "properties": {"name": _STRING, "value": _STRING}},
+        },
+        "resources": {
+            "type": "object",
+            "properties": {
+                "cpu": {"type": "integer"},
+                "gpu": {"type": "integer"},
+                "flavor": _STRING,
+            },
+        },
+        "volumes": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "mountPath": _STRING,
+                    "permission": {"enum": ["RO", "RW", "RWD", "X"]},
+                    "cache": {"type": "boolean"},
+                    "dataStore": {
+                        "type": "object",
+                        "properties": {"alias": _STRING, "container": _STRING, "prefix": _STRING},
+                    },
+                    "publicGit": {"type": "object", "properties": {"url": _STRING}},
+                },
+            },
+        },
+        "unsecureHttp": {"type": "boolean"},
+        "sshPublicKeys": {"type": "array", "items": _STRING},
+        "timeoutAutoRestart": {"type": "boolean"},
+    },
+}
+_WITH_ID = {"type": "object", "properties": {"id": _STRING}}
+
+
+def _ovh_operation(*, body=None, query=(), path_id=False, answers=("200",), links=None):
+    operation = {
+        "parameters": [*([_ID] if path_id else []), *query],
+        "responses": {code: {"description": code} for code in answers},
+    }
+    if body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": body}},
+        }
+    for code in answers:
+        if code in ("200", "201"):
+            operation["responses"][code]["content"] = {"application/json": {"schema": _WITH_ID}}
+    if links:
+        operation["responses"]["200"]["links"] = {
+            name: {"operationId": target, "parameters": {"id": "$response.body#/id"}}
+            for name, target in links.items()
+        }
+    return operation
+
+
+def _query(name, schema=_STRING):
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+_NOTEBOOK_LINKS = {
+    f"notebook{name.title()}": f"notebook{name.title()}"
+    for name in ("get", "edit", "delete", "start", "stop", "label", "datasync", "backups")
+}
+OVH_SCHEMA = {
+    "openapi": "3.0.3",
+    "info": {"title": "OVHcloud AI API for notebooks, as nbcloud serves it", "version": "1"},
+    "paths": {
+        "/v1/me": {"get": _ovh_operation()},
+        "/v1/notebook": {
+            "get": _ovh_operation(
+                query=[
+                    _query("labelSelector"),
+                    _query("statusState", {"enum": ["RUNNING", "STOPPED", "QUEUED", "NOPE"]}),
+                    _query("page", {"type": "integer"}),
+                    _query("size", {"type": "integer"}),
+                    _query("sort", {"enum": ["createdAt", "updatedAt", "name", "id", "nope"]}),
+                    _query("order", {"enum": ["asc", "desc", "nope"]}),
+                ]
+            ),
+            "post": {
+                **_ovh_operation(body=_NOTEBOOK_SPEC, links=_NOTEBOOK_LINKS),
+                "operationId": "notebookNew",
+            },
+        },
+        "/v1/notebook/command": {"post": _ovh_operation(body=_NOTEBOOK_SPEC)},
+        "/v1/notebook/{id}": {
+            "get": {**_ovh_operation(path_id=True), "operationId": "notebookGet"},
+            "put": {
+                **_ovh_operation(path_id=True, body=_NOTEBOOK_SPEC, answers=("204",)),
+                "operationId": "notebookEdit",
+            },
+            "delete": {
+                **_ovh_operation(path_id=True, answers=("204",)),
+                "operationId": "notebookDelete",
+            },
+        },
+        **{
+            f"/v1/notebook/{{id}}/{action}": {
+                "put": {
+                    **_ovh_operation(path_id=True, answers=("204",)),
+                    "operationId": f"notebook{action.title()}",
+                }
+            }
+            for action in ("start", "stop")
+        },
+        "/v1/notebook/{id}/label": {
+            "put": {
+                **_ovh_operation(
+                    path_id=True,
+                    body={"type": "object", "properties": {"name": _STRING, "value": _STRING}},
+                    answers=("204",),
+                ),
+                "operationId": "notebookLabel",
+            }
+        },
+        "/v1/notebook/{id}/datasync": {
+            "post": {
+                **_ovh_operation(
+                    path_id=True,
+                    body={
+                        "type": "object",
+                        "properties": {"direction": {"enum": ["push", "pull"]}},
+                    },
+                ),
+                "operationId": "notebookDatasync",
+            }
+        },
+        "/v1/notebook/{id}/backup": {
+            "get": {**_ovh_operation(path_id=True), "operationId": "notebookBackups"}
+        },
+        "/v1/notebook/{id}/backup/{backupId}": {
+            "get": _ovh_operation(
+                path_id=True,
+                query=[{"name": "backupId", "in": "path", "required": True, "schema": _STRING}],
+            )
+        },
+        "/v1/notebook/{id}/backup/{backupId}/fork": {
+            "post": _ovh_operation(
+                path_id=True,
+                query=[{"name": "backupId", "in": "path", "required": True, "schema": _STRING}],
+            )
+        },
+        "/v1/capabilities/notebook/framework": {
+            "get": _ovh_operation(query=[_query("compatibleWithEditor")])
+        },
+        "/v1/capabilities/notebook/framework/{id}": {"get": _ovh_operation(path_id=True)},
+        "/v1/capabilities/notebook/editor": {
+            "get": _ovh_operation(query=[_query("compatibleWithFramework")])
+        },
+        "/v1/capabilities/notebook/editor/{id}": {"get": _ovh_operation(path_id=True)},
+        "/v1/capabilities/flavor": {"get": _ovh_operation()},
+        "/v1/capabilities/flavor/{id}": {"get": _ovh_operation(path_id=True)},
+        "/v1/capabilities/quota": {"get": _ovh_operation()},
+        "/v1/token": {
+            "get": _ovh_operation(),
+            "post": {
+                **_ovh_operation(
+                    body={
+                        "type": "object",
+                        "properties": {
+                            "name": _STRING,
+                            "role": {
+                                "enum": ["ai_training_read", "ai_training_operator", "read", "x"]
+                            },
+                            "labelSelector": _STRING,
+                            "expiresAt": _STRING,
+                        },
+                    },
+                    links={
+                        "tokenGet": "tokenGet",
+                        "tokenDelete": "tokenDelete",
+                        "tokenRenew": "tokenRenew",
+                    },
+                ),
+                "operationId": "tokenNew",
+            },
+        },
+        "/v1/token/{id}": {
+            "get": {**_ovh_operation(path_id=True), "operationId": "tokenGet"},
+            "delete": {
+                **_ovh_operation(path_id=True, answers=("204",)),
+                "operationId": "tokenDelete",
+            },
+        },
+        "/v1/token/{id}/renew": {
+            "post": {**_ovh_operation(path_id=True), "operationId": "tokenRenew"}
+        },
+    },
+}
+OVH_CONFIG = SchemathesisConfig.from_dict(
+    {
+        "base-url": "http://localhost/ovhai",
+        "generation": {"max-examples": MAX_EXAMPLES},
+        "checks": {
+            "enabled": False,
+            "not_a_server_error": {"enabled": True},
+            "ignored_auth": {"enabled": True},
+            "use_after_free": {"enabled": True},
+        },
+    }
+)
+ovh_schema = schemathesis.openapi.from_dict(OVH_SCHEMA, config=OVH_CONFIG)
+ovh_schema.app = _TestTransactionApp()
+
+
+@ovh_schema.hook("flatmap_body")
+def some_creatable_ovh_notebooks(context, body):
+    """As for nbcloud's API: half the generated notebooks and tokens made creatable (a CPU
+    conda notebook; a read token), so that the links behind them are followed."""
+    op = context.operation
+    creates = op is not None and op.method.lower() == "post" and isinstance(body, dict)
+    if creates and op.path == "/v1/token":
+        return st.sampled_from([body, {"name": "fuzz", "role": "ai_training_read"}])
+    if creates and op.path == "/v1/notebook":
+        creatable = {
+            **{k: v for k, v in body.items() if k not in ("volumes", "sshPublicKeys", "region")},
+            "env": {"frameworkId": "conda", "editorId": "jupyterlab"},
+            "resources": {"cpu": 1},
+            "labels": {},
+            "envVars": [],
+        }
+        return st.sampled_from([body, creatable])
+    return st.just(body)
+
+
+@ovh_schema.parametrize()
+@SETTINGS
+def test_ovhai_api(case, bearer):
+    with _rolled_back():
+        case.call_and_validate(headers=bearer, checks=CHECKS)
+
+
+def test_ovhai_api_stateful(bearer):
+    class Workflow(ovh_schema.as_state_machine()):
+        def setup(self):
+            self.savepoint = transaction.savepoint()
+
+        def teardown(self):
+            transaction.savepoint_rollback(self.savepoint)
+            super().teardown()
+
+        def get_call_kwargs(self, case):
+            return {"headers": bearer}
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            case.validate_response(
+                response,
+                checks=CHECKS,
+                headers=bearer,
+                transport_kwargs=kwargs or None,
+                recorder=self.recorder,
+            )
+
+    Workflow.run(settings=settings(SETTINGS, max_examples=4 * MAX_EXAMPLES, stateful_step_count=10))

@@ -218,6 +218,9 @@ def parse_volume(raw) -> Volume:
         raw = raw.get("spec") or _object_volume_to_string(raw)
     if not isinstance(raw, str):
         raise ValidationError(f"volume {raw!r} is neither a string nor an object; {VOLUME_HELP}")
+    if "\x00" in raw:
+        # No path, URL or bucket name holds one, and PostgreSQL cannot store it.
+        raise ValidationError(f"volume {raw!r} contains a NUL character; {VOLUME_HELP}")
     if match := GIT_URL.match(raw):
         perm = (match["perm"] or "RO").upper()
         if perm not in ("RO", "RW"):

@@ -103,8 +103,11 @@ def notebook_rows(request, project, role):
 
 
 def _back(request, default: str) -> str:
+    """A page of this site to go back to: a path (`redirect` would take "1" for a view name)."""
     target = request.POST.get("next", "")
-    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+    if target.startswith("/") and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}
+    ):
         return target
     return default
 
@@ -241,6 +244,9 @@ def notebook_share(request, project, role, notebook_id):
     username = request.POST.get("username", "").strip()
     grant_role = request.POST.get("role", "")
     revoke = request.POST.get("revoke") == "1"
+    if "\x00" in username:  # no user has one, and PostgreSQL cannot compare it
+        messages.error(request, "A user name has no NUL character.")
+        return redirect("console:notebook", project.name, notebook.pk)
     user = get_user_model().objects.filter(username=username, is_active=True).first()
     if revoke:
         NotebookGrant.objects.filter(notebook=notebook, user__username=username).delete()
@@ -422,7 +428,7 @@ def price_context(project, post) -> dict:
     unit = "gpu" if post.get("unit") == "gpu" else "cpu"
     flavor = cat.flavors.get(post.get("flavor", "")) or cat.default_flavor(unit)
     count = post.get("count", "1")
-    count = int(count) if str(count).isdigit() else 1
+    count = int(count) if str(count).isdecimal() else 1
     per_unit, currency = price_for(flavor.id, timezone.now())
     used = (
         Notebook.objects.filter(project=project, state__in=QUOTA_STATES).aggregate(n=Sum("gpu"))[
