@@ -308,3 +308,29 @@ def test_wrong_credentials_are_named_without_revealing_them(project, s3_with_aut
     store.save()
     [mount] = volumes.prepare(notebook, tmp_path / "ws")
     assert (tmp_path / "volumes" / str(notebook.pk) / "0" / "a.txt").read_bytes() == b"a"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (root)")
+def test_a_full_disk_during_a_pull_names_the_cause_and_keeps_nothing(
+    project, s3, tmp_path, settings
+):
+    import subprocess
+
+    for n in range(4):
+        s3.put_object(Bucket=BUCKET, Key=f"big/{n}.bin", Body=os.urandom(400_000))
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        settings.NBCLOUD_VOLUMES_DIR = small / "volumes"
+        notebook = _notebook(project, f"{BUCKET}@store/big:/workspace/data:RO")
+        (tmp_path / "ws").mkdir()
+        with pytest.raises(volumes.VolumeError, match="ran out of disk space") as failed:
+            volumes.prepare(notebook, tmp_path / "ws")
+        assert f"{BUCKET}@store/big" in str(failed.value)
+        assert _sync(notebook)[0]["state"] == "FAILED"
+        assert not (small / "volumes" / str(notebook.pk) / "0").exists()
+        # The host keeps working: the space is free again.
+        (small / "probe").write_bytes(b"x" * 700_000)
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

@@ -10,8 +10,10 @@ handle root opened itself, beneath the volume's directory.
 The datastore's credentials never reach a message, an event or a log line.
 """
 
+import errno
 import logging
 import os
+import shutil
 from collections import deque
 from pathlib import Path, PurePosixPath
 
@@ -220,6 +222,15 @@ def pull_object_volume(
             _pull_into(client, volume, directory, status, index, uid=uid)
     except (ClientError, BotoCoreError) as exc:
         raise _s3_error(volume, store, exc) from exc
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        if not volume.cache:  # what came in is of no use half-done, and takes the space
+            shutil.rmtree(directory, ignore_errors=True)
+        raise VolumeError(
+            f"volume {volume.spec}: this host ran out of disk space pulling it; nothing of "
+            "it is kept. Start the notebook again later, or ask an operator to free space."
+        ) from exc
     finally:
         client.close()
     status.update(index, force=True, state="DONE")
