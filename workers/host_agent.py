@@ -34,6 +34,7 @@ from nbcloud.notebooks.states import InfoCode
 from . import ledger, lifecycle, workspace
 from .runtimes import get_runtime, network
 from .runtimes.base import StartError
+from .ssh_endpoint import HostSshEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +73,13 @@ class HostAgent:
         self.interval = interval or settings.NBCLOUD_HEARTBEAT_INTERVAL
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self.ssh = HostSshEndpoint(identity.name)
 
     def start(self) -> None:
         try:
             lifecycle.register_host(self.identity.name, self.identity.region, self.identity.labels)
             sweep_stale_editors(self.identity.name)
+            self.ssh.start()
         finally:
             # The pool's processes must not share this thread's connection.
             connections.close_all()
@@ -87,6 +90,7 @@ class HostAgent:
 
     def stop(self) -> None:
         self._stopped.set()
+        self.ssh.stop()
         if self._thread is not None:
             self._thread.join(settings.NBCLOUD_EDITOR_STOP_TIMEOUT + 5)
 

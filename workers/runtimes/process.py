@@ -142,17 +142,20 @@ def sandbox_argv(spec: LaunchSpec, argv: list[str], env_fd: int | None = None) -
         prefix += ["--args", str(env_fd)]
     for mount in spec.mounts:
         prefix += ["--ro-bind" if mount.read_only else "--bind", mount.source, mount.target]
-    prefix += [
-        "--",
+    return [*prefix, "--", *drop_privileges_argv(spec.uid), *argv]
+
+
+def drop_privileges_argv(uid: int) -> list[str]:
+    """The notebook's uid and gid, no other group, no capabilities, no_new_privs."""
+    return [
         "/usr/bin/setpriv",
-        f"--reuid={spec.uid}",
-        f"--regid={spec.uid}",
+        f"--reuid={uid}",
+        f"--regid={uid}",
         "--clear-groups",
         "--inh-caps=-all",
         "--bounding-set=-all",
         "--no-new-privs",
     ]
-    return prefix + argv
 
 
 def environment_file(env: dict[str, str]) -> int:
