@@ -109,6 +109,7 @@ class HostAgent:
                 return
             sweep_stale_editors(self.identity.name)
             keep_notebook_rules(self.identity.name)
+            self.ssh.register()
         except Exception:
             # A database or broker outage must not end the heartbeats for good.
             log.exception("heartbeat of host %s failed", self.identity.name)

@@ -28,7 +28,7 @@ from django.conf import settings
 
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import State
-from nbcloud.ssh import endpoints, keys
+from nbcloud.ssh import endpoints, keys, processes
 from nbcloud.ssh.endpoints import in_thread
 
 from .lifecycle import runtime_for
@@ -70,6 +70,9 @@ class EndpointServer(asyncssh.SSHServer):
             self.notebook_id = username
             return True
         return False
+
+    def session_requested(self) -> processes.Process:
+        return processes.Process(run_session)
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         return False
@@ -123,6 +126,23 @@ async def run_session(process: asyncssh.SSHServerProcess) -> None:
             os.close(spec_fd)
 
 
+class _PtyOutput(asyncio.Protocol):
+    """A pty's output to the session. A pty ends with EIO once no process holds its
+    other side: that is its end of file, after everything written was read."""
+
+    def __init__(self, writer):
+        self.writer = writer
+        self.ended = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        with contextlib.suppress(asyncssh.Error, OSError):
+            self.writer.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+
 def _set_size(fd: int, size: tuple) -> None:
     width, height, pixwidth, pixheight = size
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, pixwidth, pixheight))
@@ -172,9 +192,8 @@ async def _run(process, sandbox: sessions.Sandbox, spec_fd: int, tty: bool) -> N
             )
         finally:
             os.close(slave)
-        reader = asyncio.StreamReader(limit=CHUNK)
         out_file = os.fdopen(master, "rb", buffering=0)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), out_file)
+        _, output = await loop.connect_read_pipe(lambda: _PtyOutput(process.stdout), out_file)
         in_fd = os.dup(master)
 
         async def write(data: bytes) -> None:
@@ -186,7 +205,7 @@ async def _run(process, sandbox: sessions.Sandbox, spec_fd: int, tty: bool) -> N
                     await asyncio.sleep(0.01)
 
         os.set_blocking(in_fd, False)
-        outputs = [_pump(reader.read, process.stdout)]
+        outputs = [output.ended]
         feeder = asyncio.ensure_future(_feed(process, write, lambda: None, in_fd))
     else:
         proc = await asyncio.create_subprocess_exec(
@@ -246,6 +265,7 @@ class HostSshEndpoint:
             target=self._loop.run_forever, name="ssh-endpoint", daemon=True
         )
         self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._public_key = ""
 
     def start(self) -> None:
         key = keys.host_key(settings.DATA_DIR / "ssh" / f"host_key-{self.host}")
@@ -253,8 +273,8 @@ class HostSshEndpoint:
         future = asyncio.run_coroutine_threadsafe(self._serve(key), self._loop)
         self._acceptor = future.result(30)
         self.port = self._acceptor.sockets[0].getsockname()[1]
-        public = key.convert_to_public().export_public_key().decode().strip()
-        endpoints.register_endpoint(self.host, settings.NBCLOUD_SSH_HOST_ADDR, self.port, public)
+        self._public_key = key.convert_to_public().export_public_key().decode().strip()
+        self.register()
         log.info(
             "host %s serves SSH sessions on %s:%s",
             self.host,
@@ -262,13 +282,20 @@ class HostSshEndpoint:
             self.port,
         )
 
+    def register(self) -> None:
+        """Say where this host serves sessions (at start, and again at each heartbeat,
+        so a host row made again finds its endpoint)."""
+        if self._acceptor is not None:
+            endpoints.register_endpoint(
+                self.host, settings.NBCLOUD_SSH_HOST_ADDR, self.port, self._public_key
+            )
+
     async def _serve(self, key) -> asyncssh.SSHAcceptor:
         return await asyncssh.create_server(
             lambda: EndpointServer(self.host),
             settings.NBCLOUD_SSH_HOST_ADDR,
             settings.NBCLOUD_SSH_HOST_PORT,
             server_host_keys=[key],
-            process_factory=run_session,
             encoding=None,
             line_editor=False,
             agent_forwarding=False,

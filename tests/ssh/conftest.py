@@ -15,10 +15,13 @@ from conftest import (
     _start_service,
     _stop_service,
     api_status,
+    wait_for,
     wait_state,
 )
+from django.conf import settings
 
 from nbcloud.notebooks.models import Notebook
+from nbcloud.ssh.models import HostEndpoint
 from workers.runtimes.process import free_port
 
 SPEC = {
@@ -62,11 +65,19 @@ def make_key(tmp_path):
 
 @pytest.fixture
 def ssh(ssh_gateway, tmp_path):
-    """Run OpenSSH's `ssh` (or scp/sftp with tool=) against the gateway as a notebook."""
+    """Run OpenSSH's `ssh` (or scp/sftp with tool=) against the gateway as a notebook;
+    popen=True returns the running process instead of waiting for it."""
 
     def run(
-        key: Key, notebook_id: str, *args: str, tool: str = "ssh", timeout: float = 60, **kw
-    ) -> subprocess.CompletedProcess:
+        key: Key,
+        notebook_id: str,
+        *args: str,
+        tool: str = "ssh",
+        timeout: float = 60,
+        popen: bool = False,
+        env: dict | None = None,
+        **kw,
+    ):
         options = [
             "-o", "StrictHostKeyChecking=no",
             "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
@@ -79,9 +90,11 @@ def ssh(ssh_gateway, tmp_path):
             argv = ["ssh", *options, "-p", str(ssh_gateway), f"{notebook_id}@127.0.0.1", *args]
         else:
             argv = [tool, *options, "-P", str(ssh_gateway), *args]
-        env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+        base = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+        if popen:
+            return subprocess.Popen(argv, env={**base, **(env or {})}, **kw)
         return subprocess.run(
-            argv, capture_output=True, timeout=timeout, env={**env, **kw.pop("env", {})}, **kw
+            argv, capture_output=True, timeout=timeout, env={**base, **(env or {})}, **kw
         )
 
     return run
@@ -100,6 +113,13 @@ def start_notebook(platform_server, celery_worker_process, conda_env, this_host,
         notebook_id = created.json()["id"]
         started.append(notebook_id)
         wait_state(alice_api, f"/api/v1/projects/alpha/notebooks/{notebook_id}/", "RUNNING")
+        # The worker registers its endpoint at start and at each heartbeat (the
+        # tests' database is emptied between tests).
+        wait_for(
+            lambda: HostEndpoint.objects.filter(host=this_host).exists(),
+            timeout=settings.NBCLOUD_HEARTBEAT_INTERVAL + 10,
+            what="the host's SSH endpoint",
+        )
         return notebook_id
 
     yield start

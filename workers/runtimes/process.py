@@ -73,6 +73,30 @@ def _ro_binds(spec: LaunchSpec) -> list[str]:
     return args
 
 
+def _identity_binds(uid: int) -> list[str]:
+    """An /etc/passwd and /etc/group that name the notebook's user (`nbuser`, home
+    /workspace) and none of the host's: programs that look their user up (OpenSSH's
+    sftp-server, `whoami`, shells' prompts) find it."""
+    folder = settings.NBCLOUD_SANDBOX_DIR / "users"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
+        f"nbuser:x:{uid}:{uid}:notebook:/workspace:/bin/bash\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        "group": f"root:x:0:\nnbuser:x:{uid}:\nnogroup:x:65534:\n",
+    }
+    args = []
+    for name, text in files.items():
+        path = folder / f"{uid}.{name}"
+        if not path.exists() or path.read_text() != text:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.chmod(0o644)
+            tmp.replace(path)
+        args += ["--ro-bind", str(path), f"/etc/{name}"]
+    return args
+
+
 def gpu_device_binds(spec: LaunchSpec) -> list[str]:
     """The notebook's own GPUs' device nodes, and the driver's shared ones, only."""
     if not spec.gpu_devices:
@@ -99,6 +123,7 @@ def sandbox_argv(spec: LaunchSpec, argv: list[str], env_fd: int | None = None) -
         "--ro-bind",
         str(network.resolv_conf()),
         "/etc/resolv.conf",
+        *_identity_binds(spec.uid),
         *_ro_binds(spec),
         "--ro-bind",
         "/sys",

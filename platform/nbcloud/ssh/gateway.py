@@ -18,7 +18,7 @@ import time
 import asyncssh
 from django.conf import settings
 
-from . import keys, relay, services
+from . import keys, processes, relay, services
 from .endpoints import SessionRefused, in_thread
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,9 @@ class GatewayServer(asyncssh.SSHServer):
         asyncio.ensure_future(
             in_thread(services.session_opened, self.login, self.peer, "SSH session")
         )
+
+    def session_requested(self) -> processes.Process:
+        return processes.Process(relay_process)
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         log.info("ssh %s: remote forwarding to %s:%s refused", self.peer, listen_host, listen_port)
@@ -129,7 +132,6 @@ async def serve(address: str, port: int) -> asyncssh.SSHAcceptor:
         address,
         port,
         server_host_keys=[keys.host_key(settings.DATA_DIR / "ssh" / "gateway_host_key")],
-        process_factory=relay_process,
         encoding=None,
         line_editor=False,
         agent_forwarding=False,
