@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 class Login:
     notebook_id: str
     actor: str  # how events name who logged in
-    fingerprint: str
+    fingerprint: str = ""  # of the key that opened it; "" through the API
 
 
 def ssh_url(notebook: Notebook) -> str | None:
@@ -89,7 +89,8 @@ def session_opened(login: Login, peer: str, what: str) -> None:
         notebook_services.record_event(
             notebook,
             InfoCode.SSH_SESSION,
-            f"{what} opened from {peer} (key {login.fingerprint})",
+            f"{what} opened from {peer}"
+            + (f" (key {login.fingerprint})" if login.fingerprint else ""),
             actor=login.actor,
         )
 
