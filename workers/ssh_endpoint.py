@@ -304,6 +304,9 @@ class HostSshEndpoint:
             public_key_auth=False,
             kbdint_auth=False,
             compression_algs=["none"],
+            encryption_algs=keys.CIPHERS,
+            window=keys.RELAY_WINDOW,
+            max_pktsize=keys.RELAY_PACKET,
             reuse_address=True,
         )
 

@@ -145,7 +145,7 @@ def test_local_forwarding_reaches_a_server_in_the_notebook_and_nothing_else(note
         assert body.endswith(b"hi\n")
         assert _fetch(outside, "/") is None
     finally:
-        proc.terminate()
+        proc.kill()
         proc.wait(10)
 
 

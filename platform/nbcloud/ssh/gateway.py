@@ -105,6 +105,8 @@ async def relay_process(process: asyncssh.SSHServerProcess) -> None:
             term_size=process.term_size,
             term_modes=process.term_modes,
             encoding=None,
+            window=keys.RELAY_WINDOW,
+            max_pktsize=keys.RELAY_PACKET,
         )
     except (SessionRefused, asyncssh.Error, OSError) as exc:
         process.stderr.write(f"nbcloud: {exc}\r\n".encode())
@@ -140,5 +142,7 @@ async def serve(address: str, port: int) -> asyncssh.SSHAcceptor:
         password_auth=False,
         kbdint_auth=False,
         keepalive_interval=30,
+        encryption_algs=keys.CIPHERS,
+        window=keys.RELAY_WINDOW,
         reuse_address=True,
     )

@@ -9,6 +9,7 @@ and names the notebook as the user.
 
 import asyncssh
 
+from . import keys
 from .endpoints import SessionRefused, endpoint_of, in_thread, relay_secret
 
 CONNECT_TIMEOUT = 10
@@ -31,6 +32,7 @@ async def connect(notebook_id: str) -> asyncssh.SSHClientConnection:
             connect_timeout=CONNECT_TIMEOUT,
             # The gateway's own hop is on the platform's network: no compression.
             compression_algs=["none"],
+            encryption_algs=keys.CIPHERS,
         )
     except (OSError, asyncssh.Error) as exc:
         raise SessionRefused(
