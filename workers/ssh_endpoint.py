@@ -156,8 +156,9 @@ async def _pump(read, writer) -> None:
             await writer.drain()
 
 
-async def _feed(process: asyncssh.SSHServerProcess, write, close, tty_fd: int | None) -> None:
-    """Copy the session's stdin to the local process; window changes go to its pty."""
+async def _feed(process: asyncssh.SSHServerProcess, write, close, tty_fd: int | None, pid) -> None:
+    """Copy the session's stdin to the local process; window changes go to its pty,
+    signals to its process group."""
     while True:
         try:
             data = await process.stdin.read(CHUNK)
@@ -166,7 +167,11 @@ async def _feed(process: asyncssh.SSHServerProcess, write, close, tty_fd: int | 
                 with contextlib.suppress(OSError):
                     _set_size(tty_fd, change.term_size)
             continue
-        except (asyncssh.BreakReceived, asyncssh.SignalReceived):
+        except asyncssh.SignalReceived as received:
+            with contextlib.suppress(TypeError, AttributeError, OSError):
+                os.killpg(pid(), getattr(signal, f"SIG{received.signal}"))
+            continue
+        except asyncssh.BreakReceived:
             continue
         except (asyncssh.Error, ConnectionError, OSError):
             break
@@ -206,7 +211,15 @@ async def _run(process, sandbox: sessions.Sandbox, spec_fd: int, tty: bool) -> N
 
         os.set_blocking(in_fd, False)
         outputs = [output.ended]
-        feeder = asyncio.ensure_future(_feed(process, write, lambda: None, in_fd))
+        feeder = asyncio.ensure_future(
+            _feed(
+                process,
+                write,
+                lambda: None,
+                in_fd,
+                lambda: proc.pid if proc.returncode is None else None,
+            )
+        )
     else:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -222,7 +235,15 @@ async def _run(process, sandbox: sessions.Sandbox, spec_fd: int, tty: bool) -> N
             await proc.stdin.drain()
 
         outputs = [_pump(proc.stdout.read, process.stdout), _pump(proc.stderr.read, process.stderr)]
-        feeder = asyncio.ensure_future(_feed(process, write, proc.stdin.close, None))
+        feeder = asyncio.ensure_future(
+            _feed(
+                process,
+                write,
+                proc.stdin.close,
+                None,
+                lambda: proc.pid if proc.returncode is None else None,
+            )
+        )
         in_fd = None
     # The gateway closing the channel (the user left) ends the session's processes.
     hangup = asyncio.ensure_future(_hang_up_when_closed(process, proc))

@@ -6,7 +6,7 @@ import os
 import pytest
 from conftest import make_notebook
 
-from nbcloud.notebooks.models import NotebookEvent
+from nbcloud.notebooks.models import Notebook, NotebookEvent
 from nbcloud.ssh.keys import fingerprint, parse
 from nbcloud.ssh.models import SshKey
 
@@ -34,7 +34,10 @@ def test_keys_open_the_notebook_they_belong_to_and_nothing_else(
     _member_key(alice[0], alices)
     _member_key(bob[0], bobs)  # bob is a `read` member of alpha
 
+    before = Notebook.objects.get(pk=notebook_id).last_activity_at
     done = ssh(own, notebook_id, "echo hello from $(id -u); exit 7")
+    after = Notebook.objects.get(pk=notebook_id).last_activity_at
+    assert after is not None and (before is None or after > before)  # a session is use
     assert done.returncode == 7, done.stderr
     assert done.stdout.decode().startswith("hello from ")
     assert done.stdout.decode().split()[-1] != "0"

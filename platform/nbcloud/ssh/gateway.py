@@ -18,6 +18,8 @@ import time
 import asyncssh
 from django.conf import settings
 
+from nbcloud.monitoring import activity
+
 from . import keys, processes, relay, services
 from .endpoints import SessionRefused, in_thread
 
@@ -80,6 +82,7 @@ class GatewayServer(asyncssh.SSHServer):
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int):
         async def tunnel():
+            await activity.traffic(self.login.notebook_id)
             host = await self.host_connection()
             return await self.conn.forward_tunneled_connection(host, dest_host, dest_port)
 
@@ -115,7 +118,9 @@ async def relay_process(process: asyncssh.SSHServerProcess) -> None:
     await process.redirect(stdin=remote.stdin, stdout=remote.stdout, stderr=remote.stderr)
     client_gone = asyncio.ensure_future(process.channel.wait_closed())
     host_done = asyncio.ensure_future(remote.wait_closed())
+    in_use = asyncio.ensure_future(_in_use(server.login.notebook_id))
     await asyncio.wait({client_gone, host_done}, return_when=asyncio.FIRST_COMPLETED)
+    in_use.cancel()
     if not host_done.done():
         remote.close()  # the client left: the host ends the command
         client_gone.cancel()
@@ -125,6 +130,13 @@ async def relay_process(process: asyncssh.SSHServerProcess) -> None:
         process.exit_with_signal(*remote.exit_signal)
     else:
         process.exit(remote.exit_status if remote.exit_status is not None else 255)
+
+
+async def _in_use(notebook_id: str) -> None:
+    """A shell, a command or a transfer in progress counts as use (the idle rules)."""
+    while True:
+        await activity.traffic(notebook_id)
+        await asyncio.sleep(settings.NBCLOUD_ACTIVITY_WRITE_INTERVAL)
 
 
 async def serve(address: str, port: int) -> asyncssh.SSHAcceptor:
