@@ -32,7 +32,7 @@ from nbcloud.ssh import endpoints, keys, processes
 from nbcloud.ssh.endpoints import in_thread
 
 from .lifecycle import runtime_for
-from .runtimes import network, sessions
+from .runtimes import sessions
 
 log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
@@ -121,7 +121,10 @@ async def run_session(process: asyncssh.SSHServerProcess) -> None:
     with sandbox:
         spec_fd = sessions.spec_file(sandbox, what, extra)
         try:
-            await _run(process, sandbox, spec_fd, tty)
+            await _run(process, sandbox, spec_fd, tty, what)
+        except sessions.NotInSandbox as exc:
+            process.stderr.write(f"nbcloud: {exc.user_message}\r\n".encode())
+            process.exit(255)
         finally:
             os.close(spec_fd)
 
@@ -183,11 +186,13 @@ async def _feed(process: asyncssh.SSHServerProcess, write, close, tty_fd: int | 
         close()
 
 
-async def _run(process, sandbox: sessions.Sandbox, spec_fd: int, tty: bool) -> None:
+async def _run(
+    process, sandbox: sessions.Sandbox, spec_fd: int, tty: bool, what: sessions.Program
+) -> None:
     loop = asyncio.get_running_loop()
-    argv = sessions.session_argv(sandbox, spec_fd, tty)
-    fds = (*sandbox.namespaces.values(), spec_fd)
-    common = dict(env=network.LAUNCH_ENV, cwd="/", pass_fds=fds)
+    argv = sessions.session_argv(sandbox, spec_fd, tty, what)
+    fds = sessions.launch_fds(sandbox, spec_fd)
+    common = dict(env=sessions.launch_env(sandbox), cwd="/", pass_fds=fds)
     if tty:
         master, slave = os.openpty()
         _set_size(master, process.term_size)

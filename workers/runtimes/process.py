@@ -73,10 +73,10 @@ def _ro_binds(spec: LaunchSpec) -> list[str]:
     return args
 
 
-def _identity_binds(uid: int) -> list[str]:
+def identity_files(uid: int) -> dict[str, Path]:
     """An /etc/passwd and /etc/group that name the notebook's user (`nbuser`, home
     /workspace) and none of the host's: programs that look their user up (OpenSSH's
-    sftp-server, `whoami`, shells' prompts) find it."""
+    sftp-server, `whoami`, shells' prompts) find it. {"passwd": path, "group": path}."""
     folder = settings.NBCLOUD_SANDBOX_DIR / "users"
     folder.mkdir(parents=True, exist_ok=True)
     files = {
@@ -85,14 +85,20 @@ def _identity_binds(uid: int) -> list[str]:
         "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
         "group": f"root:x:0:\nnbuser:x:{uid}:\nnogroup:x:65534:\n",
     }
-    args = []
+    paths = {}
     for name, text in files.items():
-        path = folder / f"{uid}.{name}"
+        path = paths[name] = folder / f"{uid}.{name}"
         if not path.exists() or path.read_text() != text:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(text)
             tmp.chmod(0o644)
             tmp.replace(path)
+    return paths
+
+
+def _identity_binds(uid: int) -> list[str]:
+    args = []
+    for name, path in identity_files(uid).items():
         args += ["--ro-bind", str(path), f"/etc/{name}"]
     return args
 

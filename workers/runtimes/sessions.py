@@ -19,16 +19,19 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
 from django.conf import settings
 
-from . import cgroups
+from . import cgroups, network
+from . import docker as docker_runtime
 from .base import Runtime, StartError
+from .docker import DockerRuntime
 from .editors import editor_environment
 from .process import ProcessRuntime, drop_privileges_argv
 
@@ -71,6 +74,8 @@ class Sandbox:
     env: dict[str, str]
     address: str
     namespaces: dict[str, int] = field(default_factory=dict)
+    # On the docker runtime: the container sessions are `docker exec`s in.
+    container: str = ""
 
     def close(self) -> None:
         for fd in self.namespaces.values():
@@ -97,10 +102,12 @@ def _first_inside(launcher: psutil.Process) -> psutil.Process:
 
 def enter(runtime: Runtime) -> Sandbox:
     """Handles on the sandbox of the notebook `runtime` runs (NotInSandbox when none)."""
+    if isinstance(runtime, DockerRuntime):
+        return _enter_container(runtime)
     if not isinstance(runtime, ProcessRuntime):
         raise NotInSandbox(
-            f"SSH and exec are not available for notebooks on the {runtime.name} runtime yet.",
-            "sessions enter the process runtime's sandbox only",
+            f"SSH and exec are not available for notebooks on the {runtime.name} runtime.",
+            "sessions enter the process and docker runtimes' sandboxes only",
         )
     launcher = runtime._process()
     if launcher is None or "address" not in runtime.state:
@@ -133,6 +140,34 @@ def enter(runtime: Runtime) -> Sandbox:
     return sandbox
 
 
+def _enter_container(runtime: DockerRuntime) -> Sandbox:
+    """A docker notebook: sessions are the Engine's own `docker exec`, which keeps the
+    container's limits, dropped capabilities, no-new-privileges and seccomp profile;
+    forwards connect from the container's network namespace."""
+    container = runtime._container()
+    if container is None or container.status != "running":
+        raise NotInSandbox("The notebook's editor is not running: restart the notebook.")
+    spec = replace(runtime.spec, env_dir=docker_runtime.ENV_DIR)
+    sandbox = Sandbox(
+        notebook_id=spec.notebook_id,
+        uid=spec.uid,
+        groups=[],
+        env=editor_environment(spec, {}),
+        address=runtime.state.get("address", ""),
+        container=container.id,
+    )
+    pid = container.attrs["State"]["Pid"]
+    try:
+        sandbox.namespaces["net"] = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        container.reload()
+        if container.attrs["State"]["Pid"] != pid:
+            raise NotInSandbox("The notebook's editor is not running: restart the notebook.")
+    except BaseException:
+        sandbox.close()
+        raise
+    return sandbox
+
+
 @dataclass(frozen=True)
 class Program:
     path: str
@@ -152,8 +187,21 @@ def program(command: str | None, subsystem: str | None) -> Program:
     return Program(SHELL, ["bash"])
 
 
-def session_argv(sandbox: Sandbox, spec_fd: int, tty: bool) -> list[str]:
+def session_argv(sandbox: Sandbox, spec_fd: int, tty: bool, what: Program) -> list[str]:
     """The launcher's command for one session; `spec_fd` holds the program (spec_file)."""
+    if sandbox.container:
+        docker = shutil.which("docker", path=network.LAUNCH_ENV["PATH"] + ":/usr/local/bin")
+        if docker is None:
+            raise NotInSandbox(
+                "This host cannot open sessions in containers.",
+                "the docker CLI is missing: install docker-ce-cli",
+            )
+        return [
+            docker, "exec", "-i", *(["-t"] if tty else []),
+            "--user", f"{sandbox.uid}:{sandbox.uid}", "--workdir", "/workspace",
+            "--env-file", f"/proc/self/fd/{spec_fd}",
+            sandbox.container, what.path, *what.argv[1:],
+        ]  # fmt: skip
     argv = [
         NSENTER,
         *(
@@ -175,15 +223,35 @@ def session_argv(sandbox: Sandbox, spec_fd: int, tty: bool) -> list[str]:
 
 
 def spec_file(sandbox: Sandbox, what: Program, extra_env: dict[str, str]) -> int:
-    """An anonymous file with the program and its environment, for the shim."""
+    """An anonymous file with the program and its environment: for the shim, or the
+    variables for `docker exec --env-file` (one NAME=VALUE a line)."""
     fd = os.memfd_create("nbcloud-session", 0)
-    data = {"path": what.path, "argv": what.argv, "env": {**sandbox.env, **extra_env}}
-    os.write(fd, json.dumps(data).encode())
+    env = {**sandbox.env, **extra_env}
+    if sandbox.container:
+        data = "".join(f"{k}={v}\n" for k, v in env.items() if "\n" not in v).encode()
+    else:
+        data = json.dumps({"path": what.path, "argv": what.argv, "env": env}).encode()
+    os.write(fd, data)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
 
 
+def launch_env(sandbox: Sandbox) -> dict[str, str]:
+    """The launcher's fixed environment (and, for `docker exec`, where the Engine is)."""
+    if not sandbox.container:
+        return dict(network.LAUNCH_ENV)
+    engine = {
+        k: v
+        for k, v in os.environ.items()
+        if k in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
+    }
+    return {**network.LAUNCH_ENV, **engine}
+
+
 def launch_fds(sandbox: Sandbox, spec_fd: int) -> tuple[int, ...]:
+    """The descriptors the launcher's command needs (session_argv names them)."""
+    if sandbox.container:
+        return (spec_fd,)
     return (*sandbox.namespaces.values(), spec_fd)
 
 
