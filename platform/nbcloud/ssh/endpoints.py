@@ -5,7 +5,7 @@ imports nothing of the API."""
 from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections
+from django.db import connections
 from django.utils.crypto import salted_hmac
 
 from nbcloud.hosts.models import Host
@@ -78,13 +78,13 @@ def unregister_endpoint(host_name: str, port: int) -> None:
 
 
 async def in_thread(func, *args):
-    """Run a database function off the event loop, on a connection of its own."""
+    """Run a database function off the event loop, on a connection of its own that is
+    closed afterwards (the pool's threads come and go; logins are rare)."""
 
     def call():
-        close_old_connections()
         try:
             return func(*args)
         finally:
-            close_old_connections()
+            connections.close_all()
 
     return await sync_to_async(call, thread_sensitive=False)()

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 from . import relay, services
+from .endpoints import SessionRefused
 
 OUTPUT_CHUNK = 64 * 1024
 
@@ -47,7 +48,7 @@ def stream(login: services.Login, peer: str, argv: list[str], timeout: float) ->
     async def produce() -> None:
         try:
             await run()
-        except services.SessionRefused as exc:
+        except SessionRefused as exc:
             await queue.put({"exit_code": None, "error": str(exc)})
         except TimeoutError:
             await queue.put({"exit_code": None, "error": f"the command ran past {timeout:.0f} s"})
