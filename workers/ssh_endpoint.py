@@ -32,7 +32,8 @@ from nbcloud.ssh import endpoints, keys, processes
 from nbcloud.ssh.endpoints import in_thread
 
 from .lifecycle import runtime_for
-from .runtimes import sessions
+from .runtimes import docker as docker_runtime
+from .runtimes import network, sessions
 
 log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
@@ -118,13 +119,14 @@ async def run_session(process: asyncssh.SSHServerProcess) -> None:
         return
     tty = bool(process.term_type) and process.subsystem is None
     extra = {"TERM": process.term_type} if tty else {}
+    if sandbox.container:
+        with sandbox:
+            await _run_in_container(process, sandbox, what, extra, tty)
+        return
     with sandbox:
         spec_fd = sessions.spec_file(sandbox, what, extra)
         try:
-            await _run(process, sandbox, spec_fd, tty, what)
-        except sessions.NotInSandbox as exc:
-            process.stderr.write(f"nbcloud: {exc.user_message}\r\n".encode())
-            process.exit(255)
+            await _run(process, sandbox, spec_fd, tty)
         finally:
             os.close(spec_fd)
 
@@ -186,13 +188,11 @@ async def _feed(process: asyncssh.SSHServerProcess, write, close, tty_fd: int | 
         close()
 
 
-async def _run(
-    process, sandbox: sessions.Sandbox, spec_fd: int, tty: bool, what: sessions.Program
-) -> None:
+async def _run(process, sandbox: sessions.Sandbox, spec_fd: int, tty: bool) -> None:
     loop = asyncio.get_running_loop()
-    argv = sessions.session_argv(sandbox, spec_fd, tty, what)
+    argv = sessions.session_argv(sandbox, spec_fd, tty)
     fds = sessions.launch_fds(sandbox, spec_fd)
-    common = dict(env=sessions.launch_env(sandbox), cwd="/", pass_fds=fds)
+    common = dict(env=network.LAUNCH_ENV, cwd="/", pass_fds=fds)
     if tty:
         master, slave = os.openpty()
         _set_size(master, process.term_size)
@@ -271,6 +271,75 @@ async def _run(
             process.exit_with_signal(signal.Signals(-status).name.removeprefix("SIG"))
         else:
             process.exit(status)
+
+
+async def _run_in_container(
+    process, sandbox: sessions.Sandbox, what: sessions.Program, extra: dict, tty: bool
+) -> None:
+    """A session in a container: the Engine's exec, its socket joined to the channel."""
+    api = docker_runtime.client().api
+    exec_id, raw = await asyncio.to_thread(sessions.container_exec, sandbox, what, extra, tty)
+    raw.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=raw)
+    if tty:
+        width, height = process.term_size[:2]
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(api.exec_resize, exec_id, height=height, width=width)
+
+    async def write(data: bytes) -> None:
+        writer.write(data)
+        await writer.drain()
+
+    def close_stdin() -> None:
+        if writer.can_write_eof():
+            writer.write_eof()
+
+    async def resized(size) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(api.exec_resize, exec_id, height=size[1], width=size[0])
+
+    feeder = asyncio.ensure_future(_feed_container(process, write, close_stdin, resized))
+    try:
+        if tty:
+            await _pump(reader.read, process.stdout)
+        else:
+            await _demux(reader, process.stdout, process.stderr)
+    finally:
+        feeder.cancel()
+        writer.close()
+    status = (await asyncio.to_thread(api.exec_inspect, exec_id)).get("ExitCode")
+    with contextlib.suppress(asyncssh.Error, OSError):
+        process.exit(status if status is not None else 255)
+
+
+async def _feed_container(process, write, close, resized) -> None:
+    while True:
+        try:
+            data = await process.stdin.read(CHUNK)
+        except asyncssh.TerminalSizeChanged as change:
+            await resized(change.term_size)
+            continue
+        except (asyncssh.BreakReceived, asyncssh.SignalReceived):
+            continue  # the Engine's exec takes no signals
+        except (asyncssh.Error, ConnectionError, OSError):
+            break
+        if not data:
+            break
+        with contextlib.suppress(OSError, ConnectionError):
+            await write(data)
+    with contextlib.suppress(OSError, ConnectionError):
+        close()
+
+
+async def _demux(reader: asyncio.StreamReader, stdout, stderr) -> None:
+    """Docker's multiplexed stream: 8-byte headers (stream 1 or 2, then a size)."""
+    with contextlib.suppress(asyncio.IncompleteReadError, OSError, asyncssh.Error):
+        while True:
+            header = await reader.readexactly(8)
+            data = await reader.readexactly(int.from_bytes(header[4:8], "big"))
+            target = stderr if header[0] == 2 else stdout
+            target.write(data)
+            await target.drain()
 
 
 async def _hang_up_when_closed(process, proc) -> None:

@@ -19,7 +19,6 @@ import contextlib
 import ctypes
 import json
 import os
-import shutil
 import socket
 import threading
 from dataclasses import dataclass, field, replace
@@ -28,7 +27,7 @@ from pathlib import Path
 import psutil
 from django.conf import settings
 
-from . import cgroups, network
+from . import cgroups
 from . import docker as docker_runtime
 from .base import Runtime, StartError
 from .docker import DockerRuntime
@@ -141,7 +140,7 @@ def enter(runtime: Runtime) -> Sandbox:
 
 
 def _enter_container(runtime: DockerRuntime) -> Sandbox:
-    """A docker notebook: sessions are the Engine's own `docker exec`, which keeps the
+    """A docker notebook: sessions are the Engine's own exec (container_exec), which keeps the
     container's limits, dropped capabilities, no-new-privileges and seccomp profile;
     forwards connect from the container's network namespace."""
     container = runtime._container()
@@ -187,21 +186,8 @@ def program(command: str | None, subsystem: str | None) -> Program:
     return Program(SHELL, ["bash"])
 
 
-def session_argv(sandbox: Sandbox, spec_fd: int, tty: bool, what: Program) -> list[str]:
+def session_argv(sandbox: Sandbox, spec_fd: int, tty: bool) -> list[str]:
     """The launcher's command for one session; `spec_fd` holds the program (spec_file)."""
-    if sandbox.container:
-        docker = shutil.which("docker", path=network.LAUNCH_ENV["PATH"] + ":/usr/local/bin")
-        if docker is None:
-            raise NotInSandbox(
-                "This host cannot open sessions in containers.",
-                "the docker CLI is missing: install docker-ce-cli",
-            )
-        return [
-            docker, "exec", "-i", *(["-t"] if tty else []),
-            "--user", f"{sandbox.uid}:{sandbox.uid}", "--workdir", "/workspace",
-            "--env-file", f"/proc/self/fd/{spec_fd}",
-            sandbox.container, what.path, *what.argv[1:],
-        ]  # fmt: skip
     argv = [
         NSENTER,
         *(
@@ -223,36 +209,38 @@ def session_argv(sandbox: Sandbox, spec_fd: int, tty: bool, what: Program) -> li
 
 
 def spec_file(sandbox: Sandbox, what: Program, extra_env: dict[str, str]) -> int:
-    """An anonymous file with the program and its environment: for the shim, or the
-    variables for `docker exec --env-file` (one NAME=VALUE a line)."""
+    """An anonymous file with the program and its environment, for the shim."""
     fd = os.memfd_create("nbcloud-session", 0)
     env = {**sandbox.env, **extra_env}
-    if sandbox.container:
-        data = "".join(f"{k}={v}\n" for k, v in env.items() if "\n" not in v).encode()
-    else:
-        data = json.dumps({"path": what.path, "argv": what.argv, "env": env}).encode()
-    os.write(fd, data)
+    os.write(fd, json.dumps({"path": what.path, "argv": what.argv, "env": env}).encode())
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
 
 
-def launch_env(sandbox: Sandbox) -> dict[str, str]:
-    """The launcher's fixed environment (and, for `docker exec`, where the Engine is)."""
-    if not sandbox.container:
-        return dict(network.LAUNCH_ENV)
-    engine = {
-        k: v
-        for k, v in os.environ.items()
-        if k in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
-    }
-    return {**network.LAUNCH_ENV, **engine}
-
-
 def launch_fds(sandbox: Sandbox, spec_fd: int) -> tuple[int, ...]:
     """The descriptors the launcher's command needs (session_argv names them)."""
-    if sandbox.container:
-        return (spec_fd,)
     return (*sandbox.namespaces.values(), spec_fd)
+
+
+def container_exec(
+    sandbox: Sandbox, what: Program, extra_env: dict[str, str], tty: bool
+) -> tuple[str, socket.socket]:
+    """Start `what` in the notebook's container through the Engine's exec API (as the
+    notebook's uid, in /workspace, its variables through the API, never a command
+    line). Returns the exec's id and its connected socket: raw with a tty, else
+    Docker's multiplexed stream (8-byte frame headers: stream, size)."""
+    api = docker_runtime.client().api
+    exec_id = api.exec_create(
+        sandbox.container,
+        [what.path, *what.argv[1:]],
+        stdin=True,
+        tty=tty,
+        user=f"{sandbox.uid}:{sandbox.uid}",
+        workdir="/workspace",
+        environment={**sandbox.env, **extra_env},
+    )["Id"]
+    stream = api.exec_start(exec_id, socket=True, tty=tty)
+    return exec_id, getattr(stream, "_sock", stream)
 
 
 # Port forwarding: sockets of the notebook's own network.
