@@ -73,7 +73,7 @@ class Sandbox:
     env: dict[str, str]
     address: str
     namespaces: dict[str, int] = field(default_factory=dict)
-    # On the docker runtime: the container sessions are `docker exec`s in.
+    # On the docker runtime: the container the Engine runs sessions in (exec).
     container: str = ""
 
     def close(self) -> None:
