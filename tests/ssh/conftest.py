@@ -14,7 +14,6 @@ from conftest import (
     _service_env,
     _start_service,
     _stop_service,
-    api_status,
     wait_for,
     wait_state,
 )
@@ -129,6 +128,3 @@ def start_notebook(platform_server, celery_worker_process, conda_env, this_host,
         notebook = Notebook.objects.filter(pk=notebook_id).first()
         if notebook is not None and notebook.runtime_state:
             runtime_for(notebook).stop(5)
-
-
-__all__ = ["api_status"]
