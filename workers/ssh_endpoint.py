@@ -363,6 +363,17 @@ class HostSshEndpoint:
         self._public_key = ""
 
     def start(self) -> None:
+        """Serve, and register; a host that cannot still runs notebooks (it says why)."""
+        try:
+            self._start()
+        except Exception:
+            log.exception(
+                "host %s serves no SSH sessions: check NBCLOUD_SSH_HOST_ADDR and "
+                "NBCLOUD_SSH_HOST_PORT",
+                self.host,
+            )
+
+    def _start(self) -> None:
         key = keys.host_key(settings.DATA_DIR / "ssh" / f"host_key-{self.host}")
         self._thread.start()
         future = asyncio.run_coroutine_threadsafe(self._serve(key), self._loop)
