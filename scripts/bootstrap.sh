@@ -15,10 +15,11 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # What running needs: bubblewrap (the editors' sandbox), python3-venv (the
 # environments are virtualenvs of /usr/bin/python3, which the sandbox users can
 # run), iproute2 (`ip`: each notebook's own network namespace and veth pair) and
-# nftables (what that network may reach). The tests add a browser, an ssh
-# server and git (git daemon) for the git volumes, and curl.
-RUN_PACKAGES="bubblewrap python3-venv iproute2 nftables"
-TEST_PACKAGES="chromium openssh-server git curl"
+# nftables (what that network may reach), openssh-sftp-server (sftp and scp in
+# SSH sessions, run inside each notebook). The tests add a browser, an ssh
+# client and server (SSH sessions; git volumes over ssh), git (git daemon) and curl.
+RUN_PACKAGES="bubblewrap python3-venv iproute2 nftables openssh-sftp-server"
+TEST_PACKAGES="chromium openssh-client openssh-server git curl"
 
 installed() {
   dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null | grep -q '^ii'

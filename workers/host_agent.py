@@ -37,6 +37,7 @@ from nbcloud.notebooks.states import InfoCode
 from . import ledger, lifecycle, workspace
 from .runtimes import get_runtime, network
 from .runtimes.base import StartError
+from .ssh_endpoint import HostSshEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +76,13 @@ class HostAgent:
         self.interval = interval or settings.NBCLOUD_HEARTBEAT_INTERVAL
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self.ssh = HostSshEndpoint(identity.name)
 
     def start(self) -> None:
         try:
             lifecycle.register_host(self.identity.name, self.identity.region, self.identity.labels)
             sweep_stale_editors(self.identity.name)
+            self.ssh.start()
             # A crash, deploy or reboot cut its work short: take it up now, not when
             # reconcile finds it stuck (NBCLOUD_STUCK_AFTER).
             resumed = reconcile.resume_host(self.identity.name)
@@ -97,6 +100,7 @@ class HostAgent:
 
     def stop(self) -> None:
         self._stopped.set()
+        self.ssh.stop()
         if self._thread is not None:
             self._thread.join(settings.NBCLOUD_EDITOR_STOP_TIMEOUT + 5)
 
@@ -115,6 +119,7 @@ class HostAgent:
                 return
             sweep_stale_editors(self.identity.name)
             keep_notebook_rules(self.identity.name)
+            self.ssh.register()
         except Exception:
             # A database or broker outage must not end the heartbeats for good.
             log.exception("heartbeat of host %s failed", self.identity.name)

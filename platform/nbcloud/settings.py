@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "nbcloud.dispatch",
     "nbcloud.console",
     "django_htmx",
+    "nbcloud.ssh",
     # Host set-up commands only (buildenvs, buildimages, installcodeserver).
     "workers",
 ]
@@ -441,6 +442,24 @@ NBCLOUD_HANDOFF_CODE_AGE = envint("NBCLOUD_HANDOFF_CODE_AGE", 60, minimum=5)
 # The gateway's forward-auth endpoint (/gateway/auth/) hands out editors'
 # secrets: it answers only a front proxy sending this value (empty: off).
 NBCLOUD_GATEWAY_PROXY_TOKEN = envstr("NBCLOUD_GATEWAY_PROXY_TOKEN", "")
+# SSH into notebooks (docs/ssh.md): the platform's gateway listens on
+# NBCLOUD_SSH_ADDR:NBCLOUD_SSH_PORT (0: no gateway) and users are told
+# ssh://<notebook>@NBCLOUD_SSH_PUBLIC_ADDRESS (default: the public URL's host and
+# that port). Each host's worker serves the gateway's relayed sessions on
+# NBCLOUD_SSH_HOST_ADDR:NBCLOUD_SSH_HOST_PORT (0: any free port, registered).
+NBCLOUD_SSH_PORT = envint("NBCLOUD_SSH_PORT", 2222, minimum=0)
+NBCLOUD_SSH_ADDR = envstr("NBCLOUD_SSH_ADDR", "127.0.0.1")
+NBCLOUD_SSH_PUBLIC_ADDRESS = envstr(
+    "NBCLOUD_SSH_PUBLIC_ADDRESS", f"{_public_host or '127.0.0.1'}:{NBCLOUD_SSH_PORT}"
+)
+NBCLOUD_SSH_HOST_PORT = envint("NBCLOUD_SSH_HOST_PORT", 0, minimum=0)
+NBCLOUD_SSH_HOST_ADDR = envstr("NBCLOUD_SSH_HOST_ADDR", "127.0.0.1")
+for _name, _port in (
+    ("NBCLOUD_SSH_PORT", NBCLOUD_SSH_PORT),
+    ("NBCLOUD_SSH_HOST_PORT", NBCLOUD_SSH_HOST_PORT),
+):
+    if _port > 65535:
+        raise ImproperlyConfigured(f"{_name}={_port} is not a TCP port (1-65535, or 0)")
 # Where OVHcloud's AI API for notebooks is served, for the `ovhai` SDK
 # (base_url = NBCLOUD_PUBLIC_URL/NBCLOUD_OVHAI_PREFIX).
 NBCLOUD_OVHAI_PREFIX = envstr("NBCLOUD_OVHAI_PREFIX", "ovhai").strip("/")

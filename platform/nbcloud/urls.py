@@ -14,6 +14,7 @@ project_urls = [
 api_v1 = [
     path("projects/<str:project>/", include(project_urls)),
     path("capabilities/", include("nbcloud.catalog.api.urls")),
+    path("", include("nbcloud.ssh.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]

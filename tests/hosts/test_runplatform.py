@@ -36,6 +36,7 @@ def _env(data_dir: Path, **extra) -> dict[str, str]:
         if key not in ("DATABASE_URL", "CELERY_BROKER_URL", "NBCLOUD_PUBLIC_URL", "PORT")
         and not key.startswith("NBCLOUD_FLOWER")
         and not key.startswith("NBCLOUD_WORKER_METRICS")
+        and not key.startswith("NBCLOUD_SSH")
     }
     env.update(
         PYTHONPATH=f"{ROOT / 'platform'}:{ROOT}",
@@ -193,6 +194,7 @@ def test_port_url_and_ctrl_c_leave_notebooks_for_the_next_start(tmp_path, conda_
         banner = platform.output()
         assert "port 5555 (flower) is taken" in banner
         assert f"API     http://127.0.0.1:{port}/api/v1/" in banner
+        assert "SSH     127.0.0.1:" in banner  # the SSH gateway is one of the children
         api = f"{platform.url}/api/v1/projects/demo/notebooks/"
         created = httpx.post(api, json=SPEC, headers=auth, timeout=30)
         assert created.status_code == 201, created.text

@@ -40,6 +40,7 @@ def test_the_stack_has_every_part(services):
         services
     )
     assert "uvicorn nbcloud.asgi:application" in command(services["web"])
+    assert "manage.py runsshgateway" in command(services["ssh"])
     assert "runserver" not in json.dumps(services)
 
 

@@ -87,9 +87,13 @@ def create(name: str, *, cpus: int, memory_bytes: int, pids: int = 0) -> list[Pa
     return dirs
 
 
-def kill_leftovers(name: str) -> list[int]:
-    """SIGKILL whatever still runs in the notebook's groups (an editor whose launcher
-    died before recording it): a new editor never runs beside an old one."""
+def kill_leftovers(name: str, launched_with: str) -> list[int]:
+    """SIGKILL what still runs in the notebook's groups from a launch whose command
+    line held `launched_with` (the workspace this host binds: an editor whose launcher
+    died before recording it), so a new editor never runs beside an old one. Another
+    host's editor of the notebook on the same machine (test set-ups) is left alone."""
+    import psutil
+
     killed = []
     for group in _dirs(name) if version() is not None else []:
         try:
@@ -97,9 +101,15 @@ def kill_leftovers(name: str) -> list[int]:
         except (FileNotFoundError, ValueError):
             continue
         for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
-                killed.append(pid)
+            try:
+                process = psutil.Process(pid)
+                chain = [process, *process.parents()]
+                if not any(launched_with in " ".join(p.cmdline()) for p in chain):
+                    continue
+                process.kill()
+            except psutil.Error:
+                continue
+            killed.append(pid)
     return killed
 
 

@@ -36,7 +36,7 @@ from docker.types import Mount as DockerMount
 from . import network
 from .base import Endpoint, LaunchSpec, Runtime, StartError, log_file, tail_file
 from .editors import editor_command, editor_environment
-from .process import free_port
+from .process import free_port, identity_files
 
 ENV_DIR = Path("/opt/env")  # where environments/Dockerfile puts the environment
 CONTAINER_PORT = 8888
@@ -108,6 +108,11 @@ def container_config(spec: LaunchSpec, port: int, host_cpus: int) -> dict:
             *(
                 DockerMount(m.target, m.source, type="bind", read_only=m.read_only)
                 for m in spec.mounts
+            ),
+            # The notebook's user by name (sftp-server, whoami), as on the process runtime.
+            *(
+                DockerMount(f"/etc/{name}", str(path), type="bind", read_only=True)
+                for name, path in identity_files(spec.uid).items()
             ),
         ],
         # The scheduler never gives a notebook more CPUs than its host has; a

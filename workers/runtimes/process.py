@@ -76,6 +76,36 @@ def _ro_binds(spec: LaunchSpec) -> list[str]:
     return args
 
 
+def identity_files(uid: int) -> dict[str, Path]:
+    """An /etc/passwd and /etc/group that name the notebook's user (`nbuser`, home
+    /workspace) and none of the host's: programs that look their user up (OpenSSH's
+    sftp-server, `whoami`, shells' prompts) find it. {"passwd": path, "group": path}."""
+    folder = settings.NBCLOUD_SANDBOX_DIR / "users"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
+        f"nbuser:x:{uid}:{uid}:notebook:/workspace:/bin/bash\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        "group": f"root:x:0:\nnbuser:x:{uid}:\nnogroup:x:65534:\n",
+    }
+    paths = {}
+    for name, text in files.items():
+        path = paths[name] = folder / f"{uid}.{name}"
+        if not path.exists() or path.read_text() != text:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.chmod(0o644)
+            tmp.replace(path)
+    return paths
+
+
+def _identity_binds(uid: int) -> list[str]:
+    args = []
+    for name, path in identity_files(uid).items():
+        args += ["--ro-bind", str(path), f"/etc/{name}"]
+    return args
+
+
 def gpu_device_binds(spec: LaunchSpec) -> list[str]:
     """The notebook's own GPUs' device nodes, and the driver's shared ones, only."""
     if not spec.gpu_devices:
@@ -102,6 +132,7 @@ def sandbox_argv(spec: LaunchSpec, argv: list[str], env_fd: int | None = None) -
         "--ro-bind",
         str(network.resolv_conf()),
         "/etc/resolv.conf",
+        *_identity_binds(spec.uid),
         *_ro_binds(spec),
         "--ro-bind",
         "/sys",
@@ -145,17 +176,20 @@ def sandbox_argv(spec: LaunchSpec, argv: list[str], env_fd: int | None = None) -
         prefix += ["--args", str(env_fd)]
     for mount in spec.mounts:
         prefix += ["--ro-bind" if mount.read_only else "--bind", mount.source, mount.target]
-    prefix += [
-        "--",
+    return [*prefix, "--", *drop_privileges_argv(spec.uid), *argv]
+
+
+def drop_privileges_argv(uid: int) -> list[str]:
+    """The notebook's uid and gid, no other group, no capabilities, no_new_privs."""
+    return [
         "/usr/bin/setpriv",
-        f"--reuid={spec.uid}",
-        f"--regid={spec.uid}",
+        f"--reuid={uid}",
+        f"--regid={uid}",
         "--clear-groups",
         "--inh-caps=-all",
         "--bounding-set=-all",
         "--no-new-privs",
     ]
-    return prefix + argv
 
 
 def environment_file(env: dict[str, str]) -> int:
@@ -247,7 +281,7 @@ class ProcessRuntime(Runtime):
         if self._process() is not None:
             return self.endpoint
         require_root()
-        leftovers = cgroups.kill_leftovers(self.spec.notebook_id)
+        leftovers = cgroups.kill_leftovers(self.spec.notebook_id, str(self.spec.workspace))
         if leftovers:
             log.warning(
                 "notebook %s: killed %d unrecorded process(es) of an earlier launch",

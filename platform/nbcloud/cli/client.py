@@ -7,6 +7,7 @@ Unreachable   no answer (refused, DNS, timeout): exit 3, naming the URL
 import csv
 import io
 import re
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Optional
 
@@ -157,6 +158,21 @@ class ApiClient:
 
     def get(self, path: str, **params) -> Any:
         return self.request("GET", path, params=_clean(params))
+
+    def post_lines(self, path: str, json: Any) -> Iterator[dict]:
+        """POST, then the JSON lines of a streamed answer as they come."""
+        import json as jsonlib
+
+        try:
+            with self._http.stream("POST", path, json=json, timeout=None) as response:
+                if response.status_code >= 300:
+                    response.read()
+                    raise self._error(response)
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield jsonlib.loads(line)
+        except httpx.TransportError as exc:
+            raise Unreachable(self.url, _reason(exc)) from None
 
     def post(self, path: str, json: Any = None) -> Any:
         return self.request("POST", path, json=json if json is not None else {})

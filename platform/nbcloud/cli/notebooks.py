@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.text import Text
 
-from . import output, params
+from . import output, params, remote
 from .client import UUID, ApiError
 from .context import ForceOption, api, delete_confirmed
 from .output import Format, OutputOption
@@ -425,6 +425,10 @@ def open_(
     typer.echo(url)
     if browser and not webbrowser.open(url):
         output.note("No web browser could be started here; open the URL above.")
+
+
+app.command("ssh")(remote.ssh)
+app.command("exec")(remote.exec_)
 
 
 @app.command("label")

@@ -223,8 +223,9 @@ def update(notebook: Notebook, changes: dict, *, actor: str) -> Notebook:
     """Change what may change on a live notebook: labels, and the rest only when stopped."""
     with transaction.atomic():
         notebook = Notebook.objects.select_for_update().get(pk=notebook.pk)
-        # Limits may change while it runs: a user extends a timeout without a restart.
-        live = {"labels", "timeout_auto_restart", "idle_timeout", "max_runtime"}
+        # Limits may change while it runs: a user extends a timeout without a restart;
+        # SSH keys too: the gateway reads them at each login.
+        live = {"labels", "timeout_auto_restart", "idle_timeout", "max_runtime", "ssh_public_keys"}
         restricted = set(changes) - live
         if restricted and notebook.state not in (State.STOPPED, State.FAILED):
             raise InvalidState(

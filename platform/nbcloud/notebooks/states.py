@@ -89,6 +89,7 @@ class InfoCode(models.TextChoices):
     MAX_RUNTIME = "MAX_RUNTIME"
     TIMEOUT_RESTART = "TIMEOUT_RESTART"
     FORKED = "FORKED"
+    SSH_SESSION = "SSH_SESSION"
 
 
 # A notebook stopped for one of these ends FAILED rather than STOPPED.

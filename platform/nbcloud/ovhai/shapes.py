@@ -209,7 +209,7 @@ def status_out(status: dict, volumes: list[dict]) -> dict:
         "info": {"code": status["info"]["code"], "message": status["info"]["message"]},
         "url": status["url"],
         "monitoringUrl": status["monitoring_url"],
-        "sshUrl": None,
+        "sshUrl": status.get("ssh_url"),
         "lastStartedAt": status["last_started_at"],
         "lastStoppedAt": status["last_stopped_at"],
         "duration": status["duration"],

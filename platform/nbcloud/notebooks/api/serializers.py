@@ -9,6 +9,7 @@ from nbcloud.monitoring.samples import dashboard_url
 from nbcloud.notebooks import spec
 from nbcloud.notebooks.models import Backup, Notebook, NotebookEvent, NotebookGrant
 from nbcloud.notebooks.volumes import ObjectVolume, Volume
+from nbcloud.ssh.services import ssh_url
 
 MAX_GPUS = 4
 MAX_CPUS = 12
@@ -312,6 +313,7 @@ class NotebookSerializer(serializers.ModelSerializer):
             "info": {"code": nb.info_code, "message": nb.info_message},
             "url": nb.url or None,
             "monitoring_url": dashboard_url(nb),
+            "ssh_url": ssh_url(nb),
             "last_activity_at": nb.last_activity_at,
             "host": nb.host.name if nb.host_id else None,
             "gpu_uuids": nb.gpu_uuids,

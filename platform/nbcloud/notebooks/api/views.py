@@ -12,6 +12,8 @@ from nbcloud.notebooks import services, spec
 from nbcloud.notebooks.models import EditorLog, Notebook, NotebookGrant
 from nbcloud.notebooks.states import State
 from nbcloud.projects.models import WRITE_ROLES
+from nbcloud.ssh.api.execute import exec_response
+from nbcloud.ssh.api.serializers import ExecSerializer
 
 from .serializers import (
     BackupSerializer,
@@ -216,6 +218,13 @@ class NotebookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectS
 
         notebook = self.get_object()
         return Response(series_response(notebook, request.query_params.get("since")))
+
+    @extend_schema(request=ExecSerializer, responses={(200, "application/x-ndjson"): str})
+    @action(detail=True, methods=["post"])
+    def exec(self, request, *args, **kwargs):
+        """Run a command in the running notebook (its uid, /workspace, its environment):
+        JSON lines {"stream", "data" (base64)} as output comes, then {"exit_code"}."""
+        return exec_response(self.get_object(), request)
 
     @extend_schema(request=None, responses={200: NotebookSerializer})
     @action(detail=True, methods=["post"])

@@ -2,13 +2,15 @@
 
 Starts the embedded broker (unless CELERY_BROKER_URL points elsewhere), then
 web (uvicorn), a Celery worker for this host (queues ``control``, ``billing``
-and ``host.<NBCLOUD_HOST_NAME>``), beat and flower as child processes under
+and ``host.<NBCLOUD_HOST_NAME>``), the SSH gateway (``runsshgateway``), beat and
+flower as child processes under
 honcho. Ctrl-C or SIGTERM stops the children, then the broker; notebooks keep
 running, and the next start's worker adopts them (their pid is on the row).
 
 Ports: the web listens on ``--port`` (``PORT``, 8000), and the public URL
 follows it unless ``NBCLOUD_PUBLIC_URL`` is set. Flower (``NBCLOUD_FLOWER_PORT``,
-5555) and the worker's metrics (``NBCLOUD_WORKER_METRICS_PORT``, 9101) move to a
+5555), the worker's metrics (``NBCLOUD_WORKER_METRICS_PORT``, 9101) and the SSH
+gateway (``NBCLOUD_SSH_PORT``, 2222; 0: none) move to a
 free port when their default is taken (a second platform on the machine); a
 port set explicitly, or the web's, that is taken stops the start naming the
 variable to change.
@@ -45,7 +47,12 @@ LOCALHOST = "127.0.0.1"
 RUN_MARKER = "NBCLOUD_RUNPLATFORM"
 LEFTOVER_STOP_TIMEOUT = 10
 # What the children's command lines contain (and notebooks' never do).
-CHILD_PROGRAMS = ("celery -A nbcloud ", "celery -A workers ", "uvicorn nbcloud.asgi:application ")
+CHILD_PROGRAMS = (
+    "celery -A nbcloud ",
+    "celery -A workers ",
+    "uvicorn nbcloud.asgi:application ",
+    "manage.py runsshgateway",
+)
 
 
 def _executable(name: str) -> list[str]:
@@ -141,6 +148,8 @@ class Command(BaseCommand):
             manager = Manager()
             manager.add_process("web", _shell(self._web(port)), env=env, cwd=str(root))
             manager.add_process("worker", _shell(self._worker()), env=env, cwd=str(root))
+            if ports["ssh"]:
+                manager.add_process("ssh", _shell(self._ssh(root)), env=env, cwd=str(root))
             if not no_beat:
                 manager.add_process("beat", _shell(self._beat()), env=env, cwd=str(root))
             flower_password = None
@@ -180,6 +189,7 @@ class Command(BaseCommand):
         env["NBCLOUD_PUBLIC_URL"] = public_url(ports["web"])
         env["NBCLOUD_FLOWER_PORT"] = str(ports["flower"])
         env["NBCLOUD_WORKER_METRICS_PORT"] = str(ports["metrics"])
+        env["NBCLOUD_SSH_PORT"] = str(ports["ssh"])
         return env
 
     def _choose_ports(self, web: int, no_flower: bool) -> dict[str, int]:
@@ -196,6 +206,7 @@ class Command(BaseCommand):
         for name, variable, value, default in (
             ("flower", "NBCLOUD_FLOWER_PORT", settings.FLOWER_PORT, 5555),
             ("metrics", "NBCLOUD_WORKER_METRICS_PORT", settings.NBCLOUD_WORKER_METRICS_PORT, 9101),
+            ("ssh", "NBCLOUD_SSH_PORT", settings.NBCLOUD_SSH_PORT, 2222),
         ):
             if value == 0 or (name == "flower" and no_flower):
                 ports[name] = value
@@ -279,6 +290,9 @@ class Command(BaseCommand):
             "INFO",
         ]
 
+    def _ssh(self, root: Path) -> list[str]:
+        return [sys.executable, str(root / "manage.py"), "runsshgateway"]
+
     def _beat(self) -> list[str]:
         return [
             *_executable("celery"),
@@ -325,6 +339,11 @@ class Command(BaseCommand):
             lines.append(
                 f"  Flower  http://{LOCALHOST}:{ports['flower']} "
                 f"user {settings.FLOWER_USER} password {password}"
+            )
+        if ports["ssh"]:
+            lines.append(
+                f"  SSH     {settings.NBCLOUD_SSH_ADDR}:{ports['ssh']} "
+                "(ssh <notebook id>@host -p PORT; NBCLOUD_SSH_PORT=0: off)"
             )
         lines.append(f"  Broker  {broker_url}{' (embedded)' if embedded else ''}")
         lines.append(f"  Worker  host {host}, queues control, billing, host.{host}")

@@ -1,0 +1,79 @@
+"""`nbc notebook exec` and `nbc notebook ssh` against a real platform and notebook."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nbcloud.notebooks.models import NotebookEvent
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the process runtime's sandbox needs root"),
+]
+
+PROBE = (
+    "import os, sys; print(os.getcwd(), os.getuid()); print('oops', file=sys.stderr); sys.exit(5)"
+)
+
+
+def nbc(token: str, platform_server: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "NBC_URL": platform_server,
+        "NBC_TOKEN": token,
+        "NBC_PROJECT": "alpha",
+        "NBC_CONFIG": str(tmp_path / "nbc.toml"),
+    }
+    argv = [sys.executable, "-c", "from nbcloud.cli.main import app; app()", *args]
+    return subprocess.run(argv, capture_output=True, env=env, timeout=120)
+
+
+def test_nbc_exec_streams_the_output_and_exits_with_the_commands_code(
+    start_notebook, platform_server, alice, bob, tmp_path
+):
+    notebook_id = start_notebook()
+    done = nbc(
+        alice[1], platform_server, tmp_path,
+        "notebook", "exec", notebook_id, "--", "python", "-c", PROBE,
+    )  # fmt: skip
+    assert done.returncode == 5, done.stderr
+    cwd, uid = done.stdout.decode().split()
+    assert cwd == "/workspace" and int(uid) > 0
+    assert done.stderr.decode().strip() == "oops"
+    assert NotebookEvent.objects.filter(
+        notebook_id=notebook_id, code="SSH_SESSION", message__startswith="exec opened"
+    ).exists()
+
+    refused = nbc(bob[1], platform_server, tmp_path, "notebook", "exec", notebook_id, "--", "id")
+    assert refused.returncode == 1
+    assert b"operator" in refused.stderr
+
+
+def test_nbc_ssh_prints_a_config_block_openssh_uses(
+    start_notebook, platform_server, alice, make_key, ssh_gateway, tmp_path
+):
+    key = make_key("laptop")
+    notebook_id = start_notebook(ssh_public_keys=[key.public])
+    done = nbc(
+        alice[1], platform_server, tmp_path,
+        "notebook", "ssh", notebook_id, "--config", "-i", str(key.private),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    block = done.stdout.decode()
+    assert block.startswith("Host nbcloud-remote\n")
+    assert f"User {notebook_id}" in block and "HostName 127.0.0.1" in block
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        block + "    StrictHostKeyChecking no\n"
+        f"    UserKnownHostsFile {tmp_path / 'known_hosts'}\n    BatchMode yes\n"
+    )
+    # The gateway of this test listens on a port of its own (-p); the rest is the block's.
+    session = subprocess.run(
+        ["ssh", "-F", str(config), "-p", str(ssh_gateway), "nbcloud-remote", "pwd"],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert session.returncode == 0, session.stderr
+    assert session.stdout.decode().strip() == "/workspace"
