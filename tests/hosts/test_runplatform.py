@@ -194,6 +194,7 @@ def test_port_url_and_ctrl_c_leave_notebooks_for_the_next_start(tmp_path, conda_
         banner = platform.output()
         assert "port 5555 (flower) is taken" in banner
         assert f"API     http://127.0.0.1:{port}/api/v1/" in banner
+        assert f"Console http://127.0.0.1:{port}/ " in banner
         assert "SSH     127.0.0.1:" in banner  # the SSH gateway is one of the children
         api = f"{platform.url}/api/v1/projects/demo/notebooks/"
         created = httpx.post(api, json=SPEC, headers=auth, timeout=30)

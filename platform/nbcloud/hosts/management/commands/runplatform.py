@@ -324,6 +324,7 @@ class Command(BaseCommand):
         host = settings.NBCLOUD_HOST_NAME
         lines = [
             "nbcloud platform",
+            f"  Console {web}/  (people sign in; manage.py createuser makes one)",
             f"  API     {web}/api/v1/",
             f"  Docs    {web}/api/v1/docs/",
             f"  Admin   {web}/admin/",
