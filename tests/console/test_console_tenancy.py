@@ -73,6 +73,7 @@ def action_urls(w) -> list[tuple[str, str, dict]]:
         ("get", f"{nb}/delete/", {}),
         ("post", f"{nb}/delete/", {}),
         ("post", f"{nb}/backups/{w['backup'].pk}/fork/", {}),
+        ("post", f"{nb}/command/", {"command": "id"}),
         ("get", "/projects/alpha/tokens/", {}),
         ("post", "/projects/alpha/tokens/", {"name": "t", "role": "read"}),
         ("post", f"/projects/alpha/tokens/{w['token'].pk}/renew/", {}),

@@ -77,3 +77,31 @@ def test_nbc_ssh_prints_a_config_block_openssh_uses(
     )  # fmt: skip
     assert session.returncode == 0, session.stderr
     assert session.stdout.decode().strip() == "/workspace"
+
+
+def test_the_consoles_terminal_runs_a_command_in_the_notebook(start_notebook, alice, bob):
+    """The notebook page's terminal: the same exec, for a person signed in to the console."""
+    import shlex
+
+    from django.test import Client
+
+    notebook_id = start_notebook()
+    url = f"/projects/alpha/notebooks/{notebook_id}/command/"
+    operator = Client()
+    operator.force_login(alice[0])
+    page = operator.get(f"/projects/alpha/notebooks/{notebook_id}/")
+    assert b'id="terminal-h"' in page.content
+    ran = operator.post(url, {"command": f"python -c {shlex.quote(PROBE)}"})
+    assert ran.status_code == 200, ran.content
+    body = ran.content.decode()
+    assert "/workspace" in body and "oops" in body and "exit code 5" in body
+    assert NotebookEvent.objects.filter(
+        notebook_id=notebook_id, code="SSH_SESSION", message__startswith="exec opened"
+    ).exists()
+    unreadable = operator.post(url, {"command": "echo 'unbalanced"})
+    assert "cannot be read" in unreadable.content.decode()
+
+    reader = Client()
+    reader.force_login(bob[0])  # a read member: no terminal, and the action is refused
+    assert b'id="terminal-h"' not in reader.get(f"/projects/alpha/notebooks/{notebook_id}/").content
+    assert reader.post(url, {"command": "id"}).status_code == 403

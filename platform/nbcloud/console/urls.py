@@ -2,7 +2,7 @@ from django.conf import settings
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, reverse_lazy
 
-from .views import accounts, notebooks, project
+from .views import accounts, notebooks, project, terminal
 
 app_name = "console"
 
@@ -46,6 +46,7 @@ project_urls = [
     path(f"{nb}/", notebooks.notebook_detail, name="notebook"),
     path(f"{nb}/status/", notebooks.notebook_status, name="notebook_status"),
     path(f"{nb}/logs/", notebooks.notebook_logs, name="notebook_logs"),
+    path(f"{nb}/command/", terminal.notebook_command, name="notebook_command"),
     path(f"{nb}/metrics/", notebooks.notebook_metrics, name="notebook_metrics"),
     path(f"{nb}/start/", notebooks.notebook_start, name="notebook_start"),
     path(f"{nb}/stop/", notebooks.notebook_stop, name="notebook_stop"),
