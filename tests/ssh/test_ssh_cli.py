@@ -105,3 +105,37 @@ def test_the_consoles_terminal_runs_a_command_in_the_notebook(start_notebook, al
     reader.force_login(bob[0])  # a read member: no terminal, and the action is refused
     assert b'id="terminal-h"' not in reader.get(f"/projects/alpha/notebooks/{notebook_id}/").content
     assert reader.post(url, {"command": "id"}).status_code == 403
+
+
+def test_the_ovh_sdks_exec_runs_a_command_in_the_notebook(
+    start_notebook, platform_server, alice, bob
+):
+    """OVH's `GET /v1/notebook/{id}/exec`, through OVH's own SDK: the output as text,
+    then the exit code; read members and interactive use are refused."""
+    from ovhai.api.notebook import notebook_exec
+
+    from support.ovhai_sdk import sdk_client
+
+    notebook_id = start_notebook()
+    base = f"{platform_server}/ovhai"
+    done = notebook_exec.sync_detailed(
+        notebook_id, client=sdk_client(alice[1], base), command=["python", "-c", PROBE]
+    )
+    assert done.status_code == 200, done.content
+    text = done.content.decode()
+    assert "/workspace" in text and "oops" in text
+    assert text.rstrip().endswith("exit code: 5")
+    quiet = notebook_exec.sync_detailed(
+        notebook_id, client=sdk_client(alice[1], base), command=["python", "-c", PROBE],
+        stderr=False,
+    )  # fmt: skip
+    assert "oops" not in quiet.content.decode()
+
+    tty = notebook_exec.sync_detailed(
+        notebook_id, client=sdk_client(alice[1], base), command=["bash"], tty=True
+    )
+    assert tty.status_code == 400 and b"sshUrl" in tty.content
+    reader = notebook_exec.sync_detailed(
+        notebook_id, client=sdk_client(bob[1], base), command=["id"]
+    )
+    assert reader.status_code == 403

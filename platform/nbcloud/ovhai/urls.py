@@ -25,6 +25,7 @@ urlpatterns = [
     path(f"{NOTEBOOK}/stop", notebook({"put": "stop"})),
     path(f"{NOTEBOOK}/label", notebook({"put": "label"})),
     path(f"{NOTEBOOK}/datasync", notebook({"post": "datasync"})),
+    path(f"{NOTEBOOK}/exec", notebook({"get": "exec_command"})),
     path(f"{NOTEBOOK}/backup", notebook({"get": "backups"})),
     path(BACKUP, notebook({"get": "backup"})),
     path(f"{BACKUP}/fork", notebook({"post": "fork"})),

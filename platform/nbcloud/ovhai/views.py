@@ -9,11 +9,15 @@ quota, tenancy, roles, label selectors and state changes are all decided by
 the native code, so whatever it refuses is refused here, in OVH's error shape.
 """
 
-from django.http import QueryDict
+import base64
+import json
+
+from django.http import QueryDict, StreamingHttpResponse
 from rest_framework import exceptions, permissions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from nbcloud.api.actors import actor_of
 from nbcloud.api.authentication import BearerTokenAuthentication
 from nbcloud.api.errors import exception_handler as native_exception_handler
 from nbcloud.api.views import ProjectScopedMixin
@@ -23,7 +27,9 @@ from nbcloud.notebooks.api.views import NotebookViewSet
 from nbcloud.notebooks.states import State
 from nbcloud.projects.api.tokens import ApiTokenViewSet
 from nbcloud.projects.api.views import QuotaView
-from nbcloud.projects.models import ApiToken
+from nbcloud.projects.models import WRITE_ROLES, ApiToken
+from nbcloud.ssh import execution
+from nbcloud.ssh import services as ssh_services
 
 from . import shapes
 
@@ -165,6 +171,37 @@ class NotebookView(TokenProjectMixin, NotebookViewSet):
         with_data(request, {})
         return _answer(super().fork(request, *args, **kwargs), shapes.notebook_out)
 
+    def exec_command(self, request, *args, **kwargs):
+        """OVH's `GET /v1/notebook/{id}/exec?command=...&stdout=&stderr=`: the command runs
+        in the notebook (its uid, /workspace, its environment, as the native exec and SSH
+        run it) and its output streams back as plain text; the exit code follows in the
+        last line, `exit code: N`. Interactive use (stdin, tty) is SSH's: `sshUrl`."""
+        notebook = self.get_object()
+        if self.role not in WRITE_ROLES:
+            raise exceptions.PermissionDenied(
+                f"Your role on this notebook is {self.role}: running commands needs operator."
+            )
+        params = request.query_params
+        command = params.getlist("command")
+        if not command or not command[0]:
+            raise serializers.ValidationError(
+                {"command": "give the program and its arguments: ?command=ls&command=-la"}
+            )
+        for flag in ("stdin", "tty"):
+            if params.get(flag, "false").lower() == "true":
+                raise serializers.ValidationError(
+                    {
+                        flag: f"{flag}=true needs an interactive session: ssh to the notebook's "
+                        "sshUrl (ssh, scp, sftp, VS Code Remote-SSH)"
+                    }
+                )
+        wanted = {name for name in ("stdout", "stderr") if params.get(name, "true") != "false"}
+        login = ssh_services.Login(str(notebook.pk), actor_of(request))
+        lines = execution.stream(login, request.META.get("REMOTE_ADDR", "?"), command, 600)
+        response = StreamingHttpResponse(_plain(lines, wanted), content_type="text/plain")
+        response["X-Accel-Buffering"] = "no"
+        return response
+
     def datasync(self, request, *args, **kwargs):
         self.get_object()  # a notebook out of reach is a 404 before anything else
         direction = request.data.get("direction") if isinstance(request.data, dict) else None
@@ -177,6 +214,18 @@ class NotebookView(TokenProjectMixin, NotebookViewSet):
             )
         response = super().datasync(request, *args, **kwargs)
         return Response(shapes.data_sync_out(response.data, direction))
+
+
+def _plain(lines, wanted: set[str]):
+    """The native exec's JSON lines as OVH's plain output, then `exit code: N`."""
+    for line in lines:
+        item = json.loads(line)
+        if item.get("stream") in wanted:
+            yield base64.b64decode(item["data"])
+        elif "exit_code" in item:
+            if item.get("error"):
+                yield f"\n{item['error']}\n".encode()
+            yield f"\nexit code: {item['exit_code']}\n".encode()
 
 
 def _query(params: QueryDict) -> QueryDict:
