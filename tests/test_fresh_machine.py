@@ -99,18 +99,20 @@ def test_without_the_process_runtime_a_user_gets_the_one_apt_command(shared_dir)
     done = _as_a_user(["sysdeps", "run"], bin_dir, shared_dir, NBCLOUD_RUNTIME="docker")
     assert done.returncode == 2, done.stderr
     lines = done.stderr.splitlines()
-    assert "    sudo apt-get install -y python3-venv iproute2" in lines
+    assert "    sudo apt-get install -y python3-venv iproute2 openssh-sftp-server" in lines
     assert sum("apt-get" in line for line in lines) == 1
     assert "run again" in done.stderr
 
 
 def test_the_test_packages_come_only_with_make_test(shared_dir):
-    bin_dir = _fake_dpkg(shared_dir, {"bubblewrap", "python3-venv", "iproute2", "nftables"})
+    run_packages = {"bubblewrap", "python3-venv", "iproute2", "nftables", "openssh-sftp-server"}
+    bin_dir = _fake_dpkg(shared_dir, run_packages)
     docker = {"NBCLOUD_RUNTIME": "docker"}
     assert _as_a_user(["sysdeps", "run"], bin_dir, shared_dir, **docker).returncode == 0
     for_tests = _as_a_user(["sysdeps", "test"], bin_dir, shared_dir, **docker)
     assert for_tests.returncode == 2
-    assert "    sudo apt-get install -y chromium openssh-server git curl" in for_tests.stderr
+    needed = "    sudo apt-get install -y chromium openssh-client openssh-server git curl"
+    assert needed in for_tests.stderr
 
 
 @pytest.mark.skipif(
