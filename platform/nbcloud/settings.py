@@ -114,10 +114,11 @@ except ValueError as exc:
     raise ImproperlyConfigured(
         f"DATABASE_URL={_database_url!r} is not a database URL: {exc}"
     ) from None
-# The web process (ASGI) borrows PostgreSQL connections from a pool of at most this
-# many per process, instead of persistent ones (see nbcloud/asgi.py); 0: one
-# connection per request.
-NBCLOUD_WEB_DB_POOL = envint("NBCLOUD_WEB_DB_POOL", 8, minimum=0)
+# The web process (ASGI) opens a PostgreSQL connection per request and closes it
+# after (no persistent ones: see nbcloud/asgi.py), or, with NBCLOUD_WEB_DB_POOL > 0,
+# borrows from a pool of at most this many per process (faster; off by default
+# until every path of the web process returns what it borrows).
+NBCLOUD_WEB_DB_POOL = envint("NBCLOUD_WEB_DB_POOL", 0, minimum=0)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     # Web, worker and beat write concurrently: wait for the lock instead of

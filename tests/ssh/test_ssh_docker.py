@@ -69,7 +69,8 @@ def test_a_session_in_a_container_runs_as_the_notebook_in_its_workspace(
             command = await conn.run(
                 "id -u; pwd; command -v python; echo $GREETING; whoami; echo err >&2; exit 4"
             )
-            pty = await conn.run("tty; stty size", term_type="xterm", term_size=(100, 30))
+            # The Engine sizes an exec's terminal just after it starts: ask a moment later.
+            pty = await conn.run("tty; sleep 1; stty size", term_type="xterm", term_size=(100, 30))
             return command, pty
 
     command, pty = asyncio.run(session())
