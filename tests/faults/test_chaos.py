@@ -402,15 +402,23 @@ LAUNCHERS = frozenset({"bwrap", "nsenter", "sh", "setpriv"})
 
 
 def editors() -> dict[str, list[int]]:
-    """The editor processes (JupyterLab servers) on this machine, by notebook id."""
-    found = defaultdict(list)
-    for proc in psutil.process_iter(["cmdline"]):
+    """The editor processes (JupyterLab servers) on this machine, by notebook id.
+
+    A child the editor forks to run a program shows the editor's command line until
+    it execs: it is not a second editor, so a process whose parent is an editor of
+    the same notebook does not count."""
+    seen: dict[int, tuple[str, int]] = {}
+    for proc in psutil.process_iter(["cmdline", "ppid"]):
         argv = proc.info["cmdline"] or []
         if not argv or os.path.basename(argv[0]) in LAUNCHERS:
             continue
         for arg in argv:
             if arg.startswith("--ServerApp.base_url=/notebooks/"):
-                found[arg.split("/")[2]].append(proc.pid)
+                seen[proc.pid] = (arg.split("/")[2], proc.info["ppid"])
+    found = defaultdict(list)
+    for pid, (pk, parent) in seen.items():
+        if seen.get(parent, ("",))[0] != pk:
+            found[pk].append(pid)
     return found
 
 
