@@ -15,7 +15,7 @@ IMAGE=${IMAGE:-nbcloud/base:latest}
 # Debian's Python 3.11 with venv and pip, build tools for pip packages without wheels,
 # git, curl and tini (the containers' init); iproute2 and nftables for the
 # platform's host workers, which give each notebook container its own network.
-PACKAGES=${PACKAGES:-python3,python3-venv,python3-pip,python3-dev,build-essential,ca-certificates,curl,git,tini,iproute2,nftables}
+PACKAGES=${PACKAGES:-python3,python3-venv,python3-pip,python3-dev,build-essential,ca-certificates,curl,git,tini,iproute2,nftables,openssh-sftp-server}
 
 here=$(cd "$(dirname "$0")" && pwd)
 key=$( (cat "$here/build-base.sh" "$here/Dockerfile" "$here"/code-server*.deb 2>/dev/null

@@ -2,6 +2,7 @@
 
 import asyncssh
 import pytest
+from asgiref.sync import async_to_sync
 
 from nbcloud.notebooks.models import NotebookGrant
 from nbcloud.ssh import services
@@ -66,5 +67,11 @@ def test_exec_is_for_operators_and_says_why_it_cannot_run(alice_api, bob_api, al
     reply = alice_api.post(url, {"command": ["id"]}, format="json")
     assert reply.status_code == 200
     assert reply["Content-Type"] == "application/x-ndjson"
-    last = b"".join(reply.streaming_content).decode().strip().splitlines()[-1]
+    # Served as ASGI serves it: an async iterator.
+    body = async_to_sync(_read)(reply.streaming_content)
+    last = body.decode().strip().splitlines()[-1]
     assert '"exit_code": null' in last and "error" in last
+
+
+async def _read(content) -> bytes:
+    return b"".join([part async for part in content])

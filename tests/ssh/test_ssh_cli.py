@@ -1,5 +1,6 @@
 """`nbc notebook exec` and `nbc notebook ssh` against a real platform and notebook."""
 
+import base64
 import os
 import subprocess
 import sys
@@ -50,6 +51,37 @@ def test_nbc_exec_streams_the_output_and_exits_with_the_commands_code(
     refused = nbc(bob[1], platform_server, tmp_path, "notebook", "exec", notebook_id, "--", "id")
     assert refused.returncode == 1
     assert b"operator" in refused.stderr
+
+
+WAIT_FOR_GO = "echo first; while [ ! -e /workspace/go ]; do sleep 0.1; done; echo second; exit 3"
+
+
+def test_the_exec_api_streams_each_line_as_the_command_writes_it(
+    start_notebook, platform_server, alice
+):
+    """The first line arrives while the command still runs: it waits for a file that
+    only a second exec, sent after that line was read, creates. A buffered answer
+    would hold the first line until the command timed out."""
+    import json
+
+    import httpx
+
+    notebook_id = start_notebook()
+    url = f"{platform_server}/api/v1/projects/alpha/notebooks/{notebook_id}/exec/"
+    auth = {"Authorization": f"Bearer {alice[1]}"}
+    with httpx.Client(headers=auth, timeout=60) as http:
+        body = {"command": ["sh", "-c", WAIT_FOR_GO], "timeout": 30}
+        with http.stream("POST", url, json=body) as reply:
+            assert reply.status_code == 200
+            lines = reply.iter_lines()
+            first = json.loads(next(lines))
+            assert first["stream"] == "stdout", first
+            assert base64.b64decode(first["data"]) == b"first\n"
+            go = http.post(url, json={"command": ["touch", "/workspace/go"]})
+            assert go.status_code == 200 and go.text.strip().endswith('{"exit_code": 0}')
+            rest = [json.loads(line) for line in lines if line]
+    output = b"".join(base64.b64decode(item["data"]) for item in rest if "data" in item)
+    assert output == b"second\n" and rest[-1] == {"exit_code": 3}, rest
 
 
 def test_nbc_ssh_prints_a_config_block_openssh_uses(

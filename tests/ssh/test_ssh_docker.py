@@ -82,3 +82,37 @@ def test_a_session_in_a_container_runs_as_the_notebook_in_its_workspace(
     assert pty.exit_status == 0
     lines = pty.stdout.split()
     assert lines[0].startswith("/dev/pts/") and lines[1:] == ["30", "100"]
+
+
+def test_sftp_in_a_container_writes_as_the_notebook_and_reads_back(container_notebook, endpoint):
+    notebook, runtime = container_notebook
+    payload = os.urandom(512 * 1024)
+
+    async def session():
+        async with asyncssh.connect(
+            "127.0.0.1",
+            endpoint.port,
+            username=str(notebook.pk),
+            password=relay_secret(),
+            known_hosts=None,
+            client_keys=None,
+        ) as conn:
+            async with conn.start_sftp_client() as sftp:
+                async with sftp.open("/workspace/up.bin", "wb") as out:
+                    await out.write(payload)
+                async with sftp.open("/workspace/up.bin", "rb") as back:
+                    read = await back.read()
+                names = await sftp.listdir("/workspace")
+                attrs = await sftp.stat("/workspace/up.bin")
+                escaped = None
+                try:
+                    await sftp.stat("/etc/postgresql")  # on this host, not in the image
+                except asyncssh.SFTPError as exc:
+                    escaped = exc
+            return read, names, attrs, escaped
+
+    read, names, attrs, escaped = asyncio.run(session())
+    assert read == payload and "up.bin" in names
+    assert attrs.uid == runtime.spec.uid
+    # The container's own filesystem, not the host's.
+    assert isinstance(escaped, asyncssh.SFTPNoSuchFile)

@@ -197,7 +197,7 @@ class NotebookView(TokenProjectMixin, NotebookViewSet):
                 )
         wanted = {name for name in ("stdout", "stderr") if params.get(name, "true") != "false"}
         login = ssh_services.Login(str(notebook.pk), actor_of(request))
-        lines = execution.stream(login, request.META.get("REMOTE_ADDR", "?"), command, 600)
+        lines = execution.astream(login, request.META.get("REMOTE_ADDR", "?"), command, 600)
         response = StreamingHttpResponse(_plain(lines, wanted), content_type="text/plain")
         response["X-Accel-Buffering"] = "no"
         return response
@@ -216,9 +216,9 @@ class NotebookView(TokenProjectMixin, NotebookViewSet):
         return Response(shapes.data_sync_out(response.data, direction))
 
 
-def _plain(lines, wanted: set[str]):
+async def _plain(lines, wanted: set[str]):
     """The native exec's JSON lines as OVH's plain output, then `exit code: N`."""
-    for line in lines:
+    async for line in lines:
         item = json.loads(line)
         if item.get("stream") in wanted:
             yield base64.b64decode(item["data"])

@@ -10,7 +10,9 @@ import base64
 import json
 import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+
+from asgiref.sync import sync_to_async
 
 from . import relay, services
 from .endpoints import SessionRefused
@@ -18,17 +20,60 @@ from .endpoints import SessionRefused
 OUTPUT_CHUNK = 64 * 1024
 
 
-def stream(login: services.Login, peer: str, argv: list[str], timeout: float) -> Iterator[bytes]:
+async def astream(
+    login: services.Login, peer: str, argv: list[str], timeout: float
+) -> AsyncIterator[bytes]:
     """JSON lines: {"stream": "stdout"|"stderr", "data": base64} as output comes, then
-    {"exit_code": n} (or {"exit_code": null, "error": "..."})."""
-    loop = asyncio.new_event_loop()
-    queue: asyncio.Queue = asyncio.Queue()
+    {"exit_code": n} (or {"exit_code": null, "error": "..."}). An async iterator, so
+    that under ASGI each line reaches the client as the command writes it; the
+    events are written on the request's own thread and connection."""
+    started = time.monotonic()
+    outcome = "error"
+    await sync_to_async(services.session_opened)(login, peer, "exec")
+    try:
+        async for item in _items(login.notebook_id, argv, timeout):
+            outcome = _outcome(item, outcome)
+            yield _line(item)
+    finally:
+        await sync_to_async(services.session_closed)(
+            login, peer, "exec", time.monotonic() - started, outcome
+        )
+
+
+def stream(login: services.Login, peer: str, argv: list[str], timeout: float) -> Iterator[bytes]:
+    """astream() for synchronous callers (the console's terminal), on a loop of its own."""
     started = time.monotonic()
     outcome = "error"
     services.session_opened(login, peer, "exec")
+    loop = asyncio.new_event_loop()
+    items = _items(login.notebook_id, argv, timeout)
+    try:
+        while True:
+            try:
+                item = loop.run_until_complete(anext(items))
+            except StopAsyncIteration:
+                return
+            outcome = _outcome(item, outcome)
+            yield _line(item)
+    finally:
+        loop.run_until_complete(items.aclose())
+        loop.close()
+        services.session_closed(login, peer, "exec", time.monotonic() - started, outcome)
+
+
+def _line(item: dict) -> bytes:
+    return (json.dumps(item) + "\n").encode()
+
+
+def _outcome(item: dict, before: str) -> str:
+    return f"exit code {item['exit_code']}" if "exit_code" in item else before
+
+
+async def _items(notebook_id: str, argv: list[str], timeout: float) -> AsyncIterator[dict]:
+    queue: asyncio.Queue = asyncio.Queue()
 
     async def run() -> None:
-        conn = await relay.connect(login.notebook_id)
+        conn = await relay.connect(notebook_id)
         try:
             proc = await conn.create_process(shlex.join(argv), encoding=None, stdin=None)
             proc.stdin.write_eof()
@@ -55,16 +100,13 @@ def stream(login: services.Login, peer: str, argv: list[str], timeout: float) ->
         except Exception as exc:  # the host went away mid-command
             await queue.put({"exit_code": None, "error": f"the session broke: {exc}"})
 
-    task = loop.create_task(produce())
+    task = asyncio.create_task(produce())
     try:
         while True:
-            item = loop.run_until_complete(queue.get())
-            yield (json.dumps(item) + "\n").encode()
+            item = await queue.get()
+            yield item
             if "exit_code" in item:
-                outcome = f"exit code {item['exit_code']}"
-                break
+                return
     finally:
         task.cancel()
-        loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
-        loop.close()
-        services.session_closed(login, peer, "exec", time.monotonic() - started, outcome)
+        await asyncio.gather(task, return_exceptions=True)

@@ -13,7 +13,7 @@ def exec_response(notebook, request) -> StreamingHttpResponse:
     login = services.Login(str(notebook.pk), actor_of(request))
     peer = request.META.get("REMOTE_ADDR", "?")
     response = StreamingHttpResponse(
-        execution.stream(
+        execution.astream(
             login, peer, body.validated_data["command"], body.validated_data["timeout"]
         ),
         content_type="application/x-ndjson",
