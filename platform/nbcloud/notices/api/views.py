@@ -24,6 +24,7 @@ from nbcloud.api.access import Ability, may
 from nbcloud.api.views import ProjectScopedViewSet
 from nbcloud.notices import services, webhooks
 from nbcloud.notices.models import SUBSCRIBABLE, Delivery, NoticeTarget
+from nbcloud.projects.models import ApiToken
 
 
 class NoticeTargetSerializer(serializers.ModelSerializer):
@@ -132,10 +133,16 @@ class DeliverySerializer(serializers.ModelSerializer):
 
 
 class OwnerPermission(permissions.BasePermission):
-    message = "Notices are managed by the project's owners; your role on this project is not owner."
+    """The project's owners, signed in as themselves: never an app token, which acts for a
+    program."""
+
+    message = (
+        "Notices are managed by the project's owners, signed in (not with an app token); "
+        "your role on this project is not owner."
+    )
 
     def has_permission(self, request, view) -> bool:
-        return may(view.role, Ability.MANAGE)
+        return not isinstance(request.auth, ApiToken) and may(view.role, Ability.MANAGE)
 
 
 class OwnerScopedViewSet(ProjectScopedViewSet):
