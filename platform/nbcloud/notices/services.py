@@ -270,7 +270,10 @@ def resend_overdue(now: datetime | None = None) -> int:
     sent = 0
     for pk, state in overdue:
         with transaction.atomic():
-            if Delivery.objects.filter(pk=pk, state=state).update(state=DeliveryState.RETRYING):
+            again = Delivery.objects.filter(pk=pk, state=state).update(
+                state=DeliveryState.RETRYING, next_attempt_at=now
+            )
+            if again:
                 dispatch.deliver_notice(pk)
                 sent += 1
     return sent
