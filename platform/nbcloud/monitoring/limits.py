@@ -202,7 +202,7 @@ def enforce_budgets(now: datetime) -> None:
 
 
 def _budget_notice(budget: Budget, spent, now: datetime, kind: Kind) -> None:
-    amount = f"{budget.monthly_amount} {budget.currency}"
+    amount = f"{budget.monthly_amount:.2f} {budget.currency}"
     if kind == Kind.BUDGET_EXCEEDED:
         subject = f"Monthly budget of {amount} reached"
         then = (
@@ -220,7 +220,7 @@ def _budget_notice(budget: Budget, spent, now: datetime, kind: Kind) -> None:
         budget.project,
         kind,
         subject,
-        f"Project {budget.project.name} has spent {spent} {budget.currency} this month "
+        f"Project {budget.project.name} has spent {spent:.2f} {budget.currency} this month "
         f"({now:%B %Y}) of its budget of {amount}: {then}.",
         {
             "budget": {
@@ -233,7 +233,7 @@ def _budget_notice(budget: Budget, spent, now: datetime, kind: Kind) -> None:
             },
             "url": notices.console_url(budget.project, "usage/"),
         },
-        key=f"{now:%Y-%m}:{budget.monthly_amount}{budget.currency}",
+        key=f"{now:%Y-%m}:{budget.monthly_amount.normalize()}{budget.currency}",
     )
 
 
