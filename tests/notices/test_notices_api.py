@@ -5,6 +5,7 @@ import ipaddress
 
 import pytest
 from django.db import connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
@@ -240,3 +241,25 @@ def test_the_log_shows_nothing_of_another_project(owner_api, bravo):
     services.notify(bravo, Kind.HOST_LOST, "Host h lost")
     assert owner_api.get(LOG).json()["results"] == []
     assert owner_api.get(f"{BASE}{theirs.pk}/").status_code == 404
+
+
+def test_an_owner_signed_in_with_a_password_uses_the_api_with_the_csrf_token(
+    olga, webhook_receiver, loopback_allowed
+):
+    """What docs/notices.md shows with curl: sign in, then send the CSRF token."""
+    olga[0].set_password("a long enough password")
+    olga[0].save()
+    client = Client(enforce_csrf_checks=True)
+    client.get("/accounts/login/")
+    csrf = client.cookies["csrftoken"].value
+    signed = client.post(
+        "/accounts/login/",
+        {"csrfmiddlewaretoken": csrf, "username": "olga", "password": "a long enough password"},
+    )
+    assert signed.status_code == 302
+    body = {"name": "ops", "type": "webhook", "url": webhook_receiver.url()}
+    refused = client.post(BASE, body, content_type="application/json")
+    assert refused.status_code == 403 and "CSRF" in refused.content.decode()
+    csrf = client.cookies["csrftoken"].value
+    made = client.post(BASE, body, content_type="application/json", HTTP_X_CSRFTOKEN=csrf)
+    assert made.status_code == 201 and made.json()["secret"].startswith("whsec_")
