@@ -26,6 +26,7 @@ def schedule() -> None:
 def reconcile_all() -> None:
     reconcile.run()
     notices.resend_overdue()
+    notices.prune()
 
 
 @shared_task(name=dispatch.CHECK_LIMITS, expires=settings.NBCLOUD_LIMITS_CHECK_INTERVAL)

@@ -256,3 +256,16 @@ def test_the_payload_is_json_with_sorted_keys(alpha, hook, webhook_receiver):
     body = webhook_receiver.requests[0].body
     assert json.loads(body)["data"] == {"a": 2, "b": 1, "url": json.loads(body)["data"]["url"]}
     assert body == json.dumps(json.loads(body), separators=(",", ":"), sort_keys=True).encode()
+
+
+def test_old_notices_are_pruned_but_not_those_still_being_delivered(alpha, hook, settings):
+    settings.NBCLOUD_NOTICE_RETENTION_DAYS = 30
+    old_done = services.notify(alpha, Kind.HOST_LOST, "Host h1 lost")
+    old_open = services.notify(alpha, Kind.HOST_LOST, "Host h2 lost")
+    recent = services.notify(alpha, Kind.HOST_LOST, "Host h3 lost")
+    long_ago = timezone.now() - timedelta(days=31)
+    Notice.objects.filter(pk__in=[old_done.pk, old_open.pk]).update(created_at=long_ago)
+    old_done.deliveries.update(state="DELIVERED")
+    assert services.prune() == 1
+    assert set(Notice.objects.values_list("pk", flat=True)) == {old_open.pk, recent.pk}
+    assert Delivery.objects.count() == 2

@@ -98,6 +98,7 @@ class Notice(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [models.Index(fields=["created_at"], name="notice_created")]
         constraints = [
             models.UniqueConstraint(
                 fields=["project", "kind", "key"], condition=~Q(key=""), name="unique_notice_key"

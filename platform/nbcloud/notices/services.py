@@ -7,7 +7,8 @@ loses it. `deliver` makes one attempt and says when to try again: Celery's
 retry waits NBCLOUD_NOTICE_RETRY_DELAY seconds, doubling up to
 NBCLOUD_NOTICE_RETRY_MAX, for at most NBCLOUD_NOTICE_ATTEMPTS attempts. A
 delivery whose retry was lost (a worker killed, the broker away) is sent again
-by `resend_overdue`, which reconcile runs.
+by `resend_overdue`, which reconcile runs, as it runs `prune` (notices are kept
+NBCLOUD_NOTICE_RETENTION_DAYS days).
 """
 
 import json
@@ -26,7 +27,15 @@ from nbcloud import dispatch
 from nbcloud.projects.models import Project
 
 from . import webhooks
-from .models import CLAIMABLE_STATES, Delivery, DeliveryState, Kind, Notice, NoticeTarget
+from .models import (
+    CLAIMABLE_STATES,
+    OPEN_STATES,
+    Delivery,
+    DeliveryState,
+    Kind,
+    Notice,
+    NoticeTarget,
+)
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +263,19 @@ def _send_email(delivery: Delivery) -> None:
         message.send()
     except smtplib.SMTPRecipientsRefused as exc:
         raise _GiveUp(f"the mail server refused {target.address}: {exc.recipients}") from None
+
+
+def prune(now: datetime | None = None) -> int:
+    """Remove notices (and their deliveries) older than NBCLOUD_NOTICE_RETENTION_DAYS,
+    but none with a delivery still to make; returns how many notices went."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.NBCLOUD_NOTICE_RETENTION_DAYS)
+    old = Notice.objects.filter(created_at__lt=cutoff).exclude(deliveries__state__in=OPEN_STATES)
+    return (
+        Notice.objects.filter(pk__in=list(old.values_list("pk", flat=True)[:1000]))
+        .delete()[1]
+        .get("notices.Notice", 0)
+    )
 
 
 def resend_overdue(now: datetime | None = None) -> int:
