@@ -7,6 +7,7 @@ The Celery task is called here as the worker would call it; the end-to-end test
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import time
 from datetime import timedelta
@@ -20,6 +21,7 @@ from nbcloud import tasks
 from nbcloud.dispatch.models import OutboxMessage
 from nbcloud.notices import services, webhooks
 from nbcloud.notices.models import Delivery, Kind, Notice, NoticeTarget
+from support.receivers import WebhookReceiver, certificates
 from workers.runtimes.process import free_port
 
 pytestmark = pytest.mark.django_db
@@ -269,3 +271,32 @@ def test_old_notices_are_pruned_but_not_those_still_being_delivered(alpha, hook,
     assert services.prune() == 1
     assert set(Notice.objects.values_list("pk", flat=True)) == {old_open.pk, recent.pk}
     assert Delivery.objects.count() == 2
+
+
+def test_an_https_webhook_is_checked_against_its_host_name(alpha, settings, tmp_path, monkeypatch):
+    """The request goes to a checked address, with TLS verified for the URL's name: a
+    certificate for `localhost` is good for https://localhost/, not for the bare IP."""
+    settings.NBCLOUD_WEBHOOK_ALLOWED_NETWORKS = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    ca_file, context = certificates(tmp_path, "localhost")
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # the platform trusts the test's CA
+    receiver = WebhookReceiver(tls=context).start()
+    try:
+        for name, host in (("by-name", "localhost"), ("by-ip", "127.0.0.1")):
+            target = NoticeTarget(
+                project=alpha, name=name, type="webhook", url=f"https://{host}:{receiver.port}/h"
+            )
+            target.new_secret()
+            target.save()
+        services.notify(alpha, Kind.HOST_LOST, "Host h1 lost")
+        for delivery in Delivery.objects.all():
+            services.deliver(delivery.pk)
+        states = dict(Delivery.objects.values_list("target__name", "state"))
+        assert states == {"by-name": "DELIVERED", "by-ip": "RETRYING"}
+        assert "certificate" in Delivery.objects.get(target__name="by-ip").last_error.lower()
+        [request] = receiver.requests
+        assert request.headers["Host"] == f"localhost:{receiver.port}"
+    finally:
+        receiver.stop()

@@ -6,7 +6,7 @@ So only http(s) URLs, and by default only public destinations: every address the
 host name resolves to must be global (not loopback, private, link-local, shared,
 reserved or multicast), unless it lies in NBCLOUD_WEBHOOK_ALLOWED_NETWORKS. The
 check runs when the target is saved and again at each delivery, and the request
-goes to the very address that was checked (no second resolution a DNS answer
+goes to an address that was checked (no second resolution a DNS answer
 could change), without following redirects.
 
 Each request carries `X-Nbcloud-Timestamp` (Unix seconds) and
@@ -48,7 +48,7 @@ class Destination:
     host: str
     port: int
     path: str  # path and query, as sent in the request line
-    address: str  # the checked address the request goes to
+    addresses: tuple[str, ...]  # the checked addresses the request may go to, in order
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -106,7 +106,7 @@ def destination(url: str) -> Destination:
     path = parts.path or "/"
     if parts.query:
         path += f"?{parts.query}"
-    return Destination(parts.scheme, parts.hostname, port, path, addresses[0])
+    return Destination(parts.scheme, parts.hostname, port, path, tuple(addresses))
 
 
 def check(url: str) -> None:
@@ -118,15 +118,27 @@ def check(url: str) -> None:
         raise Refused(f"{url!r}: {exc}; check the host name") from None
 
 
+def _connect(destination: Destination, timeout: float) -> socket.socket:
+    """A connection to the first of the checked addresses that answers (in the resolver's
+    order, as a browser would try them), never to an address that was not checked."""
+    error: OSError | None = None
+    for address in destination.addresses:
+        try:
+            return socket.create_connection((address, destination.port), timeout)
+        except OSError as exc:
+            error = exc
+    raise error or OSError(f"{destination.host} has no address")
+
+
 class _PinnedHTTP(http.client.HTTPConnection):
     """An HTTP connection to a checked address, whatever the host name resolves to now."""
 
     def __init__(self, destination: Destination, timeout: float):
         super().__init__(destination.host, destination.port, timeout=timeout)
-        self._address = destination.address
+        self._destination = destination
 
     def connect(self):
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = _connect(self._destination, self.timeout)
 
 
 class _PinnedHTTPS(http.client.HTTPSConnection):
@@ -139,10 +151,10 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
             timeout=timeout,
             context=ssl.create_default_context(),
         )
-        self._address = destination.address
+        self._destination = destination
 
     def connect(self):
-        sock = socket.create_connection((self._address, self.port), self.timeout)
+        sock = _connect(self._destination, self.timeout)
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
