@@ -21,6 +21,7 @@ from nbcloud import tasks
 from nbcloud.dispatch.models import OutboxMessage
 from nbcloud.notices import services, webhooks
 from nbcloud.notices.models import Delivery, Kind, Notice, NoticeTarget
+from support.metrics import samples
 from support.receivers import WebhookReceiver, certificates
 from workers.runtimes.process import free_port
 
@@ -300,3 +301,15 @@ def test_an_https_webhook_is_checked_against_its_host_name(alpha, settings, tmp_
         assert request.headers["Host"] == f"localhost:{receiver.port}"
     finally:
         receiver.stop()
+
+
+def test_metrics_count_deliveries_by_state(alpha, hook, client, settings):
+    settings.NBCLOUD_METRICS_TOKEN = "metrics-secret"
+    services.notify(alpha, Kind.HOST_LOST, "Host h1 lost")
+    services.notify(alpha, Kind.HOST_LOST, "Host h2 lost")
+    Delivery.objects.filter(pk=Delivery.objects.order_by("pk").first().pk).update(state="FAILED")
+    reply = client.get("/metrics", HTTP_AUTHORIZATION="Bearer metrics-secret")
+    found = samples(reply.content.decode())
+    assert found[("nbcloud_notice_deliveries", (("state", "FAILED"),))] == 1
+    assert found[("nbcloud_notice_deliveries", (("state", "PENDING"),))] == 1
+    assert found[("nbcloud_notice_deliveries", (("state", "DELIVERED"),))] == 0
