@@ -84,6 +84,9 @@ def test_an_idle_warning_then_an_idle_stop(
     assert stop["kind"] == "notebook.idle_stopped"
     assert stop["subject"] == "Notebook idler stopped: idle for 10 min 1 s"
     assert "the workspace is saved" in stop["message"]
+    assert stop["data"]["notebook"]["state"] == "STOPPING"
+    assert stop["data"]["notebook"]["info"]["code"] == "IDLE_TIMEOUT"
+    assert warning["data"]["notebook"]["info"]["code"] == "IDLE_WARNING"
     running.refresh_from_db()
     assert running.state == "STOPPING"
 

@@ -127,7 +127,7 @@ def apply_idle_timeout(
                 "stopped, the workspace is saved."
             )
             with transaction.atomic():
-                services.stop(
+                stopping = services.stop(
                     notebook, actor=services.SYSTEM, code=InfoCode.IDLE_TIMEOUT, message=message
                 )
                 notices.notify(
@@ -135,7 +135,7 @@ def apply_idle_timeout(
                     Kind.IDLE_STOPPED,
                     f"Notebook {notebook.name} stopped: idle for {duration(idle_for)}",
                     message,
-                    {**notices.notebook_data(notebook), "idle_since": since.isoformat()},
+                    {**notices.notebook_data(stopping), "idle_since": since.isoformat()},
                 )
         elif idle_for >= timeout - lead:
             _warn(notebook, since, stop_at)
