@@ -40,6 +40,9 @@ def test_the_environment_as_given_starts():
         ("CELERY_BROKER_URL", "http://x"),
         ("DEBUG", "maybe"),
         ("NBCLOUD_RUNTIME", "teleport"),
+        ("NBCLOUD_WEBHOOK_ALLOWED_NETWORKS", "the office"),
+        ("EMAIL_PORT", "smtp"),
+        ("EMAIL_USE_TLS", "sometimes"),
     ],
 )
 def test_a_bad_variable_stops_start_up_and_is_named(name, value):

@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "nbcloud.ovhai",
     "nbcloud.monitoring",
     "nbcloud.dispatch",
+    "nbcloud.notices",
     "nbcloud.console",
     "django_htmx",
     "nbcloud.ssh",
@@ -498,6 +499,32 @@ NBCLOUD_IDLE_WARNING = envint("NBCLOUD_IDLE_WARNING", 600, minimum=0)
 NBCLOUD_IDLE_GPU_PERCENT = envint("NBCLOUD_IDLE_GPU_PERCENT", 5, minimum=0)
 NBCLOUD_IDLE_CPU_CORES = envfloat("NBCLOUD_IDLE_CPU_CORES", 0.2, minimum=0)
 NBCLOUD_ACTIVITY_WRITE_INTERVAL = envint("NBCLOUD_ACTIVITY_WRITE_INTERVAL", 30, minimum=1)
+
+# Notices (docs/notices.md): email through this SMTP server (empty EMAIL_HOST: no
+# email), webhooks to public addresses only, except those in
+# NBCLOUD_WEBHOOK_ALLOWED_NETWORKS. A failed delivery is tried again after
+# NBCLOUD_NOTICE_RETRY_DELAY seconds, doubling up to NBCLOUD_NOTICE_RETRY_MAX, for
+# NBCLOUD_NOTICE_ATTEMPTS attempts in all; each waits NBCLOUD_NOTICE_TIMEOUT seconds.
+EMAIL_HOST = envstr("EMAIL_HOST", "")
+EMAIL_PORT = envint("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = envstr("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = envstr("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = envbool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured(
+        "EMAIL_USE_TLS and EMAIL_USE_SSL are both true: set one (STARTTLS on 587: EMAIL_USE_TLS; "
+        "TLS from the start on 465: EMAIL_USE_SSL)"
+    )
+DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "nbcloud@localhost")
+NBCLOUD_NOTICE_TIMEOUT = envint("NBCLOUD_NOTICE_TIMEOUT", 10, minimum=1)
+EMAIL_TIMEOUT = NBCLOUD_NOTICE_TIMEOUT
+NBCLOUD_NOTICE_ATTEMPTS = envint("NBCLOUD_NOTICE_ATTEMPTS", 8, minimum=1)
+NBCLOUD_NOTICE_RETRY_DELAY = envint("NBCLOUD_NOTICE_RETRY_DELAY", 30, minimum=1)
+NBCLOUD_NOTICE_RETRY_MAX = envint("NBCLOUD_NOTICE_RETRY_MAX", 3600, minimum=1)
+NBCLOUD_WEBHOOK_ALLOWED_NETWORKS = envnetworks("NBCLOUD_WEBHOOK_ALLOWED_NETWORKS", "")
+# Notices and their delivery log are kept this many days.
+NBCLOUD_NOTICE_RETENTION_DAYS = envint("NBCLOUD_NOTICE_RETENTION_DAYS", 90, minimum=1)
 
 LOGGING = {
     "version": 1,

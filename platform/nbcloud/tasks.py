@@ -14,6 +14,7 @@ from nbcloud.billing.services import tick
 from nbcloud.hosts.services import place_queued
 from nbcloud.monitoring import limits
 from nbcloud.notebooks import reconcile
+from nbcloud.notices import services as notices
 
 
 @shared_task(name=dispatch.SCHEDULE)
@@ -24,6 +25,8 @@ def schedule() -> None:
 @shared_task(name=dispatch.RECONCILE, expires=settings.NBCLOUD_RECONCILE_INTERVAL)
 def reconcile_all() -> None:
     reconcile.run()
+    notices.resend_overdue()
+    notices.prune()
 
 
 @shared_task(name=dispatch.CHECK_LIMITS, expires=settings.NBCLOUD_LIMITS_CHECK_INTERVAL)
@@ -36,6 +39,14 @@ def billing_tick() -> None:
     now = timezone.now()
     tick(now)
     limits.enforce_budgets(now)
+
+
+@shared_task(name=dispatch.DELIVER_NOTICE, bind=True, max_retries=None)
+def deliver_notice(self, delivery_id: int) -> None:
+    """One attempt; a failure is tried again with backoff (the service counts attempts)."""
+    delay = notices.deliver(delivery_id)
+    if delay is not None:
+        raise self.retry(countdown=delay)
 
 
 @shared_task(name=dispatch.FLUSH_OUTBOX, expires=settings.NBCLOUD_OUTBOX_INTERVAL)

@@ -9,6 +9,7 @@ project_urls = [
     path("", include("nbcloud.notebooks.api.urls")),
     path("", include("nbcloud.projects.api.urls")),
     path("", include("nbcloud.billing.api.urls")),
+    path("", include("nbcloud.notices.api.urls")),
 ]
 
 api_v1 = [

@@ -10,6 +10,7 @@ import pytest
 from nbcloud.console.models import Invitation
 from nbcloud.notebooks.models import Backup
 from nbcloud.notebooks.states import State
+from nbcloud.notices.models import Delivery, NoticeTarget
 from nbcloud.projects.models import ApiToken, Datastore, Role
 from support.factories import make_notebook
 
@@ -36,8 +37,12 @@ def world(django_user_model, alpha, bravo):
     store.set_secrets({"secret_key": "s"})
     store.save()
     invitation, _ = Invitation.issue(project=alpha, role="read", created_by=people["owner"])
+    target = NoticeTarget(project=alpha, name="ops", type="webhook", url="https://example.com/")
+    target.new_secret()
+    target.save()
     return {
         **people,
+        "target": target,
         "notebook": stopped,
         "backup": backup,
         "token": token,
@@ -86,6 +91,14 @@ def action_urls(w) -> list[tuple[str, str, dict]]:
         ("post", "/projects/alpha/members/", {"role": "owner"}),
         ("post", f"/projects/alpha/members/{w['operator'].pk}/", {"role": "owner"}),
         ("post", f"/projects/alpha/invitations/{w['invitation'].pk}/delete/", {}),
+        ("get", "/projects/alpha/notices/", {}),
+        ("get", "/projects/alpha/notices/log/", {}),
+        ("post", "/projects/alpha/notices/", {"name": "x", "type": "email", "address": "x@y.org"}),
+        ("post", f"/projects/alpha/notices/{w['target'].pk}/test/", {}),
+        ("post", f"/projects/alpha/notices/{w['target'].pk}/toggle/", {}),
+        ("post", f"/projects/alpha/notices/{w['target'].pk}/secret/", {}),
+        ("get", f"/projects/alpha/notices/{w['target'].pk}/delete/", {}),
+        ("post", f"/projects/alpha/notices/{w['target'].pk}/delete/", {}),
     ]
 
 
@@ -96,6 +109,9 @@ def unchanged(w) -> None:
     assert Datastore.objects.filter(alias="store").exists()
     assert Invitation.objects.filter(pk=w["invitation"].pk).exists()
     assert w["notebook"].project.role_of(w["operator"]) == Role.OPERATOR
+    target = NoticeTarget.objects.get(pk=w["target"].pk)
+    assert target.enabled and target.sealed_secret == w["target"].sealed_secret
+    assert not Delivery.objects.exists()
 
 
 def test_every_url_of_a_project_is_404_to_a_member_of_another(world):

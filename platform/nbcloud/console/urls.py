@@ -2,7 +2,7 @@ from django.conf import settings
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, reverse_lazy
 
-from .views import accounts, notebooks, project, terminal
+from .views import accounts, notebooks, notices, project, terminal
 
 app_name = "console"
 
@@ -61,6 +61,12 @@ project_urls = [
     path("tokens/<int:token_id>/delete/", project.token_delete, name="token_delete"),
     path("datastores/", project.datastores, name="datastores"),
     path("datastores/<str:alias>/delete/", project.datastore_delete, name="datastore_delete"),
+    path("notices/", notices.notices, name="notices"),
+    path("notices/log/", notices.notice_deliveries, name="notice_deliveries"),
+    path("notices/<int:target_id>/test/", notices.notice_test, name="notice_test"),
+    path("notices/<int:target_id>/toggle/", notices.notice_toggle, name="notice_toggle"),
+    path("notices/<int:target_id>/secret/", notices.notice_rotate, name="notice_rotate"),
+    path("notices/<int:target_id>/delete/", notices.notice_delete, name="notice_delete"),
     path("members/", project.members, name="members"),
     path("members/<int:user_id>/", project.member_change, name="member_change"),
     path(

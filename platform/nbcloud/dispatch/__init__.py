@@ -2,7 +2,7 @@
 
 Control code never imports `workers` (the host side). It names the task, and
 Celery carries it to the queue the routes table below gives: `control`
-(orchestration, scheduling, reconcile, limits), `billing` (beat's ticks), or
+(orchestration, scheduling, reconcile, limits, notices), `billing` (beat's ticks), or
 `host.<name>` for work that must run on one host (those tasks take a `host`
 keyword naming it). Every send is written to an outbox in the caller's
 transaction and sent once it commits (at once outside one): a worker never sees
@@ -44,6 +44,7 @@ RESTART = "notebooks.restart"
 PUSH_VOLUMES = "notebooks.push_volumes"
 CHECK_NOTEBOOKS = "hosts.check_notebooks"
 CHECK_IDLE = "hosts.check_idle"
+DELIVER_NOTICE = "notices.deliver"
 
 # The one routes table: which queue each task runs on.
 ROUTES: dict[str, Queue] = {
@@ -59,6 +60,7 @@ ROUTES: dict[str, Queue] = {
     PUSH_VOLUMES: Queue.HOST,
     CHECK_NOTEBOOKS: Queue.HOST,
     CHECK_IDLE: Queue.HOST,
+    DELIVER_NOTICE: Queue.CONTROL,
 }
 
 
@@ -197,3 +199,7 @@ def check_notebooks(host: str) -> None:
 
 def check_idle(host: str) -> None:
     send(CHECK_IDLE, kwargs={"host": host}, expires=settings.NBCLOUD_LIMITS_CHECK_INTERVAL)
+
+
+def deliver_notice(delivery_id: int) -> None:
+    send(DELIVER_NOTICE, (delivery_id,))

@@ -32,6 +32,8 @@ from nbcloud.catalog.services import catalog
 from nbcloud.notebooks import services as notebook_services
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import HOST_LOST_STATES, InfoCode, State
+from nbcloud.notices import services as notices
+from nbcloud.notices.models import Kind
 
 from .models import Host, HostState
 
@@ -105,10 +107,50 @@ def mark_lost(silent_since: datetime) -> list[str]:
             if not claimed:
                 continue
             log.warning("host %s lost: no heartbeat since %s", host.name, host.last_heartbeat_at)
+            moved = defaultdict(list)
             for notebook in Notebook.objects.select_for_update().filter(host=host):
+                before = notebook.state
                 _host_lost(notebook, host)
+                moved[notebook.project_id].append((notebook, before))
+            _tell_host_lost(host, moved)
         lost.append(host.name)
     return lost
+
+
+def _tell_host_lost(host: Host, moved: dict[int, list[tuple[Notebook, str]]]) -> None:
+    """A notice to each project that had notebooks on the lost host, saying what became
+    of them."""
+    when = host.last_heartbeat_at
+    for pairs in moved.values():
+        project = pairs[0][0].project
+        names = ", ".join(notebook.name for notebook, _ in pairs)
+        notices.notify(
+            project,
+            Kind.HOST_LOST,
+            f"Host {host.name} lost: {len(pairs)} notebook(s) affected",
+            f"Host {host.name} stopped answering (last heartbeat "
+            f"{timezone.localtime(when):%Y-%m-%d %H:%M:%S %Z}). Its notebooks of project "
+            f"{project.name} ({names}) start again on another host from their last backup, "
+            "or wait QUEUED for capacity; one that was saving its workspace is FAILED with "
+            "the last backup kept.",
+            {
+                "host": {
+                    "name": host.name,
+                    "region": host.region,
+                    "last_heartbeat_at": when.isoformat(),
+                },
+                "notebooks": [
+                    {
+                        "id": str(notebook.pk),
+                        "name": notebook.name,
+                        "was": str(before),
+                        "now": str(notebook.state),
+                    }
+                    for notebook, before in pairs
+                ],
+            },
+            key=f"{host.name}@{when.isoformat()}",
+        )
 
 
 def _host_lost(notebook: Notebook, host: Host) -> None:

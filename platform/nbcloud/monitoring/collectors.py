@@ -19,6 +19,7 @@ from prometheus_client.utils import floatToGoString
 from nbcloud.hosts.models import Host
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import State
+from nbcloud.notices.models import Delivery, DeliveryState
 
 from . import fleet
 
@@ -29,6 +30,7 @@ class PlatformCollector:
     def collect(self):
         yield self._notebooks()
         yield self._host_gpus()
+        yield self._notice_deliveries()
         queues = self._queue_lengths()
         if queues is not None:
             yield queues
@@ -68,6 +70,20 @@ class PlatformCollector:
             total = len(host.gpus)
             family.add_metric([host.name, "used"], used[host.pk])
             family.add_metric([host.name, "free"], max(0, total - used[host.pk]))
+        return family
+
+    def _notice_deliveries(self) -> GaugeMetricFamily:
+        """Deliveries by state: those RETRYING or FAILED are notices nobody received."""
+        family = GaugeMetricFamily(
+            "nbcloud_notice_deliveries",
+            "Notice deliveries kept (NBCLOUD_NOTICE_RETENTION_DAYS), by state.",
+            labels=["state"],
+        )
+        counts = dict(
+            Delivery.objects.values("state").annotate(n=Count("pk")).values_list("state", "n")
+        )
+        for state in DeliveryState.values:
+            family.add_metric([state], counts.get(state, 0))
         return family
 
     def _queue_lengths(self) -> GaugeMetricFamily | None:

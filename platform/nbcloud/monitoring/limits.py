@@ -14,7 +14,8 @@ its GPUs or CPUs work above NBCLOUD_IDLE_GPU_PERCENT / NBCLOUD_IDLE_CPU_CORES
 owner asked to keep it alive. A computation left running with the browser
 closed keeps its kernel busy: it is not idle. NBCLOUD_IDLE_WARNING seconds
 (at most half the timeout) before the stop, an IDLE_WARNING event says when it
-will stop.
+will stop. Each idle warning, idle stop, budget warning and budget spent is also
+a notice to the project's notice targets (`nbcloud.notices`).
 """
 
 from datetime import datetime, timedelta
@@ -29,6 +30,8 @@ from nbcloud.billing.models import Budget
 from nbcloud.notebooks import services
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import InfoCode, State
+from nbcloud.notices import services as notices
+from nbcloud.notices.models import Kind
 
 
 def idle_timeout(notebook: Notebook) -> int | None:
@@ -119,13 +122,21 @@ def apply_idle_timeout(
     lead = min(settings.NBCLOUD_IDLE_WARNING, timeout / 2)
     try:
         if idle_for >= timeout:
-            services.stop(
-                notebook,
-                actor=services.SYSTEM,
-                code=InfoCode.IDLE_TIMEOUT,
-                message=f"Idle for {duration(idle_for)} (idle_timeout {duration(timeout)}); "
-                "stopped, the workspace is saved.",
+            message = (
+                f"Idle for {duration(idle_for)} (idle_timeout {duration(timeout)}); "
+                "stopped, the workspace is saved."
             )
+            with transaction.atomic():
+                stopping = services.stop(
+                    notebook, actor=services.SYSTEM, code=InfoCode.IDLE_TIMEOUT, message=message
+                )
+                notices.notify(
+                    notebook.project,
+                    Kind.IDLE_STOPPED,
+                    f"Notebook {notebook.name} stopped: idle for {duration(idle_for)}",
+                    message,
+                    {**notices.notebook_data(stopping), "idle_since": since.isoformat()},
+                )
         elif idle_for >= timeout - lead:
             _warn(notebook, since, stop_at)
     except services.InvalidState:
@@ -149,8 +160,20 @@ def _warn(notebook: Notebook, since: datetime, stop_at: datetime) -> None:
         f"Idle since {since:%Y-%m-%d %H:%M:%S} UTC: it stops at {stop_at:%H:%M:%S} UTC "
         "unless it is used or kept alive (POST .../keepalive/)."
     )
-    services.record_event(notebook, InfoCode.IDLE_WARNING, message)
-    services.set_info(notebook, InfoCode.IDLE_WARNING, message)
+    with transaction.atomic():
+        services.record_event(notebook, InfoCode.IDLE_WARNING, message)
+        services.set_info(notebook, InfoCode.IDLE_WARNING, message)
+        notices.notify(
+            notebook.project,
+            Kind.IDLE_WARNING,
+            f"Notebook {notebook.name} is idle: it stops at {stop_at:%H:%M} UTC",
+            message,
+            {
+                **notices.notebook_data(notebook),
+                "idle_since": since.isoformat(),
+                "stops_at": stop_at.isoformat(),
+            },
+        )
 
 
 def keepalive(notebook: Notebook, now: datetime | None = None) -> Notebook:
@@ -165,20 +188,65 @@ def keepalive(notebook: Notebook, now: datetime | None = None) -> Notebook:
 
 
 def enforce_budgets(now: datetime) -> None:
-    """Stop running notebooks of projects whose budget is spent, where asked to."""
-    for budget in Budget.objects.filter(stop_running=True).select_related("project"):
+    """Tell each project whose spending this month reached its budget's warning level or
+    the budget itself (once a month and amount each), and stop running notebooks of
+    those whose budget is spent where the budget asks to."""
+    for budget in Budget.objects.select_related("project"):
         spent = billing.spent_this_month(budget, now)
-        if spent < budget.monthly_amount:
+        if spent >= budget.monthly_amount:
+            _budget_notice(budget, spent, now, Kind.BUDGET_EXCEEDED)
+            if budget.stop_running:
+                _stop_over_budget(budget, spent)
+        elif spent * 100 >= budget.monthly_amount * budget.warning_percent:
+            _budget_notice(budget, spent, now, Kind.BUDGET_WARNING)
+
+
+def _budget_notice(budget: Budget, spent, now: datetime, kind: Kind) -> None:
+    amount = f"{budget.monthly_amount:.2f} {budget.currency}"
+    if kind == Kind.BUDGET_EXCEEDED:
+        subject = f"Monthly budget of {amount} reached"
+        then = (
+            "running notebooks are being stopped (their workspaces are saved) and new starts "
+            "are refused"
+            if budget.stop_running
+            else "new starts are refused; running notebooks go on"
+        )
+    else:
+        subject = f"{budget.warning_percent}% of the monthly budget of {amount} spent"
+        then = "at 100%, new starts are refused"
+        if budget.stop_running:
+            then += " and running notebooks are stopped"
+    notices.notify(
+        budget.project,
+        kind,
+        subject,
+        f"Project {budget.project.name} has spent {spent:.2f} {budget.currency} this month "
+        f"({now:%B %Y}) of its budget of {amount}: {then}.",
+        {
+            "budget": {
+                "monthly_amount": str(budget.monthly_amount),
+                "currency": budget.currency,
+                "spent": str(spent),
+                "warning_percent": budget.warning_percent,
+                "stop_running": budget.stop_running,
+                "month": f"{now:%Y-%m}",
+            },
+            "url": notices.console_url(budget.project, "usage/"),
+        },
+        key=f"{now:%Y-%m}:{budget.monthly_amount.normalize()}{budget.currency}",
+    )
+
+
+def _stop_over_budget(budget: Budget, spent) -> None:
+    running = Notebook.objects.filter(project=budget.project, state=State.RUNNING)
+    for notebook in running.select_related("host"):
+        try:
+            services.stop(
+                notebook,
+                actor=services.SYSTEM,
+                code=InfoCode.BUDGET_EXCEEDED,
+                message=f"Monthly budget of {budget.monthly_amount} {budget.currency} reached "
+                f"({spent} {budget.currency} spent); stopping, the workspace is saved.",
+            )
+        except services.InvalidState:
             continue
-        running = Notebook.objects.filter(project=budget.project, state=State.RUNNING)
-        for notebook in running.select_related("host"):
-            try:
-                services.stop(
-                    notebook,
-                    actor=services.SYSTEM,
-                    code=InfoCode.BUDGET_EXCEEDED,
-                    message=f"Monthly budget of {budget.monthly_amount} {budget.currency} reached "
-                    f"({spent} {budget.currency} spent); stopping, the workspace is saved.",
-                )
-            except services.InvalidState:
-                continue

@@ -16,6 +16,8 @@ from django.utils import timezone
 from nbcloud import dispatch
 from nbcloud.billing import services as billing
 from nbcloud.errors import InvalidState, QuotaExceeded
+from nbcloud.notices import services as notices
+from nbcloud.notices.models import Kind
 from nbcloud.projects.models import Project
 
 from .models import Backup, EditorLog, Notebook, NotebookEvent
@@ -29,7 +31,8 @@ SYSTEM = "system"
 def transition(
     notebook: Notebook, to: State, *, actor: str, code: InfoCode, message: str = "", **fields
 ) -> Notebook:
-    """Move `notebook` to `to`, or raise InvalidState if another change won."""
+    """Move `notebook` to `to`, or raise InvalidState if another change won. A notebook
+    that becomes FAILED tells the project's notice targets, in the same transaction."""
     from_state = notebook.state
     if not is_legal(from_state, to):
         raise InvalidState(f"Notebook {notebook.name!r} is {from_state}; it cannot become {to}.")
@@ -62,6 +65,17 @@ def transition(
             code=code,
             message=message,
         )
+        if to == State.FAILED:
+            notices.notify(
+                notebook.project,
+                Kind.NOTEBOOK_FAILED,
+                f"Notebook {notebook.name} FAILED",
+                message,
+                {
+                    **notices.notebook_data(notebook, state=to, code=code, message=message),
+                    "from_state": str(from_state),
+                },
+            )
     for name, value in updates.items():
         setattr(notebook, name, value)
     log.info("notebook %s: %s -> %s (%s) %s", notebook.pk, from_state, to, code, message)
