@@ -8,9 +8,15 @@
 # platform's image (nbcloud/platform:latest).
 set -eu
 cd "$(dirname "$0")/../.."
-main() { docker-compose -p nbcloud-ci --env-file compose/ci.env \
+# Only the env files speak: the caller's DATABASE_URL, CELERY_BROKER_URL, ... (the
+# test suite's own) would take precedence over them.
+compose() {
+    env -i PATH="$PATH" HOME="${HOME:-/root}" ${DOCKER_HOST:+DOCKER_HOST="$DOCKER_HOST"} \
+        ${NBCLOUD_IMAGE:+NBCLOUD_IMAGE="$NBCLOUD_IMAGE"} docker-compose "$@"
+}
+main() { compose -p nbcloud-ci --env-file compose/ci.env \
     -f compose/docker-compose.yml -f compose/ci.override.yml "$@"; }
-host() { docker-compose -p nbcloud-ci-cpu-2 --env-file compose/ci-host.env -f compose/host.yml "$@"; }
+host() { compose -p nbcloud-ci-cpu-2 --env-file compose/ci-host.env -f compose/host.yml "$@"; }
 value() { sed -n "s/^$1=//p" compose/ci.env; }
 
 notebooks() {  # the notebook containers the stack's workers started
