@@ -86,7 +86,9 @@ def up(tmp_path_factory):
     print(f"stack up in {time.monotonic() - began:.0f} s")
     folder = tmp_path_factory.mktemp("stack")
     ca = folder / "caddy-root.crt"
-    ca.write_text(stack("main", "exec", "-T", "caddy", "cat", "/data/caddy/pki/authorities/local/root.crt"))
+    ca.write_text(
+        stack("main", "exec", "-T", "caddy", "cat", "/data/caddy/pki/authorities/local/root.crt")
+    )
     with pytest.MonkeyPatch.context() as patch:
         # This process's requests (the kernels) trust the stack's CA, as nbc does.
         patch.setenv("REQUESTS_CA_BUNDLE", str(ca))
@@ -108,7 +110,10 @@ def user(up, tmp_path_factory):
     }
     done = subprocess.run(
         [str(NBC), "login", "--url", URL, "--token", token, "--project", "demo"],
-        capture_output=True, text=True, env=env, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return {"token": token, "env": env, "ca": up["ca"]}
@@ -132,8 +137,7 @@ def git_repo(tmp_path_factory):
     host's network) clone."""
     import git
 
-    from support.services import stop_service
-    from support.waiting import wait_for as wait
+    from support.services import listening, stop_service
     from workers.runtimes.process import free_port
 
     root = tmp_path_factory.mktemp("repos")
@@ -144,17 +148,20 @@ def git_repo(tmp_path_factory):
     work.clone(root / "demo.git", bare=True)
     port = free_port()
     proc = subprocess.Popen(
-        ["git", "daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1",
-         f"--port={port}", f"--base-path={root}", str(root)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "git",
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            f"--base-path={root}",
+            str(root),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    import socket
-
-    def listening():
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
-    wait(listening, timeout=20, what="git daemon")
+    wait_for(lambda: listening(port), timeout=20, what="git daemon")
     yield f"git://127.0.0.1:{port}/demo.git"
     stop_service(proc)
 
@@ -179,7 +186,9 @@ def test_tls_through_caddy_with_secure_cookies(up):
     # (To the standard port: Caddy leaves a non-standard https_port out.)
     location = urlsplit(redirect.headers["Location"])
     assert (location.scheme, location.hostname, location.path) == (
-        "https", "localhost", "/accounts/login/"
+        "https",
+        "localhost",
+        "/accounts/login/",
     )
 
 
@@ -187,17 +196,46 @@ def test_a_notebook_with_volumes_runs_a_cell_on_its_own_origin(user, git_repo):
     import boto3
 
     s3 = boto3.client(
-        "s3", endpoint_url=S3, region_name="us-east-1",
-        aws_access_key_id="lake", aws_secret_access_key="lake",
+        "s3",
+        endpoint_url=S3,
+        region_name="us-east-1",
+        aws_access_key_id="lake",
+        aws_secret_access_key="lake",
     )
     s3.create_bucket(Bucket="datasets")
     s3.put_object(Bucket="datasets", Key="input/data.csv", Body=b"x,y\n1,2\n")
-    nbc(user, "datastore", "add", "s3", "lake", "--endpoint", S3, "--region", "us-east-1",
-        "--access-key", "lake", "--secret-key", "lake")
+    nbc(
+        user,
+        "datastore",
+        "add",
+        "s3",
+        "lake",
+        "--endpoint",
+        S3,
+        "--region",
+        "us-east-1",
+        "--access-key",
+        "lake",
+        "--secret-key",
+        "lake",
+    )
     created = nbc_json(
-        user, "notebook", "run", "conda", "jupyterlab", "--cpu", "1", "--name", "smoke",
-        "-v", "datasets@lake/input:/workspace/data:RW",
-        "-v", f"{git_repo}:/workspace/repo:RO", "--wait", "--timeout", "300",
+        user,
+        "notebook",
+        "run",
+        "conda",
+        "jupyterlab",
+        "--cpu",
+        "1",
+        "--name",
+        "smoke",
+        "-v",
+        "datasets@lake/input:/workspace/data:RW",
+        "-v",
+        f"{git_repo}:/workspace/repo:RO",
+        "--wait",
+        "--timeout",
+        "300",
     )
     assert created["status"]["state"] == "RUNNING", created["status"]
     url = created["status"]["url"]
@@ -216,9 +254,13 @@ def test_a_notebook_with_volumes_runs_a_cell_on_its_own_origin(user, git_repo):
     # The platform's origin does not serve the notebook (its own origin only).
     reply = requests.get(
         f"{URL}/notebooks/{nid}/api/kernels",
-        headers={"Authorization": f"Bearer {user['token']}"}, verify=user["ca"], timeout=30,
+        headers={"Authorization": f"Bearer {user['token']}"},
+        verify=user["ca"],
+        timeout=30,
     )
-    assert reply.status_code != 200 or "application/json" not in reply.headers.get("Content-Type", "")
+    assert reply.status_code != 200 or "application/json" not in reply.headers.get(
+        "Content-Type", ""
+    )
 
 
 def test_logs_stop_and_usage(user):
@@ -237,9 +279,17 @@ def test_logs_stop_and_usage(user):
 def host_of(notebook_id: str) -> str:
     """The host a notebook runs on, as an operator sees it (its container's label)."""
     names = subprocess.run(
-        ["docker", "ps", "--filter", f"label=io.nbcloud.notebook={notebook_id}",
-         "--format", '{{.Label "io.nbcloud.host"}}'],
-        capture_output=True, text=True, check=True,
+        [
+            "docker",
+            "ps",
+            "--filter",
+            f"label=io.nbcloud.notebook={notebook_id}",
+            "--format",
+            '{{.Label "io.nbcloud.host"}}',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert len(names) == 1, names
     return names[0]
@@ -271,14 +321,23 @@ def test_restarting_web_and_the_workers_loses_nothing(user):
     stack("host", "restart")
     wait_for(
         lambda: requests.get(f"{URL}/api/v1/schema/", verify=user["ca"], timeout=10).ok,
-        timeout=120, what="web answering through Caddy after its restart",
+        timeout=120,
+        what="web answering through Caddy after its restart",
     )
     after = nbc_json(user, "notebook", "list")
     assert [(n["id"], n["status"]["state"]) for n in after] == [
         (n["id"], n["status"]["state"]) for n in before
     ]
+    assert (nid, "RUNNING") in [(n["id"], n["status"]["state"]) for n in after]
     assert "lake" in nbc(user, "datastore", "list")
-    # The editor kept running through its worker's restart; the gateway reaches it again.
+    # The editor kept running through its worker's restart; the gateway reaches it again
+    # once the restarted worker has taken it over (the editor's port is forwarded anew).
+    headers = {"Authorization": f"Bearer {user['token']}"}
+    wait_for(
+        lambda: requests.get(STATE["url"] + "api/kernels", headers=headers, timeout=10).ok,
+        timeout=120,
+        what="the running editor answering through the gateway again",
+    )
     k = kernel(user, STATE["url"])
     try:
         assert k.execute("print(1 + 1)").strip() == "2"
@@ -291,14 +350,19 @@ def test_delete(user):
     nbc(user, "notebook", "delete", nid, "--force")
     wait_for(
         lambda: all(n["id"] != nid for n in nbc_json(user, "notebook", "list")),
-        timeout=180, what="the notebook gone from the list",
+        timeout=180,
+        what="the notebook gone from the list",
     )
     wait_for(
-        lambda: not subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"label=io.nbcloud.notebook={nid}"],
-            capture_output=True, text=True,
-        ).stdout.strip(),
-        timeout=120, what="its container removed",
+        lambda: (
+            not subprocess.run(
+                ["docker", "ps", "-aq", "--filter", f"label=io.nbcloud.notebook={nid}"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+        ),
+        timeout=120,
+        what="its container removed",
     )
 
 
@@ -312,9 +376,11 @@ def test_prometheus_scrapes_every_target_and_loads_the_alerts(up):
         return len(found) == 3 and all(t["health"] == "up" for t in found) and found
 
     found = wait_for(
-        all_up, timeout=60,
-        what=lambda: "every target up: " + json.dumps(
-            [(t["scrapeUrl"], t["health"], t["lastError"]) for t in targets()]
+        all_up,
+        timeout=60,
+        what=lambda: (
+            "every target up: "
+            + json.dumps([(t["scrapeUrl"], t["health"], t["lastError"]) for t in targets()])
         ),
     )
     assert {t["labels"]["job"] for t in found} == {"nbcloud-web", "nbcloud-hosts"}
