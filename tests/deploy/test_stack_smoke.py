@@ -386,6 +386,12 @@ def test_prometheus_scrapes_every_target_and_loads_the_alerts(up):
     assert {t["labels"]["job"] for t in found} == {"nbcloud-web", "nbcloud-hosts"}
     rules = requests.get(f"{PROMETHEUS}/api/v1/rules", timeout=10).json()["data"]["groups"]
     assert {g["name"] for g in rules} >= {"nbcloud-platform", "nbcloud-hosts"}
+    # Evaluated against the live series without errors, and none fires on a healthy stack.
+    evaluated = [r for g in rules for r in g["rules"]]
+    assert [
+        (r["name"], r["health"], r.get("lastError")) for r in evaluated if r["health"] != "ok"
+    ] == []
+    assert [r["name"] for r in evaluated if r["state"] == "firing"] == []
     # The series the alerts read are there, from the running platform.
     query = requests.get(
         f"{PROMETHEUS}/api/v1/query", params={"query": "nbcloud_database_up"}, timeout=10
