@@ -12,7 +12,7 @@ PORT ?= 8000
 # where the editors' sandbox users can run it.
 NODE_DIR ?= $(if $(filter 0,$(shell id -u)),/var/lib/nbcloud/node,$(CURDIR)/.node)
 
-.PHONY: run test bench bench-billing install install-test install-dev sysdeps sysdeps-test setup node envs code-server docker-images image compose-config migrate lint format clean
+.PHONY: run test bench bench-billing install install-test install-dev sysdeps sysdeps-test setup node envs code-server docker-images image compose-config compose-tools compose-up compose-down ci-images ci-stack-up ci-stack-down migrate lint format clean
 
 # System packages come first: creating .venv needs python3-venv.
 sysdeps:
@@ -78,11 +78,36 @@ image: $(WHEELS)/.stamp
 	environments/base/build-base.sh
 	DOCKER_BUILDKIT=0 docker build -q --network none -t $(IMAGE) .
 
-# The full stack's compose file, checked without an engine.
-compose-config:
-	@command -v docker-compose >/dev/null || apt-get install -y -q docker-compose >/dev/null \
-	  || (apt-get update -q && apt-get install -y -q docker-compose >/dev/null)
+# docker-compose (Debian's, v1): the compose files use nothing v2 adds.
+compose-tools:
+	@command -v docker-compose >/dev/null || apt-get install -y -q --no-install-recommends docker-compose >/dev/null \
+	  || (apt-get update -q && apt-get install -y -q --no-install-recommends docker-compose >/dev/null)
+
+# The full stack's compose files, checked without an engine.
+compose-config: compose-tools
 	docker-compose --env-file compose/.env.example -f compose/docker-compose.yml config -q
+	docker-compose --env-file compose/host.env.example -f compose/host.yml config -q
+
+# The full stack on this machine from compose/.env (docs/deployment.md).
+COMPOSE := docker-compose -p nbcloud --env-file compose/.env -f compose/docker-compose.yml
+compose-up: compose-tools docker-images image
+	@test -f compose/.env || { echo "compose/.env is missing: cp compose/.env.example compose/.env, then set every value"; exit 2; }
+	$(COMPOSE) up -d
+
+compose-down: compose-tools
+	$(COMPOSE) down
+
+# CI's stack (compose/ci.override.yml: Debian stand-ins for the third-party images,
+# the platform's own image; a second host joined with compose/host.yml), which
+# tests/deploy/test_stack_smoke.py drives; ci-stack-down removes it with its data.
+ci-images: compose-tools docker-images image
+	compose/ci/build.sh $(PY)
+
+ci-stack-up: ci-images
+	compose/ci/stack.sh up
+
+ci-stack-down: compose-tools
+	compose/ci/stack.sh down
 
 test: sysdeps-test install-test envs code-server
 	@echo "==> running the test suite"

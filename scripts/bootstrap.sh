@@ -19,7 +19,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # SSH sessions, run inside each notebook). The tests add a browser, an ssh
 # client and server (SSH sessions; git volumes over ssh), git (git daemon) and curl.
 RUN_PACKAGES="bubblewrap python3-venv iproute2 nftables openssh-sftp-server"
-TEST_PACKAGES="chromium openssh-client openssh-server git curl"
+TEST_PACKAGES="chromium openssh-client openssh-server git curl prometheus"
 
 installed() {
   dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null | grep -q '^ii'

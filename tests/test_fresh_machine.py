@@ -111,7 +111,9 @@ def test_the_test_packages_come_only_with_make_test(shared_dir):
     assert _as_a_user(["sysdeps", "run"], bin_dir, shared_dir, **docker).returncode == 0
     for_tests = _as_a_user(["sysdeps", "test"], bin_dir, shared_dir, **docker)
     assert for_tests.returncode == 2
-    needed = "    sudo apt-get install -y chromium openssh-client openssh-server git curl"
+    needed = (
+        "    sudo apt-get install -y chromium openssh-client openssh-server git curl prometheus"
+    )
     assert needed in for_tests.stderr
 
 

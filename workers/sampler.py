@@ -257,11 +257,45 @@ class NotebookCollector:
             yield family
 
 
+class DiskCollector:
+    """Size and free bytes of the filesystems holding the host's workspaces and data."""
+
+    def __init__(self, host: str):
+        self.host = host
+
+    def collect(self):
+        import shutil
+
+        from prometheus_client.core import GaugeMetricFamily
+
+        size = GaugeMetricFamily(
+            "nbcloud_host_filesystem_size_bytes",
+            "Size of the filesystem holding each of the host's directories.",
+            labels=["host", "path"],
+        )
+        free = GaugeMetricFamily(
+            "nbcloud_host_filesystem_free_bytes",
+            "Bytes left on the filesystem holding each of the host's directories.",
+            labels=["host", "path"],
+        )
+        for path in (settings.NBCLOUD_WORKSPACES_DIR, settings.DATA_DIR):
+            try:
+                usage = shutil.disk_usage(path)
+            except OSError as exc:  # not made yet: nothing to fill
+                log.debug("disk usage of %s not readable: %s", path, exc)
+                continue
+            size.add_metric([self.host, str(path)], usage.total)
+            free.add_metric([self.host, str(path)], usage.free)
+        yield size
+        yield free
+
+
 def registry(sampler: Sampler):
     from prometheus_client import CollectorRegistry
 
     reg = CollectorRegistry(auto_describe=False)
     reg.register(NotebookCollector(sampler))
+    reg.register(DiskCollector(sampler.host))
     return reg
 
 

@@ -152,3 +152,62 @@ def test_a_broker_that_is_down_leaves_out_broker_series_only(client, monkeypatch
     assert not any(name == "nbcloud_queue_length" for name, _ in found)
     assert any(name == "nbcloud_notebooks" for name, _ in found)
     fleet.increment(fleet.TASK_FAILURES, task="x")  # recording never raises
+    assert found[("nbcloud_broker_up", ())] == 0  # what the NbcloudBrokerDown alert reads
+    assert found[("nbcloud_database_up", ())] == 1
+
+
+def test_hosts_report_their_state_and_last_heartbeat(client):
+    from django.utils import timezone
+
+    beat = timezone.now() - timezone.timedelta(seconds=90)
+    Host.objects.create(name="lost-1", region="GRA", cpus=1, memory_bytes=1, disk_bytes=1)
+    Host.objects.filter(name="lost-1").update(state="LOST", last_heartbeat_at=beat)
+    found = scrape(client)
+    state = {
+        dict(labels)["state"]: value
+        for name, labels in found
+        if name == "nbcloud_host_state" and dict(labels)["host"] == "lost-1"
+        for value in [found[(name, labels)]]
+    }
+    assert state == {"READY": 0, "DRAINING": 0, "LOST": 1}
+    heartbeat = found[
+        ("nbcloud_host_last_heartbeat_timestamp_seconds", (("host", "lost-1"), ("region", "GRA")))
+    ]
+    assert heartbeat == pytest.approx(beat.timestamp())
+
+
+def test_the_oldest_notebook_of_each_waiting_state_is_timed(client, alpha):
+    from django.utils import timezone
+
+    make_notebook(
+        alpha, state="STARTING", state_changed_at=timezone.now() - timezone.timedelta(minutes=20)
+    )
+    make_notebook(alpha, state="STARTING")
+    make_notebook(
+        alpha, state="RUNNING", state_changed_at=timezone.now() - timezone.timedelta(hours=5)
+    )
+    found = scrape(client)
+    oldest = "nbcloud_notebook_oldest_in_state_seconds"
+    assert 1200 <= found[(oldest, (("state", "STARTING"),))] < 1260
+    assert found[(oldest, (("state", "STOPPING"),))] == 0
+    assert not any(name == oldest and ("state", "RUNNING") in labels for name, labels in found)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_that_is_down_is_said_in_a_series_not_a_failed_scrape(client, broker_url):
+    from django.db import connection
+
+    from workers.runtimes.process import free_port
+
+    port = connection.settings_dict["PORT"]
+    connection.close()
+    connection.settings_dict["PORT"] = free_port()  # nothing listens there
+    try:
+        found = scrape(client)
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = port
+    assert found[("nbcloud_database_up", ())] == 0  # what NbcloudDatabaseDown reads
+    assert not any(name == "nbcloud_notebooks" for name, _ in found)
+    assert found[("nbcloud_broker_up", ())] == 1
+    assert ("nbcloud_queue_length", (("queue", "control"),)) in found

@@ -47,3 +47,18 @@ def test_without_a_configured_token_the_worker_port_is_closed(serving, settings)
         reply = requests.get(serving, headers=headers, timeout=10)
         assert reply.status_code == 403
         assert "Set NBCLOUD_METRICS_TOKEN" in reply.json()["message"]
+
+
+def test_the_worker_port_tells_how_full_the_hosts_disks_are(serving, settings):
+    import shutil
+
+    from support.metrics import samples
+
+    scraped = requests.get(serving, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    found = samples(scraped.text)
+    path = str(settings.DATA_DIR)
+    labels = (("host", "metrics-auth"), ("path", path))
+    usage = shutil.disk_usage(path)
+    assert found[("nbcloud_host_filesystem_size_bytes", labels)] == usage.total
+    # What the NbcloudDiskFilling and NbcloudDiskAlmostFull alerts divide.
+    assert 0 < found[("nbcloud_host_filesystem_free_bytes", labels)] <= usage.total

@@ -2,6 +2,7 @@
 JupyterLab kernel driven over the Jupyter Server REST + websocket API."""
 
 import json
+import os
 import time
 import uuid
 from urllib.parse import urlsplit
@@ -25,8 +26,11 @@ class Kernel:
         reply = requests.post(f"{base_url}api/kernels", headers=headers, json={}, timeout=30)
         reply.raise_for_status()
         self.id = reply.json()["id"]
-        ws_url = base_url.replace("http://", "ws://", 1) + f"api/kernels/{self.id}/channels"
-        self.ws = websocket.create_connection(ws_url, header=headers, timeout=60)
+        ws_url = "ws" + base_url.removeprefix("http") + f"api/kernels/{self.id}/channels"
+        # Over https, the CA requests trusts (REQUESTS_CA_BUNDLE: the stack's own CA).
+        ca = os.environ.get("REQUESTS_CA_BUNDLE")
+        sslopt = {"ca_certs": ca} if ca and ws_url.startswith("wss://") else None
+        self.ws = websocket.create_connection(ws_url, header=headers, timeout=60, sslopt=sslopt)
 
     def submit(self, code: str) -> str:
         """Send code to run without waiting; returns the request's message id."""

@@ -8,7 +8,9 @@ come from the Redis-backed counters in `fleet`.
 
 from collections import Counter as Tally
 
-from django.db.models import Count
+from django.db import DatabaseError
+from django.db.models import Count, Min
+from django.utils import timezone
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -16,9 +18,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from nbcloud.hosts.models import Host
+from nbcloud.hosts.models import Host, HostState
 from nbcloud.notebooks.models import Notebook
-from nbcloud.notebooks.states import State
+from nbcloud.notebooks.states import TRANSITIONAL_STATES, State
 from nbcloud.notices.models import Delivery, DeliveryState
 
 from . import fleet
@@ -26,16 +28,70 @@ from . import fleet
 FIXED_QUEUES = ("control", "billing")
 
 
+# Waiting states whose oldest notebook is reported (alerts: stuck in STARTING).
+WAITING_STATES = (State.QUEUED, *sorted(TRANSITIONAL_STATES))
+
+
 class PlatformCollector:
     def collect(self):
-        yield self._notebooks()
-        yield self._host_gpus()
-        yield self._notice_deliveries()
-        queues = self._queue_lengths()
+        # The database's series are read first, all of them: a database that is down
+        # leaves them out and says so in nbcloud_database_up, not in a failed scrape.
+        try:
+            from_database = [
+                self._notebooks(),
+                self._oldest_in_state(),
+                self._host_gpus(),
+                *self._hosts(),
+                self._notice_deliveries(),
+            ]
+        except DatabaseError as exc:
+            fleet.log.warning("fleet series not readable from the database: %s", exc)
+            from_database = None
+        yield _up("nbcloud_database_up", "1 when the database answers, 0 when not.", from_database)
+        yield from from_database or ()
+        queues = self._queue_lengths(hosts=from_database is not None)
+        if fleet.broker_redis() is not None:
+            yield _up("nbcloud_broker_up", "1 when the broker answers, 0 when not.", queues)
         if queues is not None:
             yield queues
         for metric in fleet.METRICS:
             yield self._recorded(metric)
+
+    def _oldest_in_state(self) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(
+            "nbcloud_notebook_oldest_in_state_seconds",
+            "How long the notebook longest in each waiting state has been in it (0: none).",
+            labels=["state"],
+        )
+        since = dict(
+            Notebook.objects.filter(state__in=WAITING_STATES)
+            .values("state")
+            .annotate(oldest=Min("state_changed_at"))
+            .order_by()
+            .values_list("state", "oldest")
+        )
+        now = timezone.now()
+        for state in WAITING_STATES:
+            oldest = since.get(state)
+            family.add_metric([state], (now - oldest).total_seconds() if oldest else 0)
+        return family
+
+    def _hosts(self) -> list[GaugeMetricFamily]:
+        states = GaugeMetricFamily(
+            "nbcloud_host_state",
+            "1 for each host's state (READY, DRAINING, LOST), 0 for the others.",
+            labels=["host", "region", "state"],
+        )
+        heartbeats = GaugeMetricFamily(
+            "nbcloud_host_last_heartbeat_timestamp_seconds",
+            "When each host's worker last said it was alive (Unix time).",
+            labels=["host", "region"],
+        )
+        for host in Host.objects.only("name", "region", "state", "last_heartbeat_at"):
+            for state in HostState.values:
+                states.add_metric([host.name, host.region, state], int(host.state == state))
+            heartbeats.add_metric([host.name, host.region], host.last_heartbeat_at.timestamp())
+        return [states, heartbeats]
 
     def _notebooks(self) -> GaugeMetricFamily:
         from nbcloud.catalog.services import catalog
@@ -86,14 +142,16 @@ class PlatformCollector:
             family.add_metric([state], counts.get(state, 0))
         return family
 
-    def _queue_lengths(self) -> GaugeMetricFamily | None:
+    def _queue_lengths(self, hosts: bool = True) -> GaugeMetricFamily | None:
         client = fleet.broker_redis()
         if client is None:
             return None
         family = GaugeMetricFamily(
             "nbcloud_queue_length", "Messages waiting in each broker queue.", labels=["queue"]
         )
-        queues = [*FIXED_QUEUES, *(host.queue for host in Host.objects.only("name"))]
+        queues = [*FIXED_QUEUES]
+        if hosts:  # the hosts' queues are named in the database
+            queues += [host.queue for host in Host.objects.only("name")]
         try:
             with client.pipeline(transaction=False) as pipe:
                 for queue in queues:
@@ -124,6 +182,12 @@ class PlatformCollector:
             buckets.append(("+Inf", fields.get("+Inf", 0)))
             family.add_metric(list(values), buckets, sum_value=fields.get("sum", 0))
         return family
+
+
+def _up(name: str, documentation: str, result) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation)
+    family.add_metric([], int(result is not None))
+    return family
 
 
 def _priority_keys(queue: str) -> list[str]:
