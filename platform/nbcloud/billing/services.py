@@ -126,7 +126,9 @@ def close_interval(notebook: Notebook, at: datetime | None = None) -> None:
     """Close the notebook's open interval and bill its last minutes now.
 
     Without `at`, the end is read after taking the billing lock: a tick that
-    held it billed up to a `now` no later than that.
+    held it billed up to a `now` no later than that. An `at` in the past (a
+    lost host's last heartbeat) takes back the minutes a tick billed that
+    begin at or after it: they never commenced.
     """
     with transaction.atomic():
         _billing_lock(exclusive=False)
@@ -135,6 +137,8 @@ def close_interval(notebook: Notebook, at: datetime | None = None) -> None:
             return
         interval.ended_at = at or timezone.now()
         interval.save(update_fields=["ended_at"])
+        if at is not None:
+            UsageRecord.objects.filter(interval=interval, starts_at__gte=at).delete()
         _bill(BillableInterval.objects.filter(pk=interval.pk), now=interval.ended_at)
 
 
