@@ -247,9 +247,13 @@ def push_volumes(notebook_id: str, host: str) -> None:
     send(PUSH_VOLUMES, (notebook_id,), {"host": host})
 
 
-def check_notebooks(host: str) -> None:
-    send(CHECK_NOTEBOOKS, kwargs={"host": host}, expires=settings.NBCLOUD_RECONCILE_INTERVAL)
+def check_notebooks(*hosts: str) -> None:
+    """Ask each host to check its editors: one outbox INSERT for them all."""
+    expires = settings.NBCLOUD_RECONCILE_INTERVAL
+    send_all(Task(CHECK_NOTEBOOKS, (), {"host": h}, {"expires": expires}) for h in hosts)
 
 
-def check_idle(host: str) -> None:
-    send(CHECK_IDLE, kwargs={"host": host}, expires=settings.NBCLOUD_LIMITS_CHECK_INTERVAL)
+def check_idle(*hosts: str) -> None:
+    """Ask each host to check its notebooks' idleness: one outbox INSERT for them all."""
+    expires = settings.NBCLOUD_LIMITS_CHECK_INTERVAL
+    send_all(Task(CHECK_IDLE, (), {"host": h}, {"expires": expires}) for h in hosts)

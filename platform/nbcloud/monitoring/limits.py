@@ -63,8 +63,7 @@ def check_limits(now: datetime | None = None) -> None:
             _enforce_max_runtime(notebook, limit)
         elif idle_timeout(notebook):
             idle_hosts.add(notebook.host.name)
-    for host in sorted(idle_hosts):
-        dispatch.check_idle(host)
+    dispatch.check_idle(*sorted(idle_hosts))
 
 
 def _enforce_max_runtime(notebook: Notebook, limit: int) -> None:
