@@ -213,9 +213,12 @@ def check_books(budgeted: list) -> dict:
     from nbcloud.billing.models import BillableInterval
     from nbcloud.billing.services import tick
     from nbcloud.hosts.models import Host, HostState
+    from nbcloud.monitoring import limits
     from nbcloud.notebooks.models import Notebook
     from nbcloud.notebooks.states import QUOTA_STATES
 
+    limits.enforce_budgets(timezone.now())  # the day's last round, its hosts' part done
+    fake_runtime()
     now = timezone.now()
     tick(now)
     holding = Notebook.objects.exclude(host=None)
