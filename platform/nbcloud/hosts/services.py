@@ -231,13 +231,31 @@ class Capacity:
         }
 
 
+@dataclass(frozen=True)
+class Holding:
+    """What a notebook holding capacity on a host is read as: enough for its `Need`."""
+
+    flavor: str
+    gpu: int
+    cpu: int
+    gpu_uuids: list[str]
+
+    @property
+    def units(self) -> int:
+        return self.gpu or self.cpu
+
+
 def capacities(hosts: list[Host]) -> dict[int, Capacity]:
-    """Each host's capacity left, from the notebooks that hold capacity there."""
+    """Each host's capacity left, from the notebooks that hold capacity there (read as
+    plain values: a fleet holds thousands)."""
     holding = defaultdict(list)
-    for notebook in Notebook.objects.filter(host__in=hosts).only(
-        "host_id", "flavor", "gpu", "cpu", "gpu_uuids"
-    ):
-        holding[notebook.host_id].append(notebook)
+    rows = (
+        Notebook.objects.filter(host__in=[h.pk for h in hosts])
+        .order_by()
+        .values_list("host_id", "flavor", "gpu", "cpu", "gpu_uuids")
+    )
+    for host_id, *values in rows:
+        holding[host_id].append(Holding(*values))
     return {h.pk: Capacity.of(h, holding[h.pk]) for h in hosts}
 
 
@@ -323,19 +341,20 @@ def place_queued() -> list[tuple[str, str]]:
     workers take turns on the READY hosts' row locks; a user's action on a
     waiting notebook takes turns with the pass on that notebook's row lock.
     """
+    waiting = Notebook.objects.filter(Q(state=State.QUEUED) | Q(state=State.RESTARTING, host=None))
+    if not waiting.exists():
+        # Nothing waits: nothing to read. A notebook that starts waiting after this
+        # look asks for a pass of its own (`dispatch.schedule`).
+        return []
     with transaction.atomic():
         hosts = list(
             Host.objects.select_for_update().filter(state=HostState.READY).order_by("name")
         )
         placer = Placer(capacities(hosts).values())
-        waiting = (
-            Notebook.objects.select_for_update()
-            .filter(Q(state=State.QUEUED) | Q(state=State.RESTARTING, host=None))
-            .order_by("queued_at", "created_at")
-            .only(*_WAITING_FIELDS)
-        )
         changes = []
-        for notebook in waiting:
+        for notebook in (
+            waiting.select_for_update().order_by("queued_at", "created_at").only(*_WAITING_FIELDS)
+        ):
             decision = placer.decide(notebook)
             if isinstance(decision, Placed):
                 changes.append(
