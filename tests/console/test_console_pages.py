@@ -216,8 +216,7 @@ def test_datastore_secrets_are_write_only(owner, alpha):
     assert Datastore.objects.get(alias="lake").secrets() == {"secret_key": "very-secret"}
     assert "very-secret" not in owner.get("/projects/alpha/datastores/").content.decode()
     bad = owner.post(
-        "/projects/alpha/datastores/",
-        {"alias": "lake2", "type": "s3", "secret_key": "second-secret"},
+        "/projects/alpha/datastores/", {"alias": "lake2", "type": "s3", "secret_key": "second-secret"}
     )
     assert bad.status_code == 400
     assert (
