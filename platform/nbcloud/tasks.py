@@ -1,8 +1,14 @@
 """The control plane's Celery tasks: thin adapters that call a service.
 
 They run on the `control` and `billing` queues (`nbcloud.dispatch.ROUTES`);
-the host's tasks are in `workers.tasks`.
+the host's tasks are in `workers.tasks`. Several control workers may run them:
+placement passes take turns on the hosts' row locks; a beat round runs on one
+worker at a time (`locks.one_at_a_time`), the others skip it; the outbox is
+flushed with rows skipped when locked.
 """
+
+import logging
+from collections.abc import Callable
 
 from celery import shared_task
 from celery.signals import worker_ready
@@ -12,9 +18,21 @@ from django.utils import timezone
 from nbcloud import dispatch
 from nbcloud.billing.services import tick
 from nbcloud.hosts.services import place_queued
+from nbcloud.locks import one_at_a_time
 from nbcloud.monitoring import limits
 from nbcloud.notebooks import reconcile
 from nbcloud.notices import services as notices
+
+log = logging.getLogger(__name__)
+
+
+def _one_round(name: str, work: Callable[[], None]) -> None:
+    """Run beat's round `name` unless another worker is running it now."""
+    with one_at_a_time(name) as held:
+        if not held:
+            log.info("%s: another worker is running this round; skipped", name)
+            return
+        work()
 
 
 @shared_task(name=dispatch.SCHEDULE)
@@ -24,21 +42,27 @@ def schedule() -> None:
 
 @shared_task(name=dispatch.RECONCILE, expires=settings.NBCLOUD_RECONCILE_INTERVAL)
 def reconcile_all() -> None:
-    reconcile.run()
-    notices.resend_overdue()
-    notices.prune()
+    def round_() -> None:
+        reconcile.run()
+        notices.resend_overdue()
+        notices.prune()
+
+    _one_round(dispatch.RECONCILE, round_)
 
 
 @shared_task(name=dispatch.CHECK_LIMITS, expires=settings.NBCLOUD_LIMITS_CHECK_INTERVAL)
 def check_limits() -> None:
-    limits.check_limits()
+    _one_round(dispatch.CHECK_LIMITS, limits.check_limits)
 
 
 @shared_task(name=dispatch.BILLING_TICK, expires=60)
 def billing_tick() -> None:
-    now = timezone.now()
-    tick(now)
-    limits.enforce_budgets(now)
+    def round_() -> None:
+        now = timezone.now()
+        tick(now)
+        limits.enforce_budgets(now)
+
+    _one_round(dispatch.BILLING_TICK, round_)
 
 
 @shared_task(name=dispatch.DELIVER_NOTICE, bind=True, max_retries=None)

@@ -95,7 +95,7 @@ def assert_budget_exceeded(reply) -> dict:
 
 def sent(callbacks) -> list[tuple[str, tuple, dict]]:
     """The tasks captured on commit: (name, args, kwargs)."""
-    return [(cb.name, cb.args, cb.kwargs) for cb in callbacks]
+    return [(t.name, t.args, t.kwargs) for cb in callbacks for t in cb.tasks]
 
 
 # The state on the project.

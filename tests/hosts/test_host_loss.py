@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from nbcloud.billing.models import BillableInterval
+from nbcloud.billing.models import BillableInterval, UsageRecord
+from nbcloud.billing.services import tick
 from nbcloud.hosts import services
 from nbcloud.hosts.models import Host, HostState
 from nbcloud.notebooks import reconcile
@@ -169,3 +170,16 @@ def test_a_notebook_restarting_on_a_lost_host_waits_in_line_again(alpha):
         from_state=State.RESTARTING, to_state=State.QUEUED, code=InfoCode.HOST_LOST
     ).exists()
     assert "position 1 in region GRA" in notebook.info_message
+
+
+def test_a_notebook_placed_on_a_host_already_silent_is_billed_nothing(alpha, settings):
+    settings.NBCLOUD_HOST_LOST_AFTER = 60
+    host = silent_for(make_host("dying", gpus=1, cpus=13, memory_gib=40), 120)
+    notebook = placed(make_queued_notebook(alpha, "late", gpu=1))  # still READY: placed
+    tick(timezone.now() + timedelta(seconds=90))  # its first two minutes billed
+    assert UsageRecord.objects.filter(notebook_id=notebook.pk).count() == 2
+    services.mark_lost(timezone.now() - timedelta(seconds=60))
+    interval = BillableInterval.objects.get(notebook=notebook)
+    assert interval.ended_at == interval.started_at  # it never ran after the host's last word
+    assert not UsageRecord.objects.filter(notebook_id=notebook.pk).exists()
+    assert fresh(host).state == HostState.LOST

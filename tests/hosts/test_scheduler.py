@@ -24,7 +24,11 @@ def place(django_capture_on_commit_callbacks):
     def run():
         with django_capture_on_commit_callbacks(execute=False) as callbacks:
             placed = place_queued()
-        assert len(callbacks) == len(placed)  # one start task per placement
+        # One start task per placement, to the host's queue.
+        starts = [
+            (task.args[0], task.kwargs["host"]) for sending in callbacks for task in sending.tasks
+        ]
+        assert starts == placed
         return placed
 
     return run

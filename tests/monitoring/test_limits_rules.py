@@ -136,9 +136,7 @@ def test_project_defaults_apply(running, alpha, django_capture_on_commit_callbac
 
 def test_only_hosts_with_idle_limits_are_asked(running, monkeypatch):
     sent = []
-    monkeypatch.setattr(
-        dispatch, "send", lambda name, args=(), kwargs=None, **o: sent.append(kwargs)
-    )
+    monkeypatch.setattr(dispatch, "send_all", lambda tasks: sent.extend(t.kwargs for t in tasks))
     running()
     limits.check_limits()
     assert sent == []

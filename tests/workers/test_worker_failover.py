@@ -12,6 +12,7 @@ import requests
 from django.conf import settings
 from django.utils import timezone
 
+from nbcloud import dispatch
 from nbcloud.celery import app
 from nbcloud.notebooks import reconcile
 from nbcloud.notebooks import services as notebook_services
@@ -91,6 +92,41 @@ def test_start_cut_short_by_a_dead_worker_is_finished_by_the_next(
     assert (
         len({p.pid for p in editors if p.ppid() == 1 or p.pid == running.runtime_state["pid"]}) <= 1
     )
+    alice_api.post(f"/api/v1/projects/alpha/notebooks/{running.pk}/stop/")
+    wait_row_state(running.pk, "STOPPED")
+
+
+def _editors(notebook_id) -> set[int]:
+    """The outermost sandboxes (bwrap, which forks itself) running this notebook's editor."""
+    sandboxes = {
+        p.pid: p.ppid()
+        for p in psutil.process_iter(["cmdline"])
+        if str(notebook_id) in " ".join(p.info["cmdline"] or [])
+        and "bwrap" in (p.info["cmdline"] or [""])[0]
+        and p.status() != "zombie"
+    }
+    return {pid for pid, parent in sandboxes.items() if parent not in sandboxes}
+
+
+def test_two_workers_on_one_host_queue_start_the_editor_once(
+    platform_server, celery_worker_process, conda_env, failover_host, workers, alice_api, settings
+):
+    both = [workers(), workers()]  # two consumers of queue host.failover
+    created = alice_api.post("/api/v1/projects/alpha/notebooks/", SPEC, format="json").json()
+    wait_for(lambda: _notebook(created["id"]).state != "QUEUED", what="the placement")
+    # The start sent twice more at once (a reconcile resend, a worker's resume): with
+    # two workers and two slots each, they run beside the first.
+    for _ in range(2):
+        dispatch.start(created["id"], failover_host.name)
+    running = wait_row_state(created["id"], "RUNNING", timeout=90)
+    logs = [settings.DATA_DIR / f"{failover_host.name}-{i}.log" for i in range(len(both))]
+    wait_for(
+        lambda: sum(log.read_text().count("notebooks.start[") for log in logs) >= 6,
+        what="the three start tasks received and done by the two workers",
+    )
+    assert len(_editors(running.pk)) == 1, _editors(running.pk)
+    assert _notebook(running.pk).runtime_state == running.runtime_state  # not started again
+    assert NotebookEvent.objects.filter(notebook=running, to_state="RUNNING").count() == 1
     alice_api.post(f"/api/v1/projects/alpha/notebooks/{running.pk}/stop/")
     wait_row_state(running.pk, "STOPPED")
 

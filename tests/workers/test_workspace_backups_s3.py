@@ -175,7 +175,7 @@ def test_a_stop_while_the_object_store_is_down_keeps_the_workspace_and_retries(
     assert row.info_code == "BACKUP_RETRY"
     assert "kept on host h" in row.info_message and "in 15 s" in row.info_message
     assert (workspace.local_path(row) / "results.txt").exists()
-    retry = [(c.name, c.kwargs, c.options) for c in sent]
+    retry = [(t.name, t.kwargs, t.options) for c in sent for t in c.tasks]
     assert retry == [("notebooks.stop", {"host": "h", "attempt": 1}, {"countdown": 15})]
 
     # Reconcile sends the stop again meanwhile: it tries once, and starts no second chain.
@@ -185,7 +185,7 @@ def test_a_stop_while_the_object_store_is_down_keeps_the_workspace_and_retries(
     # The chain's next attempt waits twice as long.
     with django_capture_on_commit_callbacks(execute=False) as sent:
         lifecycle.stop(str(row.pk), "h", attempt=1)
-    assert [c.options for c in sent] == [{"countdown": 30}]
+    assert [t.options for c in sent for t in c.tasks] == [{"countdown": 30}]
     assert Backup.objects.count() == 0
 
     _use_s3(settings, s3_endpoint, tmp_path)  # the store is back

@@ -63,7 +63,9 @@ class BillableInterval(models.Model):
 
 
 class UsageRecord(models.Model):
-    """One billed minute. Written in bulk by the tick, never changed.
+    """One billed minute. Written in bulk by the tick, never changed; taken back
+    only when its interval is closed at a time before the minute began (a lost
+    host's last heartbeat): that minute never commenced.
 
     Records derive from their interval by construction, so the foreign keys
     carry no database constraint (a per-row trigger each), and the indexes

@@ -13,14 +13,17 @@ remains the last net (tasks are idempotent).
 """
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
+
+from nbcloud import bulk
 
 log = logging.getLogger(__name__)
 
@@ -88,44 +91,92 @@ def route_task(name, args, kwargs, options, task=None, **kw):
 
 
 @dataclass(frozen=True)
-class Sending:
-    """A task to send once the transaction commits (what `on_commit` holds); its
-    outbox row goes once the broker took it."""
+class Task:
+    """A task to send: its name, arguments and Celery options (e.g. `expires`)."""
 
     name: str
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
-    outbox_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Sending:
+    """Tasks to send once the transaction commits (what `on_commit` holds); their
+    outbox rows go, in one statement, once the broker took them all."""
+
+    tasks: tuple[Task, ...]
+    outbox_ids: tuple[int, ...]
 
     def __call__(self) -> None:
         from nbcloud.celery import app
 
         from .models import OutboxMessage
 
+        kept = OutboxMessage.objects.filter(pk__in=self.outbox_ids)
+        sent = 0
         try:
-            app.send_task(self.name, args=self.args, kwargs=self.kwargs, **self.options)
-        except Exception as exc:  # the broker is down: the outbox keeps it
-            log.warning("task %s not sent (%s); kept in the outbox", self.name, exc)
-            OutboxMessage.objects.filter(pk=self.outbox_id).update(
-                attempts=F("attempts") + 1, last_error=str(exc)[:500]
+            with app.producer_or_acquire() as producer:
+                for task in self.tasks:
+                    app.send_task(
+                        task.name,
+                        args=task.args,
+                        kwargs=task.kwargs,
+                        producer=producer,
+                        **task.options,
+                    )
+                    sent += 1
+        except Exception as exc:  # the broker is down: the outbox keeps them all
+            # (`flush_outbox` sends them again; a task sent twice finds its work done)
+            log.warning(
+                "%d of %d task(s) not sent (%s); kept in the outbox",
+                len(self.tasks) - sent,
+                len(self.tasks),
+                exc,
             )
+            kept.update(attempts=F("attempts") + 1, last_error=str(exc)[:500])
             return
-        OutboxMessage.objects.filter(pk=self.outbox_id).delete()
+        kept.delete()
+
+
+_OUTBOX_COLUMNS = {"name": "text", "args": "jsonb", "kwargs": "jsonb", "options": "jsonb"}
+_KEEP = """
+INSERT INTO dispatch_outboxmessage (name, args, kwargs, options, created_at, attempts, last_error)
+SELECT v.name, v.args, v.kwargs, v.options, %s, 0, '' FROM {rows}
+RETURNING id
+"""
+
+
+def send_all(tasks: Iterable[Task]) -> None:
+    """Send `tasks` once the current transaction commits, in order. They are written
+    to the outbox in the same transaction (one INSERT for all), so a broker that is
+    down (or a process that dies before the send) delays them, never loses them:
+    `flush_outbox` sends what is left."""
+    tasks = tuple(tasks)
+    for task in tasks:
+        if task.name not in ROUTES:
+            raise UnroutedTask(
+                f"task {task.name!r} has no route: add it to nbcloud.dispatch.ROUTES"
+            )
+    if not tasks:
+        return
+    rows = [
+        {"name": t.name, "args": list(t.args), "kwargs": t.kwargs, "options": t.options}
+        for t in tasks
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _KEEP.format(rows=bulk.table(_OUTBOX_COLUMNS)),
+            [bulk.stamp(timezone.now()), bulk.rows(rows)],
+        )
+        kept = [row[0] for row in cursor]
+    transaction.on_commit(Sending(tasks, tuple(kept)))
 
 
 def send(name: str, args: tuple = (), kwargs: dict | None = None, **options) -> None:
     """Send task `name` once the current transaction commits (`options`: Celery's,
-    e.g. `expires`). It is written to the outbox in the same transaction, so a broker
-    that is down (or a process that dies before the send) delays it, never loses it:
-    `flush_outbox` sends what is left."""
-    from .models import OutboxMessage
-
-    if name not in ROUTES:
-        raise UnroutedTask(f"task {name!r} has no route: add it to nbcloud.dispatch.ROUTES")
-    args, kwargs = tuple(args), dict(kwargs or {})
-    kept = OutboxMessage.objects.create(name=name, args=list(args), kwargs=kwargs, options=options)
-    transaction.on_commit(Sending(name, args, kwargs, options, kept.pk))
+    e.g. `expires`); see `send_all`."""
+    send_all([Task(name, tuple(args), dict(kwargs or {}), options)])
 
 
 def flush_outbox(older_than: float = 2.0, limit: int = 1000) -> int:
@@ -174,7 +225,12 @@ def schedule() -> None:
 
 
 def start(notebook_id: str, host: str) -> None:
-    send(START, (notebook_id,), {"host": host})
+    start_all([(notebook_id, host)])
+
+
+def start_all(placements: Iterable[tuple[str, str]]) -> None:
+    """Start each (notebook id, host): one outbox INSERT for them all."""
+    send_all(Task(START, (notebook_id,), {"host": host}) for notebook_id, host in placements)
 
 
 def stop(notebook_id: str, host: str) -> None:
@@ -193,12 +249,16 @@ def push_volumes(notebook_id: str, host: str) -> None:
     send(PUSH_VOLUMES, (notebook_id,), {"host": host})
 
 
-def check_notebooks(host: str) -> None:
-    send(CHECK_NOTEBOOKS, kwargs={"host": host}, expires=settings.NBCLOUD_RECONCILE_INTERVAL)
+def check_notebooks(*hosts: str) -> None:
+    """Ask each host to check its editors: one outbox INSERT for them all."""
+    expires = settings.NBCLOUD_RECONCILE_INTERVAL
+    send_all(Task(CHECK_NOTEBOOKS, (), {"host": h}, {"expires": expires}) for h in hosts)
 
 
-def check_idle(host: str) -> None:
-    send(CHECK_IDLE, kwargs={"host": host}, expires=settings.NBCLOUD_LIMITS_CHECK_INTERVAL)
+def check_idle(*hosts: str) -> None:
+    """Ask each host to check its notebooks' idleness: one outbox INSERT for them all."""
+    expires = settings.NBCLOUD_LIMITS_CHECK_INTERVAL
+    send_all(Task(CHECK_IDLE, (), {"host": h}, {"expires": expires}) for h in hosts)
 
 
 def deliver_notice(delivery_id: int) -> None:

@@ -273,13 +273,31 @@ class Capacity:
         }
 
 
+@dataclass(frozen=True)
+class Holding:
+    """What a notebook holding capacity on a host is read as: enough for its `Need`."""
+
+    flavor: str
+    gpu: int
+    cpu: int
+    gpu_uuids: list[str]
+
+    @property
+    def units(self) -> int:
+        return self.gpu or self.cpu
+
+
 def capacities(hosts: list[Host]) -> dict[int, Capacity]:
-    """Each host's capacity left, from the notebooks that hold capacity there."""
+    """Each host's capacity left, from the notebooks that hold capacity there (read as
+    plain values: a fleet holds thousands)."""
     holding = defaultdict(list)
-    for notebook in Notebook.objects.filter(host__in=hosts).only(
-        "host_id", "flavor", "gpu", "cpu", "gpu_uuids"
-    ):
-        holding[notebook.host_id].append(notebook)
+    rows = (
+        Notebook.objects.filter(host__in=[h.pk for h in hosts])
+        .order_by()
+        .values_list("host_id", "flavor", "gpu", "cpu", "gpu_uuids")
+    )
+    for host_id, *values in rows:
+        holding[host_id].append(Holding(*values))
     return {h.pk: Capacity.of(h, holding[h.pk]) for h in hosts}
 
 
@@ -333,7 +351,10 @@ class Placer:
         if line not in self._waiting:
             need = Need.of(notebook)
             region = self._regions[notebook.region]
-            best = next((c for c in region if c.fits(need)), None)
+            # Hosts before this one have too few free GPUs, or just enough and too
+            # few vCPUs: skipped without a look, so a full fleet costs no scan.
+            first = bisect.bisect_left(region, (need.gpus, need.cpus), key=_fullest_first)
+            best = next((c for c in region[first:] if c.fits(need)), None)
             if best is not None:
                 region.remove(best)
                 gpus = best.take(need)
@@ -343,56 +364,72 @@ class Placer:
         return Waiting(self._waiting[line])
 
 
+# What a pass reads of each waiting notebook: enough to decide and to write its change.
+_WAITING_FIELDS = (
+    "id", "name", "project_id", "state", "flavor", "gpu", "cpu", "region",
+    "info_code", "info_message", "queued_at", "created_at",
+)  # fmt: skip
+
+
 def place_queued() -> list[tuple[str, str]]:
     """Place every waiting notebook that fits, in order; returns (notebook id, host).
 
     Waiting: QUEUED, and RESTARTING without a host (its host was lost). Those
     that do not fit get their position in their region's line in `info`.
+
+    One transaction, whose writes are one statement per table whatever the
+    number of notebooks (their changes and placements, their events, the
+    intervals opened, the start tasks in the outbox). Passes on several control
+    workers take turns on the READY hosts' row locks; a user's action on a
+    waiting notebook takes turns with the pass on that notebook's row lock.
     """
-    placed = []
+    waiting = Notebook.objects.filter(Q(state=State.QUEUED) | Q(state=State.RESTARTING, host=None))
+    if not waiting.exists():
+        # Nothing waits: nothing to read. A notebook that starts waiting after this
+        # look asks for a pass of its own (`dispatch.schedule`).
+        return []
     with transaction.atomic():
         hosts = list(
             Host.objects.select_for_update().filter(state=HostState.READY).order_by("name")
         )
         placer = Placer(capacities(hosts).values())
-        waiting = (
-            Notebook.objects.select_for_update()
-            .filter(Q(state=State.QUEUED) | Q(state=State.RESTARTING, host=None))
-            .order_by("queued_at", "created_at")
-        )
-        moved_up: list[Notebook] = []
-        for notebook in waiting:
+        changes = []
+        for notebook in (
+            waiting.select_for_update().order_by("queued_at", "created_at").only(*_WAITING_FIELDS)
+        ):
             decision = placer.decide(notebook)
-            if isinstance(decision, Waiting):
-                message = _waiting_message(notebook, decision.position)
-                if notebook.state == State.RESTARTING:
-                    notebook_services.transition(
+            if isinstance(decision, Placed):
+                changes.append(
+                    notebook_services.Change(
                         notebook,
-                        State.QUEUED,
-                        actor=notebook_services.SYSTEM,
-                        code=InfoCode.WAITING_FOR_CAPACITY,
-                        message=message,
+                        State.STARTING,
+                        InfoCode.PLACED,
+                        f"Placed on host {decision.host.name}.",
+                        notebook_services.Reservation(
+                            decision.host.pk,
+                            decision.gpu_uuids,
+                            # A new secret for every run: whoever could open the
+                            # editor before loses it when the notebook restarts.
+                            secrets.token_hex(24),
+                        ),
                     )
-                elif notebook.info_message != message:
-                    notebook.info_code = InfoCode.WAITING_FOR_CAPACITY
-                    notebook.info_message = message
-                    moved_up.append(notebook)
+                )
                 continue
-            notebook_services.transition(
-                notebook,
-                State.STARTING,
-                actor=notebook_services.SYSTEM,
-                code=InfoCode.PLACED,
-                message=f"Placed on host {decision.host.name}.",
-                host=decision.host,
-                gpu_uuids=list(decision.gpu_uuids),
-                # A new secret for every run: whoever could open the editor
-                # before loses it when the notebook restarts.
-                editor_secret=secrets.token_hex(24),
-            )
-            dispatch.start(str(notebook.pk), decision.host.name)
-            placed.append((str(notebook.pk), decision.host.name))
-        # Every placement moves those behind it up: one statement per batch,
-        # not one per notebook in line.
-        Notebook.objects.bulk_update(moved_up, ["info_code", "info_message"], batch_size=1000)
+            message = _waiting_message(notebook, decision.position)
+            # Every placement moves those behind it up; a notebook whose line did
+            # not move is not written.
+            if notebook.state == State.RESTARTING or notebook.info_message != message:
+                changes.append(
+                    notebook_services.Change(
+                        notebook, State.QUEUED, InfoCode.WAITING_FOR_CAPACITY, message
+                    )
+                )
+        applied = notebook_services.transition_all(changes, actor=notebook_services.SYSTEM)
+        names = {host.pk: host.name for host in hosts}
+        placed = [
+            (str(change.notebook.pk), names[change.placement.host_id])
+            for change in applied
+            if change.placement is not None
+        ]
+        dispatch.start_all(placed)
     return placed

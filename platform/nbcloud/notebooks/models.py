@@ -84,6 +84,8 @@ class Notebook(models.Model):
         ordering = ["created_at"]
         indexes = [
             models.Index(fields=["project", "state"]),
+            # A project's list, in its order: a page of a large project without a sort.
+            models.Index(fields=["project", "created_at"], name="notebooks_by_project"),
             models.Index(fields=["state", "region", "queued_at"]),
         ]
 

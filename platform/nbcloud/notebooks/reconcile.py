@@ -36,11 +36,11 @@ def run(now: datetime | None = None) -> None:
     host_services.place_queued()
     hosts = (
         Notebook.objects.filter(state=State.RUNNING, host__isnull=False)
+        .order_by("host__name")  # not the model's order, which DISTINCT would add
         .values_list("host__name", flat=True)
         .distinct()
     )
-    for host in hosts:
-        dispatch.check_notebooks(host)
+    dispatch.check_notebooks(*hosts)
     resend_stuck(now)
 
 

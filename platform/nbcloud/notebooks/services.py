@@ -8,12 +8,13 @@ change (a task) is sent on commit.
 
 import logging
 import secrets
+from dataclasses import dataclass
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from nbcloud import dispatch
+from nbcloud import bulk, dispatch
 from nbcloud.billing import services as billing
 from nbcloud.errors import InvalidState, QuotaExceeded
 from nbcloud.notices import services as notices
@@ -80,6 +81,123 @@ def transition(
         setattr(notebook, name, value)
     log.info("notebook %s: %s -> %s (%s) %s", notebook.pk, from_state, to, code, message)
     return notebook
+
+
+@dataclass(frozen=True)
+class Change:
+    """One notebook's part in `transition_all`: to `to` (or, to its own state, only a new
+    `info`), and, when `placement` is given, the capacity it reserves there."""
+
+    notebook: Notebook
+    to: State
+    code: InfoCode
+    message: str
+    placement: "Reservation | None" = None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Capacity a notebook takes on a host, with a new editor secret for the run."""
+
+    host_id: int
+    gpu_uuids: tuple[str, ...]
+    editor_secret: str
+
+
+_CHANGE_COLUMNS = {
+    "notebook": "uuid",
+    "from_state": "text",
+    "to_state": "text",
+    "code": "text",
+    "message": "text",
+    "place": "boolean",
+    "to_host": "integer",
+    "to_gpus": "jsonb",
+    "to_secret": "text",
+}
+_UPDATE_CHANGES = """
+UPDATE notebooks_notebook SET
+    state = v.to_state,
+    info_code = v.code,
+    info_message = v.message,
+    state_changed_at = CASE WHEN v.to_state <> v.from_state THEN %s ELSE state_changed_at END,
+    updated_at = CASE WHEN v.to_state <> v.from_state THEN %s ELSE updated_at END,
+    host_id = CASE WHEN v.place THEN v.to_host ELSE host_id END,
+    gpu_uuids = CASE WHEN v.place THEN v.to_gpus ELSE gpu_uuids END,
+    editor_secret = CASE WHEN v.place THEN v.to_secret ELSE editor_secret END
+FROM {rows}
+WHERE id = v.notebook AND state = v.from_state
+RETURNING id
+"""
+_INSERT_EVENTS = """
+INSERT INTO notebooks_notebookevent (notebook_id, at, actor, from_state, to_state, code, message)
+SELECT v.notebook, %s, %s, v.from_state, v.to_state, v.code, v.message FROM {rows}
+"""
+
+
+def transition_all(changes: list[Change], *, actor: str) -> list[Change]:
+    """`transition` for many notebooks in one go: one UPDATE of the notebooks, one
+    INSERT of their events, one of the intervals opened by the capacity reserved.
+
+    Each row changes only if it is still in the state its notebook was read in;
+    returns the changes that were applied (the others lost to another change).
+    """
+    if not changes:
+        return []
+    for change in changes:
+        if change.to != change.notebook.state and not is_legal(change.notebook.state, change.to):
+            raise InvalidState(
+                f"Notebook {change.notebook.name!r} is {change.notebook.state}; it cannot become "
+                f"{change.to}."
+            )
+    key = {change.notebook.pk: bulk.key(Notebook, change.notebook.pk) for change in changes}
+    rows = [
+        {
+            "notebook": key[change.notebook.pk],
+            "from_state": change.notebook.state,
+            "to_state": change.to,
+            "code": change.code,
+            "message": change.message,
+            "place": change.placement is not None,
+            "to_host": change.placement and change.placement.host_id,
+            "to_gpus": list(change.placement.gpu_uuids) if change.placement else [],
+            "to_secret": change.placement and change.placement.editor_secret,
+        }
+        for change in changes
+    ]
+    now = timezone.now()
+    at = bulk.stamp(now)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            _UPDATE_CHANGES.format(rows=bulk.table(_CHANGE_COLUMNS)), [at, at, bulk.rows(rows)]
+        )
+        changed = {bulk.key(Notebook, row[0]) for row in cursor}
+        events = [r for r in rows if r["notebook"] in changed and r["to_state"] != r["from_state"]]
+        if events:
+            cursor.execute(
+                _INSERT_EVENTS.format(rows=bulk.table(_CHANGE_COLUMNS)),
+                [at, actor, bulk.rows(events)],
+            )
+        applied = [change for change in changes if key[change.notebook.pk] in changed]
+        reserving = [change.notebook for change in applied if change.placement is not None]
+        billing.open_intervals(reserving, now)
+    moved = [change for change in applied if change.to != change.notebook.state]
+    for change in applied:
+        notebook = change.notebook
+        if change.to != notebook.state:
+            notebook.state, notebook.state_changed_at, notebook.updated_at = change.to, now, now
+        notebook.info_code, notebook.info_message = change.code, change.message
+        if change.placement is not None:
+            notebook.host_id = change.placement.host_id
+            notebook.gpu_uuids = list(change.placement.gpu_uuids)
+            notebook.editor_secret = change.placement.editor_secret
+    log.info(
+        "%d notebook(s) changed in one go (%d state changes, %d reserving capacity)",
+        len(applied),
+        len(moved),
+        len(reserving),
+    )
+    return applied
 
 
 def _bill_capacity_change(notebook: Notebook, *, reserved: bool, at) -> None:
