@@ -17,15 +17,17 @@ import requests
 from django.conf import settings
 
 from nbcloud import dispatch
+from nbcloud.billing import services as billing
 from nbcloud.gateway import routing
 from nbcloud.hosts import services as host_services
 from nbcloud.hosts.inventory import read_inventory
+from nbcloud.monitoring.limits import max_runtime
 from nbcloud.notebooks import services
 from nbcloud.notebooks.models import EditorLog, Notebook
 from nbcloud.notebooks.states import InfoCode, State
 
 from . import environments, ledger, volumes, workspace
-from .runtimes import LaunchSpec, Runtime, StartError, get_runtime
+from .runtimes import LaunchSpec, Runtime, StartError, get_runtime, slurm
 from .runtimes.editors import readiness_headers, readiness_path
 
 log = logging.getLogger(__name__)
@@ -35,10 +37,13 @@ def register_host(
     name: str | None = None, region: str | None = None, labels: dict[str, str] | None = None
 ) -> None:
     """Register this machine as host `name` (default: the settings) with its inventory."""
+    inventory = read_inventory(settings.NBCLOUD_WORKSPACES_DIR, labels)
+    if settings.NBCLOUD_RUNTIME == "slurm":  # the cluster's, not the submit node's
+        inventory.update(slurm.cluster_inventory(settings.NBCLOUD_SLURM_PARTITION))
     host_services.register(
         name or settings.NBCLOUD_HOST_NAME,
         region or settings.NBCLOUD_HOST_REGION,
-        read_inventory(settings.NBCLOUD_WORKSPACES_DIR, labels),
+        inventory,
         settings.NBCLOUD_RUNTIME,
     )
 
@@ -101,6 +106,7 @@ def launch_spec(notebook: Notebook) -> LaunchSpec:
     # Tolerant: a notebook whose environment left the catalogue can still be stopped.
     framework = catalog().frameworks.get(notebook.framework_id)
     version = framework.get_version(notebook.framework_version) if framework else None
+    limit = max_runtime(notebook)
     return LaunchSpec(
         notebook_id=str(notebook.pk),
         editor_id=notebook.editor_id,
@@ -116,6 +122,9 @@ def launch_spec(notebook: Notebook) -> LaunchSpec:
         gpu_devices=gpu_devices(notebook),
         image=version.image if version else "",
         project=notebook.project.name,
+        # A scheduler's own limit, a few minutes past the platform's, which stops
+        # the notebook first and saves its workspace.
+        time_limit_minutes=-(-limit // 60) + 5 if limit else 0,
     )
 
 
@@ -129,8 +138,6 @@ def runtime_for(notebook: Notebook, mounts: list | tuple = ()) -> Runtime:
 
 
 def wait_ready(runtime: Runtime, timeout: float) -> None:
-    endpoint = runtime.endpoint
-    url = endpoint.url + readiness_path(runtime.spec.editor_id)
     headers = readiness_headers(runtime.spec)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -140,8 +147,11 @@ def wait_ready(runtime: Runtime, timeout: float) -> None:
                 f"The editor exited during start-up (status {status}).",
                 f"last log lines:\n{runtime.logs(20)}",
             )
+        # Known at once, except on a scheduler's node once the job publishes it.
+        endpoint = runtime.endpoint
         try:
-            if requests.get(url, headers=headers, timeout=2).status_code == 200:
+            url = endpoint.url + readiness_path(runtime.spec.editor_id) if endpoint else ""
+            if url and requests.get(url, headers=headers, timeout=2).status_code == 200:
                 return
         except requests.RequestException:
             pass
@@ -150,17 +160,30 @@ def wait_ready(runtime: Runtime, timeout: float) -> None:
     raise StartError(f"The editor did not answer within {timeout:.0f} s.", runtime.logs(20))
 
 
-def launch(notebook: Notebook, runtime: Runtime, host: str) -> None:
-    """Start the editor and wait until it answers (StartError when it does not)."""
+def launch(notebook: Notebook, runtime: Runtime, host: str) -> str | None:
+    """Start the editor and wait until it answers (StartError when it does not);
+    returns the scheduler's reason instead when it keeps the editor waiting."""
     runtime.start()
     # Recorded before waiting: a worker killed now leaves a successor the
     # editor to adopt, not an orphan to duplicate.
     services.save_runtime_state(notebook, runtime.get_state())
     ledger.record(host, notebook, runtime.get_state())
+    waiting = runtime.pending()
+    if waiting:
+        return waiting
     try:
         wait_ready(runtime, settings.NBCLOUD_EDITOR_READY_TIMEOUT)
     finally:
         ship_logs(notebook, runtime)
+    services.save_runtime_state(notebook, runtime.get_state())
+    return None
+
+
+def bill_as_ran(notebook: Notebook, runtime: Runtime) -> None:
+    """Where a scheduler says when the editor started, bill from then."""
+    started, _ = runtime.ran()
+    if started is not None:
+        billing.restart_interval(notebook, started)
 
 
 def ship_logs(notebook: Notebook, runtime: Runtime) -> None:
@@ -186,7 +209,7 @@ def start(notebook_id: str, host: str) -> None:
             mounts = volumes.prepare(notebook, path)
             runtime = runtime_for(notebook, mounts)
         services.set_info(notebook, InfoCode.STARTING_EDITOR, "Starting the editor.")
-        launch(notebook, runtime, host)
+        waiting = launch(notebook, runtime, host)
     except Exception as exc:
         log.exception("notebook %s failed to start on %s", notebook_id, host)
         try:
@@ -201,9 +224,16 @@ def start(notebook_id: str, host: str) -> None:
         )
         services.fail_start(notebook, message)
         return
+    if waiting:
+        # The scheduler placed nothing yet: QUEUED with its reason, nothing billed;
+        # check_host starts it again when the scheduler runs it.
+        services.wait_on_scheduler(notebook, waiting)
+        billing.restart_interval(notebook, None)
+        return
     services.mark_running(
         notebook, editor_url=runtime.endpoint.origin, runtime_state=runtime.get_state()
     )
+    bill_as_ran(notebook, runtime)
 
 
 @serialised
@@ -220,7 +250,8 @@ def restart(notebook_id: str, host: str) -> None:
             mounts = volumes.prepare(notebook, workspace.local_path(notebook))
             runtime = runtime_for(notebook, mounts)
         runtime.load_state({})
-        launch(notebook, runtime, host)
+        if launch(notebook, runtime, host):
+            raise StartError("The scheduler has no room for the editor now.")
     except Exception as exc:
         log.exception("notebook %s failed to restart on %s", notebook_id, host)
         message = exc.user_message if isinstance(exc, StartError) else "Internal error."
@@ -252,6 +283,9 @@ def stop(notebook_id: str, host: str, attempt: int = 0) -> None:
     runtime = runtime_for(notebook)
     runtime.stop(settings.NBCLOUD_EDITOR_STOP_TIMEOUT)
     ship_logs(notebook, runtime)
+    _, ended = runtime.ran()
+    if ended is not None:  # billed to when the scheduler says the editor ended
+        billing.close_interval(notebook, at=ended)
     path = workspace.local_path(notebook)
     if not path.exists():  # a redelivery after the workspace was already saved
         services.finish_stop(notebook, workspace_size=None)
@@ -332,8 +366,10 @@ def delete(notebook_id: str, host: str) -> None:
 
 
 def check_host(host: str) -> None:
-    """Notice editors that died: save their workspace and mark them FAILED."""
+    """Notice editors that died: save their workspace and mark them FAILED; and
+    start again those a scheduler kept waiting once it runs them."""
     volumes.prune_cache()
+    check_waiting(host)
     running = Notebook.objects.select_related("project", "host").filter(
         host__name=host, state=State.RUNNING
     )
@@ -345,10 +381,37 @@ def check_host(host: str) -> None:
         ship_logs(notebook, runtime)
         tail = runtime.logs(5).splitlines()
         last = f" Last log line: {tail[-1][:300]}" if tail else ""
+        why = runtime.end_reason()
         try:
             services.editor_died(
-                notebook, f"The editor stopped unexpectedly (exit status {status}).{last}"
+                notebook,
+                f"The editor stopped unexpectedly (exit status {status}).{why and ' ' + why}{last}",
             )
         except services.InvalidState:
             continue  # a user action got there first
         stop(str(notebook.pk), host)
+
+
+def check_waiting(host: str) -> None:
+    """Notebooks QUEUED on this host's scheduler: a new reason is shown, a job the
+    scheduler started goes back to STARTING (the start adopts it), a job that ended
+    while waiting (cancelled by an administrator) ends the notebook FAILED."""
+    waiting = Notebook.objects.select_related("project", "host").filter(
+        host__name=host, state=State.QUEUED
+    )
+    for notebook in waiting:
+        runtime = runtime_for(notebook)
+        try:
+            if runtime.poll() is not None:
+                reason = runtime.end_reason() or "The scheduler ended the job before it ran."
+                services.fail_start(notebook, reason)
+                continue
+            reason = runtime.pending()
+            if reason is None:
+                services.scheduler_started(notebook)
+            elif reason != notebook.info_message:
+                services.set_info(notebook, InfoCode.WAITING_FOR_CAPACITY, reason)
+        except services.InvalidState:
+            continue  # a user action got there first
+        except StartError:
+            log.exception("notebook %s: the scheduler could not be asked", notebook.pk)

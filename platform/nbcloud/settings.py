@@ -7,6 +7,7 @@ SECRET_KEY and the storage variables.
 
 import os
 import re
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -329,7 +330,13 @@ NBCLOUD_ENV_PYTHON = envstr("NBCLOUD_ENV_PYTHON", "/usr/bin/python3")
 NBCLOUD_CODE_SERVER_DIR = envpath("NBCLOUD_CODE_SERVER_DIR", Path("/var/lib/nbcloud/code-server"))
 NBCLOUD_CODE_SERVER = envstr("NBCLOUD_CODE_SERVER", "")
 NBCLOUD_WORKSPACES_DIR = envpath("NBCLOUD_WORKSPACES_DIR", DATA_DIR / "workspaces")
-NBCLOUD_RUNTIME = envchoice("NBCLOUD_RUNTIME", "process", ("process", "docker"))
+NBCLOUD_RUNTIME = envchoice("NBCLOUD_RUNTIME", "process", ("process", "docker", "slurm"))
+# The slurm runtime (docs/slurm.md): the partition its jobs go to (default: the
+# cluster's default), the interpreter with nbcloud that the jobs run on their nodes,
+# and how long a start waits for Slurm to place a job before calling it QUEUED.
+NBCLOUD_SLURM_PARTITION = envstr("NBCLOUD_SLURM_PARTITION", "")
+NBCLOUD_SLURM_PYTHON = envstr("NBCLOUD_SLURM_PYTHON", sys.executable)
+NBCLOUD_SLURM_START_WAIT = envint("NBCLOUD_SLURM_START_WAIT", 10, minimum=0)
 # The docker runtime: environment images (named in the manifests) build on this base
 # image (environments/base/build-base.sh). Each editor runs in a network namespace of
 # its own joined to the host (`isolated`, as on the process runtime), or on

@@ -417,3 +417,31 @@ def docker_containers(docker_api):
         raise AssertionError(f"the containers of {notebook_id} keep changing")
 
     return containers
+
+
+# A real one-node Slurm cluster (tests/support/slurm.py), for the slurm runtime's
+# tests. Skipped where it cannot start (not root, slurm-wlm missing), unless
+# NBCLOUD_REQUIRE_SLURM is set (CI sets it): then they fail.
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    import tempfile
+
+    from support import slurm
+
+    reason = slurm.missing()
+    if reason:
+        if os.environ.get("NBCLOUD_REQUIRE_SLURM"):
+            pytest.fail(f"no Slurm here: {reason} (NBCLOUD_REQUIRE_SLURM is set)")
+        pytest.skip(f"no Slurm here: {reason}; set NBCLOUD_REQUIRE_SLURM=1 to make this a failure")
+    cluster = slurm.start(Path(tempfile.mkdtemp(prefix="nbcloud-slurm-")))
+    yield cluster
+    slurm.stop(cluster)
+
+
+@pytest.fixture
+def slurm_idle(slurm_cluster):
+    """The cluster with no job left by a test."""
+    yield slurm_cluster
+    slurm_cluster.cancel_all()

@@ -1,5 +1,6 @@
-"""The runtime contract, run against every runtime: process, and docker (on a real
-Docker Engine; see tests/support/fixtures.py for when it is skipped)."""
+"""The runtime contract, run against every runtime: process, docker (on a real
+Docker Engine) and slurm (on a real one-node Slurm cluster); see
+tests/support/fixtures.py for when they are skipped."""
 
 import os
 import subprocess
@@ -20,6 +21,8 @@ pytestmark = pytest.mark.e2e
 def runtime_cls(request):
     if request.param == "docker":
         request.getfixturevalue("docker_image")
+    if request.param == "slurm":
+        request.getfixturevalue("slurm_idle")
     return RUNTIMES[request.param]
 
 
@@ -73,6 +76,7 @@ def test_editor_that_dies_at_start_is_reported(runtime_cls, make_spec, base_dir,
     # without one (the base image).
     broken = {
         "process": {"env_dir": base_dir / "no-such-env"},
+        "slurm": {"env_dir": base_dir / "no-such-env"},
         "docker": {"image": settings.NBCLOUD_DOCKER_BASE_IMAGE},
     }
     runtime = runtime_cls(make_spec(**broken[runtime_cls.name]))

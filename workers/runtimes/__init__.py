@@ -3,8 +3,13 @@ from django.conf import settings
 from .base import Endpoint, LaunchSpec, Runtime, StartError
 from .docker import DockerRuntime
 from .process import ProcessRuntime
+from .slurm import SlurmRuntime
 
-RUNTIMES: dict[str, type[Runtime]] = {"process": ProcessRuntime, "docker": DockerRuntime}
+RUNTIMES: dict[str, type[Runtime]] = {
+    "process": ProcessRuntime,
+    "docker": DockerRuntime,
+    "slurm": SlurmRuntime,
+}
 
 
 def get_runtime(spec: LaunchSpec, state: dict | None = None, name: str | None = None) -> Runtime:

@@ -10,6 +10,7 @@ stored on the notebook row, so a fresh worker can `load_state` and take over.
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
@@ -53,6 +54,8 @@ class LaunchSpec:
     project: str = ""
     # Volumes bound below /workspace; only `start` uses them.
     mounts: tuple[Mount, ...] = ()
+    # The notebook's max_runtime, for runtimes whose scheduler enforces one (0: none).
+    time_limit_minutes: int = 0
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,23 @@ class Runtime(ABC):
     def log_version(self) -> object | None:
         """Something that changes whenever the log does (None: unknown, read it)."""
         return None
+
+    # A runtime on a cluster scheduler (slurm) reports what the scheduler decides;
+    # the others run at once, and never say anything here.
+
+    def pending(self) -> str | None:
+        """Why the scheduler has not started the editor yet (its reason, the place in
+        line); None once it runs, or when nothing waits."""
+        return None
+
+    def end_reason(self) -> str:
+        """What the scheduler says ended the editor (a time limit, an admin's cancel)."""
+        return ""
+
+    def ran(self) -> tuple[datetime | None, datetime | None]:
+        """When the scheduler says the editor started and ended, for billing; (None, None)
+        when the platform's own times count."""
+        return None, None
 
     @property
     @abstractmethod

@@ -142,6 +142,24 @@ def close_interval(notebook: Notebook, at: datetime | None = None) -> None:
         _bill(BillableInterval.objects.filter(pk=interval.pk), now=interval.ended_at)
 
 
+def restart_interval(notebook: Notebook, at: datetime | None) -> None:
+    """Bill the notebook's open interval from `at`, when its host's scheduler says the
+    editor started (None: it has not; nothing is billed until it does). Minutes
+    already billed from the reservation are taken back."""
+    with transaction.atomic():
+        _billing_lock(exclusive=False)
+        open_now = BillableInterval.objects.filter(notebook=notebook, ended_at__isnull=True)
+        for interval in open_now:
+            interval.records.all().delete()
+            interval.delete()
+        if at is not None:
+            open_interval(notebook, at)
+            _bill(
+                BillableInterval.objects.filter(notebook=notebook, ended_at__isnull=True),
+                now=timezone.now(),
+            )
+
+
 def tick(now: datetime | None = None) -> int:
     """Bill every commenced minute of every open interval; returns records written."""
     with transaction.atomic():

@@ -374,7 +374,8 @@ _WAITING_FIELDS = (
 def place_queued() -> list[tuple[str, str]]:
     """Place every waiting notebook that fits, in order; returns (notebook id, host).
 
-    Waiting: QUEUED, and RESTARTING without a host (its host was lost). Those
+    Waiting: QUEUED, and RESTARTING without a host (its host was lost); QUEUED
+    with a host waits in that host's own scheduler (Slurm), not here. Those
     that do not fit get their position in their region's line in `info`.
 
     One transaction, whose writes are one statement per table whatever the
@@ -383,7 +384,7 @@ def place_queued() -> list[tuple[str, str]]:
     workers take turns on the READY hosts' row locks; a user's action on a
     waiting notebook takes turns with the pass on that notebook's row lock.
     """
-    waiting = Notebook.objects.filter(Q(state=State.QUEUED) | Q(state=State.RESTARTING, host=None))
+    waiting = Notebook.objects.filter(Q(state=State.QUEUED) | Q(state=State.RESTARTING), host=None)
     if not waiting.exists():
         # Nothing waits: nothing to read. A notebook that starts waiting after this
         # look asks for a pass of its own (`dispatch.schedule`).

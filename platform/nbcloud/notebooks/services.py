@@ -322,9 +322,17 @@ def stop(
     with transaction.atomic():
         notebook = Notebook.objects.select_for_update().get(pk=notebook.pk)
         target = _action_target(notebook, "stop")
-        if target == State.STOPPED:  # still queued: nothing holds capacity
+        if target == State.STOPPED:  # still queued: nothing runs
+            # Queued on a host's scheduler, it gives that host back; the host's
+            # sweep cancels the waiting job (a run it no longer holds).
+            released = release_fields() if notebook.host_id else {}
             transition(
-                notebook, target, actor=actor, code=code, message="Stopped before it started."
+                notebook,
+                target,
+                actor=actor,
+                code=code,
+                message="Stopped before it started.",
+                **released,
             )
             dispatch.schedule()
         else:
@@ -484,6 +492,26 @@ def mark_running(notebook: Notebook, *, editor_url: str, runtime_state: dict) ->
         runtime_state=runtime_state,
         last_started_at=timezone.now(),
     )
+
+
+def wait_on_scheduler(notebook: Notebook, reason: str) -> None:
+    """The host's scheduler (Slurm) holds the editor in its queue: QUEUED with its
+    reason, still on that host (the placer leaves it alone)."""
+    transition(
+        notebook, State.QUEUED, actor=SYSTEM, code=InfoCode.WAITING_FOR_CAPACITY, message=reason
+    )
+
+
+def scheduler_started(notebook: Notebook) -> None:
+    """The host's scheduler started the editor it kept waiting: its start goes on."""
+    transition(
+        notebook,
+        State.STARTING,
+        actor=SYSTEM,
+        code=InfoCode.PLACED,
+        message=f"The scheduler of host {notebook.host.name} started it.",
+    )
+    dispatch.start(str(notebook.pk), notebook.host.name)
 
 
 def release_fields() -> dict:

@@ -1,0 +1,182 @@
+"""A real one-node Slurm cluster on this machine, from Debian's packages (`make
+sysdeps-test` installs slurm-wlm and munge): munged as `munge`, slurmctld and
+slurmd as root, all in a folder of their own with their own ports, so nothing of
+the machine's own Slurm (if any) is touched. SLURM_CONF points the commands,
+and the workers started with this environment, at it."""
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from support.waiting import wait_for
+
+DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/bin/sbatch")
+
+
+@dataclass(frozen=True)
+class SlurmCluster:
+    folder: Path
+    conf: Path
+    node: str
+    cpus: int
+
+    def run(self, *argv: str) -> str:
+        env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30)
+        assert done.returncode == 0, f"{' '.join(argv)}: {done.stderr}"
+        return done.stdout
+
+    def submit(self, *options: str, command: str = "sleep 600") -> str:
+        return self.run("sbatch", "--parsable", *options, "--wrap", command).strip()
+
+    def job_state(self, job_id: str) -> str:
+        out = self.run("scontrol", "show", "job", "-o", job_id)
+        return out.split("JobState=")[1].split()[0]
+
+    def cancel_all(self) -> None:
+        self.run("scancel", "--user=root")
+
+
+def missing() -> str:
+    """Why a cluster cannot start here, or ""."""
+    if os.geteuid() != 0:
+        return "needs root (slurmd runs jobs as their users)"
+    absent = [path for path in DAEMONS if not Path(path).exists()]
+    if absent:
+        return (
+            f"{', '.join(absent)} missing: run make sysdeps-test (apt-get install slurm-wlm munge)"
+        )
+    return ""
+
+
+def _free_ports(count: int) -> list[int]:
+    socks = [socket.socket() for _ in range(count)]
+    for sock in socks:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in socks]
+    for sock in socks:
+        sock.close()
+    return ports
+
+
+def _pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def start(folder: Path, cpus: int = 4, memory_mb: int = 16000) -> SlurmCluster:
+    """Start munged, slurmctld and slurmd in `folder`; a node of `cpus` CPUs (declared,
+    whatever the machine has: Slurm counts, the sandbox's cgroups limit)."""
+    munge = pwd.getpwnam("munge")
+    for name in ("munge", "spool/ctld", "spool/d", "log"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o755)
+    key = folder / "munge" / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    for path in (folder / "munge", key):
+        os.chown(path, munge.pw_uid, munge.pw_gid)
+    os.chmod(folder / "munge", 0o700)
+    os.chmod(key, 0o400)
+    socket_path = folder / "munge" / "munge.sock"
+    subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "munge",
+            "--",
+            "/usr/sbin/munged",
+            f"--key-file={key}",
+            f"--socket={socket_path}",
+            f"--pid-file={folder / 'munge' / 'munged.pid'}",
+            f"--log-file={folder / 'munge' / 'munged.log'}",
+            f"--seed-file={folder / 'munge' / 'seed'}",
+            "--force",
+        ],
+        check=True,
+        timeout=30,
+    )
+    node = socket.gethostname().split(".")[0]
+    ctld_port, d_port = _free_ports(2)
+    conf = folder / "slurm.conf"
+    conf.write_text(
+        f"""ClusterName=nbtest
+SlurmctldHost={node}(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+AuthType=auth/munge
+AuthInfo=socket={socket_path}
+CredType=cred/munge
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation={folder}/spool/ctld
+SlurmdSpoolDir={folder}/spool/d
+SlurmctldPidFile={folder}/slurmctld.pid
+SlurmdPidFile={folder}/slurmd.pid
+SlurmctldLogFile={folder}/log/slurmctld.log
+SlurmdLogFile={folder}/log/slurmd.log
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/filetxt
+JobCompLoc={folder}/log/jobcomp.txt
+MpiDefault=none
+ReturnToService=2
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=1
+SlurmdParameters=config_overrides
+MinJobAge=600
+DefMemPerCPU=1000
+KillWait=10
+NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
+PartitionName=nb Nodes={node} Default=YES MaxTime=INFINITE State=UP
+"""
+    )
+    os.environ["SLURM_CONF"] = str(conf)
+    subprocess.run(["/usr/sbin/slurmctld", "-f", str(conf)], check=True, timeout=30)
+    subprocess.run(["/usr/sbin/slurmd", "-f", str(conf)], check=True, timeout=30)
+    cluster = SlurmCluster(folder, conf, node, cpus)
+
+    def idle() -> bool:
+        try:
+            return "idle" in cluster.run("sinfo", "-h", "-o", "%T")
+        except AssertionError:
+            return False
+
+    wait_for(idle, timeout=60, interval=0.5, what="the Slurm node to be idle")
+    return cluster
+
+
+def stop(cluster: SlurmCluster) -> None:
+    """Cancel every job, then stop the daemons (SIGTERM, then SIGKILL)."""
+    try:
+        cluster.cancel_all()
+        time.sleep(1)
+    except AssertionError:
+        pass
+    folder = cluster.folder
+    pids = [
+        _pid(folder / "slurmd.pid"),
+        _pid(folder / "slurmctld.pid"),
+        _pid(folder / "munge" / "munged.pid"),
+    ]
+    for pid in pids:
+        if pid:
+            subprocess.run(["kill", str(pid)], capture_output=True)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(p and Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        if pid and Path(f"/proc/{pid}").exists():
+            subprocess.run(["kill", "-9", str(pid)], capture_output=True)
+    os.environ.pop("SLURM_CONF", None)
+    shutil.rmtree(folder, ignore_errors=True)
