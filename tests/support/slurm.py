@@ -32,7 +32,8 @@ class SlurmCluster:
         return done.stdout
 
     def submit(self, *options: str, command: str = "sleep 600") -> str:
-        return self.run("sbatch", "--parsable", *options, "--wrap", command).strip()
+        argv = ["sbatch", "--parsable", "--output=/dev/null", *options, "--wrap", command]
+        return self.run(*argv).strip()
 
     def job_state(self, job_id: str) -> str:
         out = self.run("scontrol", "show", "job", "-o", job_id)

@@ -339,8 +339,10 @@ class SlurmRuntime(Runtime):
         job = accounted_job(self.job_id) or show_job(self.job_id)
         if job is None or job.active:
             return ""
+        # sacct says who cancelled (`CANCELLED by 0`); scontrol only what happened.
+        how = job.reason if job.reason not in ("", "None") else job.state
         return (
-            f"Slurm job {job.job_id} ended {job.reason or job.state} (exit code {job.exit_code})."
+            f"Slurm job {job.job_id} ended {how} (exit code {job.exit_code})."
         )
 
     def ran(self) -> tuple[datetime | None, datetime | None]:

@@ -34,8 +34,9 @@ def run(now: datetime | None = None) -> None:
     now = now or timezone.now()
     host_services.mark_lost(now - timedelta(seconds=settings.NBCLOUD_HOST_LOST_AFTER))
     host_services.place_queued()
+    # Running editors to check, and those a host's scheduler keeps QUEUED.
     hosts = (
-        Notebook.objects.filter(state=State.RUNNING, host__isnull=False)
+        Notebook.objects.filter(state__in=(State.RUNNING, State.QUEUED), host__isnull=False)
         .order_by("host__name")  # not the model's order, which DISTINCT would add
         .values_list("host__name", flat=True)
         .distinct()

@@ -1,0 +1,145 @@
+"""End to end on the slurm runtime: REST API -> the control worker -> the worker of a
+host that is a real (one-node) Slurm cluster -> a Slurm job running the sandboxed
+JupyterLab -> code through the gateway. Slurm places and queues; nbcloud shows it."""
+
+import pytest
+
+from nbcloud.billing.models import BillableInterval
+from nbcloud.billing.services import minutes_commenced
+from nbcloud.notebooks import reconcile
+from nbcloud.notebooks.models import Notebook
+from support.editors import Kernel
+from support.services import kill_worker
+from support.waiting import api_status, wait_for, wait_state
+from workers.runtimes.slurm import show_job
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+SPEC = {
+    "name": "on-slurm",
+    "env": {"framework_id": "conda", "editor_id": "jupyterlab"},
+    "resources": {"cpu": 1},
+    "region": "BHS",  # only the slurm host serves this region here
+}
+
+
+def _kernel(api, url, token: str) -> Kernel:
+    return Kernel(api_status(api, url)["url"], {"Authorization": f"Bearer {token}"})
+
+
+def _reconciled_state(api, url: str, state: str):
+    """What beat does every NBCLOUD_RECONCILE_INTERVAL: the host checks its notebooks."""
+
+    def reached():
+        reconcile.run()
+        status = api_status(api, url)
+        return status if status["state"] == state else None
+
+    return wait_for(reached, timeout=120, interval=1, what=f"{url} to be {state}")
+
+
+def test_queued_in_slurm_runs_when_the_node_frees_survives_its_worker_and_bills_slurm_times(
+    platform_server, celery_worker_process, conda_env, slurm_workers, slurm_idle, alice_api, alice
+):
+    first = slurm_workers()
+    # Another user's job holds every CPU of the node.
+    blocker = slurm_idle.submit(f"--cpus-per-task={slurm_idle.cpus}")
+    wait_for(lambda: slurm_idle.job_state(blocker) == "RUNNING", what="the blocking job")
+
+    created = alice_api.post("/api/v1/projects/alpha/notebooks/", SPEC, format="json").json()
+    url = f"/api/v1/projects/alpha/notebooks/{created['id']}/"
+    queued = wait_for(
+        lambda: (s := api_status(alice_api, url))["state"] == "QUEUED"
+        and "Slurm" in s["info"]["message"]
+        and s,
+        timeout=60,
+        what="the notebook to wait in Slurm",
+    )
+    assert queued["info"]["code"] == "WAITING_FOR_CAPACITY"
+    assert "Resources" in queued["info"]["message"], queued["info"]
+    assert "position 1" in queued["info"]["message"]
+    job_id = Notebook.objects.get(pk=created["id"]).runtime_state["job_id"]
+    assert slurm_idle.job_state(job_id) == "PENDING"
+    assert not BillableInterval.objects.filter(notebook_id=created["id"]).exists()
+
+    slurm_idle.run("scancel", blocker)
+    running = _reconciled_state(alice_api, url, "RUNNING")
+    kernel = _kernel(alice_api, url, alice[1])
+    assert kernel.execute("print(6 * 7)").strip() == "42"
+    kernel.execute("open('/workspace/notes.txt', 'w').write('kept')")
+    kernel.close()
+
+    # The worker dies; the job and its editor do not, and the next worker adopts them.
+    kill_worker(first)
+    slurm_workers()
+    kernel = _kernel(alice_api, url, alice[1])
+    assert kernel.execute("print(open('/workspace/notes.txt').read())").strip() == "kept"
+    kernel.close()
+    notebook = Notebook.objects.get(pk=created["id"])
+    assert notebook.runtime_state["job_id"] == job_id
+    assert api_status(alice_api, url)["last_started_at"] == running["last_started_at"]
+
+    assert alice_api.post(url + "stop/").status_code == 202
+    stopped = wait_state(alice_api, url, "STOPPED")
+    assert stopped["workspace_size"] > 0
+    assert len(alice_api.get(url + "backups/").json()["results"]) == 1
+
+    # Billed for what Slurm says ran: from the job's start to its end.
+    job = show_job(job_id)
+    interval = BillableInterval.objects.get(notebook_id=created["id"])
+    assert (interval.started_at, interval.ended_at) == (job.start, job.end)
+    assert interval.records.count() == minutes_commenced(job.start, job.end)
+
+    # Started again: its workspace is back, in a new job.
+    assert alice_api.post(url + "start/").status_code == 202
+    wait_state(alice_api, url, "RUNNING")
+    assert Notebook.objects.get(pk=created["id"]).runtime_state["job_id"] != job_id
+    kernel = _kernel(alice_api, url, alice[1])
+    assert kernel.execute("print(open('/workspace/notes.txt').read())").strip() == "kept"
+    kernel.close()
+    alice_api.post(url + "stop/")
+    wait_state(alice_api, url, "STOPPED")
+
+
+def test_an_administrators_scancel_ends_the_notebook_failed_with_slurms_reason(
+    platform_server, celery_worker_process, conda_env, slurm_workers, slurm_idle, alice_api, alice
+):
+    slurm_workers()
+    created = alice_api.post("/api/v1/projects/alpha/notebooks/", SPEC, format="json").json()
+    url = f"/api/v1/projects/alpha/notebooks/{created['id']}/"
+    wait_state(alice_api, url, "RUNNING")
+    kernel = _kernel(alice_api, url, alice[1])
+    kernel.execute("open('/workspace/work.txt', 'w').write('unsaved work')")
+    kernel.close()
+
+    job_id = Notebook.objects.get(pk=created["id"]).runtime_state["job_id"]
+    slurm_idle.run("scancel", job_id)
+    failed = _reconciled_state(alice_api, url, "FAILED")
+    assert failed["info"]["code"] == "EDITOR_DIED"
+    assert f"Slurm job {job_id} ended" in failed["info"]["message"]
+    assert "CANCELLED" in failed["info"]["message"]
+    # Its work was saved where the job left it.
+    assert len(alice_api.get(url + "backups/").json()["results"]) == 1
+
+
+def test_a_notebook_stopped_while_queued_in_slurm_leaves_no_job(
+    platform_server, celery_worker_process, conda_env, slurm_workers, slurm_idle, alice_api
+):
+    slurm_workers()
+    blocker = slurm_idle.submit(f"--cpus-per-task={slurm_idle.cpus}")
+    created = alice_api.post("/api/v1/projects/alpha/notebooks/", SPEC, format="json").json()
+    url = f"/api/v1/projects/alpha/notebooks/{created['id']}/"
+    wait_for(
+        lambda: Notebook.objects.get(pk=created["id"]).runtime_state.get("job_id")
+        and api_status(alice_api, url)["state"] == "QUEUED",
+        what="the notebook to wait in Slurm",
+    )
+    job_id = Notebook.objects.get(pk=created["id"]).runtime_state["job_id"]
+    assert alice_api.post(url + "stop/").status_code == 202
+    assert api_status(alice_api, url)["state"] == "STOPPED"
+    # The host's sweep cancels the job of a run it no longer holds.
+    wait_for(
+        lambda: slurm_idle.job_state(job_id) == "CANCELLED", timeout=30, what="the job cancelled"
+    )
+    assert slurm_idle.job_state(blocker) == "RUNNING"
+    assert not BillableInterval.objects.filter(notebook_id=created["id"]).exists()
