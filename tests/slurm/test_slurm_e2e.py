@@ -49,9 +49,11 @@ def test_queued_in_slurm_runs_when_the_node_frees_survives_its_worker_and_bills_
     created = alice_api.post("/api/v1/projects/alpha/notebooks/", SPEC, format="json").json()
     url = f"/api/v1/projects/alpha/notebooks/{created['id']}/"
     queued = wait_for(
-        lambda: (s := api_status(alice_api, url))["state"] == "QUEUED"
-        and "Slurm" in s["info"]["message"]
-        and s,
+        lambda: (
+            (s := api_status(alice_api, url))["state"] == "QUEUED"
+            and "Slurm" in s["info"]["message"]
+            and s
+        ),
         timeout=60,
         what="the notebook to wait in Slurm",
     )
@@ -130,8 +132,10 @@ def test_a_notebook_stopped_while_queued_in_slurm_leaves_no_job(
     created = alice_api.post("/api/v1/projects/alpha/notebooks/", SPEC, format="json").json()
     url = f"/api/v1/projects/alpha/notebooks/{created['id']}/"
     wait_for(
-        lambda: Notebook.objects.get(pk=created["id"]).runtime_state.get("job_id")
-        and api_status(alice_api, url)["state"] == "QUEUED",
+        lambda: (
+            Notebook.objects.get(pk=created["id"]).runtime_state.get("job_id")
+            and api_status(alice_api, url)["state"] == "QUEUED"
+        ),
         what="the notebook to wait in Slurm",
     )
     job_id = Notebook.objects.get(pk=created["id"]).runtime_state["job_id"]

@@ -341,9 +341,7 @@ class SlurmRuntime(Runtime):
             return ""
         # sacct says who cancelled (`CANCELLED by 0`); scontrol only what happened.
         how = job.reason if job.reason not in ("", "None") else job.state
-        return (
-            f"Slurm job {job.job_id} ended {how} (exit code {job.exit_code})."
-        )
+        return f"Slurm job {job.job_id} ended {how} (exit code {job.exit_code})."
 
     def ran(self) -> tuple[datetime | None, datetime | None]:
         """When the job started and ended as Slurm recorded it (accounting first)."""

@@ -1,0 +1,80 @@
+"""The slurm runtime driven directly on a real one-node Slurm (the contract suite
+runs on it too, in tests/workers/test_runtime_contract.py)."""
+
+import pytest
+
+from support.waiting import wait_for
+from workers.lifecycle import wait_ready
+from workers.runtimes import StartError
+from workers.runtimes.slurm import SlurmRuntime, cluster_inventory, show_job
+
+pytestmark = pytest.mark.e2e
+
+
+def _fields(cluster, job_id: str) -> dict:
+    out = cluster.run("scontrol", "show", "job", "-o", job_id)
+    return dict(item.split("=", 1) for item in out.split() if "=" in item)
+
+
+def test_a_job_slurm_cannot_run_yet_is_pending_with_its_reason_and_place(slurm_idle, make_spec):
+    blocker = slurm_idle.submit(f"--cpus-per-task={slurm_idle.cpus}")
+    wait_for(lambda: slurm_idle.job_state(blocker) == "RUNNING", what="the blocking job")
+    first = SlurmRuntime(make_spec(cpus=2, memory_bytes=2 * 1024**3))
+    second = SlurmRuntime(make_spec())
+    try:
+        assert first.start() is None  # nothing to reach yet
+        second.start()
+        assert first.poll() is None and first.endpoint is None
+        assert first.pending() == "Waiting in Slurm: Resources, position 1 in partition nb."
+        assert second.pending().endswith("position 2 in partition nb.")
+        assert first.ran() == (None, None)
+        # The flavor's request, under the notebook's name.
+        asked = _fields(slurm_idle, first.job_id)
+        assert asked["JobName"] == f"nbcloud-{first.spec.notebook_id}"
+        assert asked["NumCPUs"] == "2"
+        assert asked["MinMemoryNode"] == "2G"
+        assert asked["TimeLimit"] == "UNLIMITED"
+    finally:
+        first.stop(5)
+        second.stop(5)
+    assert first.poll() is not None
+    assert show_job(first.job_id).state == "CANCELLED"
+
+
+def test_a_fresh_runtime_without_state_adopts_the_notebooks_job_by_its_name(slurm_idle, make_spec):
+    spec = make_spec()
+    first = SlurmRuntime(spec)
+    first.start()
+    try:
+        wait_ready(first, 60)
+        # A worker that died between sbatch and saving the job id to the row.
+        successor = SlurmRuntime(spec)
+        assert successor.start() == first.endpoint
+        assert successor.job_id == first.job_id
+        started, ended = successor.ran()
+        assert started is not None and ended is None
+    finally:
+        first.stop(5)
+
+
+def test_max_runtime_becomes_a_slurm_time_limit_past_the_platforms(slurm_idle, make_spec):
+    runtime = SlurmRuntime(make_spec(time_limit_minutes=65))
+    runtime.start()
+    try:
+        assert _fields(slurm_idle, runtime.job_id)["TimeLimit"] == "01:05:00"
+    finally:
+        runtime.stop(5)
+
+
+def test_a_request_the_cluster_cannot_meet_is_a_clear_start_error(slurm_idle, make_spec):
+    with pytest.raises(StartError) as refused:
+        SlurmRuntime(make_spec(gpu_uuids=("slurm:vm:0",))).start()
+    assert refused.value.user_message == "The Slurm cluster refused the request."
+    assert "gres" in str(refused.value).lower()
+
+
+def test_the_hosts_inventory_is_the_partitions(slurm_idle):
+    inventory = cluster_inventory("nb")
+    assert inventory["cpus"] == slurm_idle.cpus
+    assert inventory["memory_bytes"] == 16000 * 1024**2
+    assert inventory["gpus"] == []
