@@ -125,7 +125,7 @@ def running_platform(name: str, **env_vars: str) -> Iterator[tuple[str, dict]]:
 
     django.setup()
     try:
-        wait(lambda: ok(api, headers=headers), timeout=60)
+        wait(lambda: ok(api, headers=headers), timeout=180)  # a loaded machine starts slowly
         yield api, headers
     finally:
         platform.terminate()
