@@ -121,6 +121,14 @@ def sbatch_round(env_dir: Path) -> float:
         subprocess.run(["scancel", job], check=False)
 
 
+def node_idle() -> None:
+    """Each round starts on an idle node: no job of the last round still ending
+    (Slurm's KillWait), which would keep the next one pending."""
+    wait(
+        lambda: not subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip()
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
@@ -139,7 +147,9 @@ def main() -> None:
 
             conda = env_dir("conda", "py311")
             for i in range(args.runs):
+                node_idle()
                 results["platform_first_output_s"].append(platform_round(api, headers, f"b{i}"))
+                node_idle()
                 results["sbatch_first_output_s"].append(sbatch_round(conda))
     finally:
         if cluster is not None:
