@@ -43,6 +43,9 @@ ACTIVE = frozenset(
     {"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "REQUEUED", "RESIZING", "COMPLETING"}
 )
 CLI_TIMEOUT = 30
+# How long `poll` trusts a job it found active: each look forks scontrol and asks
+# slurmctld, and a start polls while the editor starts beside it on the same CPUs.
+POLL_EVERY = 1.0
 
 
 class SlurmError(StartError):
@@ -208,6 +211,7 @@ def cluster_inventory(partition: str) -> dict:
 
 class SlurmRuntime(Runtime):
     name = "slurm"
+    _active_since: float = -POLL_EVERY
 
     @property
     def job_id(self) -> str | None:
@@ -320,7 +324,11 @@ class SlurmRuntime(Runtime):
         return f"Waiting in Slurm: {job.reason}{where}."
 
     def poll(self) -> int | None:
+        if time.monotonic() - self._active_since < POLL_EVERY:
+            return None
         job = self.job()
+        if job is not None and job.active:
+            self._active_since = time.monotonic()
         if job is None:
             return 0 if not self.job_id else 1
         if job.active:
@@ -361,12 +369,17 @@ class SlurmRuntime(Runtime):
             # removes its sandbox; Slurm KILLs after its KillWait.
             slurm("scancel", self.job_id)
             deadline = time.monotonic() + timeout + 10
-            while time.monotonic() < deadline and self.poll() is None:
+            while time.monotonic() < deadline and self._still_active():
                 time.sleep(0.2)
-            if self.poll() is None:
+            if self._still_active():
                 slurm("scancel", "--signal=KILL", "--full", self.job_id)
+        self._active_since = -POLL_EVERY
         endpoint_file(self.spec.notebook_id, self.job_id).unlink(missing_ok=True)
         (job_dir() / f"{self.spec.notebook_id}.launch.json").unlink(missing_ok=True)
+
+    def _still_active(self) -> bool:
+        job = self.job()
+        return job is not None and job.active
 
     def _local(self) -> ProcessRuntime | None:
         """The job's editor as a process of this machine, when the job runs here."""
