@@ -304,15 +304,19 @@ class SlurmRuntime(Runtime):
         """Until the job's editor published its endpoint, Slurm left it pending, or it
         ended; a job Slurm starts at once answers within this call."""
         deadline = time.monotonic() + settings.NBCLOUD_SLURM_START_WAIT
+        asked = -POLL_EVERY
         while time.monotonic() < deadline:
             if self.endpoint is not None:
                 return
-            job = self.job()
-            if job is None or not job.active:
-                return
-            if job.state == "PENDING" and job.reason not in ("None", ""):
-                return
-            time.sleep(0.1)
+            # The endpoint file is cheap to look at; Slurm, once a second.
+            if time.monotonic() - asked >= POLL_EVERY:
+                asked = time.monotonic()
+                job = self.job()
+                if job is None or not job.active:
+                    return
+                if job.state == "PENDING" and job.reason not in ("None", ""):
+                    return
+            time.sleep(0.05)
 
     def pending(self) -> str | None:
         """Why Slurm has not started the job yet, with its place in line; None otherwise."""
