@@ -38,8 +38,8 @@ def test_without_a_gpu_it_exits_2_saying_why(tmp_path):
 def test_arguments(gpu_check):
     args = gpu_check.parse_args([])
     assert (args.framework, args.version, args.timeout) == ("pytorch", "", 300)
-    args = gpu_check.parse_args(["--framework", "tensorflow", "--version", "2.17"])
-    assert (args.framework, args.version) == ("tensorflow", "2.17")
+    args = gpu_check.parse_args(["--framework", "tensorflow", "--version", "2.21"])
+    assert (args.framework, args.version) == ("tensorflow", "2.21")
     with pytest.raises(SystemExit):
         gpu_check.parse_args(["--nope"])
 
@@ -58,7 +58,7 @@ def test_on_an_h100_it_wants_the_pytorch_environment_built(
     nvml_from_readings(monkeypatch)
     settings.NBCLOUD_ENVS_DIR = tmp_path  # none built
     args = gpu_check.parse_args([])
-    with pytest.raises(gpu_check.CannotRun, match=r"manage.py buildenvs pytorch:2.5"):
+    with pytest.raises(gpu_check.CannotRun, match=r"manage.py buildenvs pytorch:2.13"):
         gpu_check.check(args)
     with pytest.raises(gpu_check.CannotRun, match="unknown"):
         gpu_check.check(gpu_check.parse_args(["--framework", "nope"]))
