@@ -48,12 +48,10 @@ def main() -> dict:
     model = transformers.BertForSequenceClassification(config)
     model = peft.get_peft_model(
         model,
-        peft.LoraConfig(
-            r=4, target_modules=["query", "value"], modules_to_save=["classifier"]
-        ),
+        peft.LoraConfig(r=4, target_modules=["query", "value"], modules_to_save=["classifier"]),
     )
     accelerator = Accelerator()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-2)
     loader = torch.utils.data.DataLoader(data, batch_size=len(SENTENCES))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     batch = next(iter(loader))
@@ -61,7 +59,9 @@ def main() -> dict:
     for _ in range(30):
         optimizer.zero_grad()
         out = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["label"]
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["label"],
         )
         accelerator.backward(out.loss)
         optimizer.step()
