@@ -141,9 +141,7 @@ def start_notebook(platform: Platform, spec: dict, timeout: float = 300) -> dict
 def remove_notebook(platform: Platform, notebook_id: str, timeout: float = 300) -> None:
     """Stop (workspace backed up) and delete the notebook; best effort."""
     with contextlib.suppress(requests.RequestException, CheckError):
-        requests.post(
-            f"{platform.api}{notebook_id}/stop/", headers=platform.headers, timeout=60
-        )
+        requests.post(f"{platform.api}{notebook_id}/stop/", headers=platform.headers, timeout=60)
         wait_for(
             lambda: get(platform, notebook_id)["status"]["state"] in ("STOPPED", "FAILED"),
             timeout,

@@ -80,9 +80,8 @@ def _setup_django(data_dir: Path) -> None:
 
 def wanted(specs: list[str]) -> list[tuple[str, str]]:
     """(framework, version) pairs: `all` is every version of every framework."""
-    from workers import environments
-
     from nbcloud.catalog.services import catalog
+    from workers import environments
 
     if specs == ["all"]:
         return [(f.id, v.version) for f in catalog().frameworks.values() for v in f.versions]
