@@ -64,6 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=ROOT / "var" / "verify-envs",
         help="the platform's data directory (default var/verify-envs; emptied first)",
     )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="where the results go as JSON (default var/verify-envs.json)",
+    )
     return parser.parse_args(argv)
 
 
@@ -150,6 +156,11 @@ def describe(row: dict) -> str:
     if result is None:
         return f"not run: {row.get('error', '')}"
     words = "pass" if result.get("ok") else "FAIL"
+    if "summary" in result:
+        return (
+            f"{words}: {result.get('framework')} {result.get('version')} on "
+            f"{result.get('device')}, {result['summary']}"
+        )
     extra = f", micromamba {result['micromamba']}" if result.get("micromamba") else ""
     vision = f", torchvision {result['torchvision']}" if result.get("torchvision") else ""
     return (
@@ -218,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                 except (CheckError, AssertionError, OSError) as exc:
                     row["error"] = str(exc).strip().splitlines()[-1][:400]
             print(f"== {key}: {table_row(key, row)}", flush=True)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(rows, indent=2))
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(rows, indent=2))
     if args.readme:
         write_readme(rows)
     passed = all(row.get("smoke", {}).get("ok") for row in rows.values())
