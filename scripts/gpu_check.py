@@ -43,6 +43,7 @@ from platform_session import (  # noqa: E402
     ROOT,
     CheckError,
     last_json_line,
+    manage,
     remove_notebook,
     run_in_kernel,
     running_platform,
@@ -274,9 +275,7 @@ def _environment(args: argparse.Namespace) -> Path:
         raise CannotRun(str(exc)) from None
     spec = f"{framework.id}:{version.version}"
     print(f"building {spec} (skipped while up to date)", flush=True)
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "buildenvs", spec, "-v0"], cwd=ROOT
-    )
+    done = manage(args.data_dir.with_name(f"{args.data_dir.name}-build"), "buildenvs", spec)
     if done.returncode != 0:
         raise CannotRun(f"the environment {spec} did not build (see above)")
     path = environments.env_dir(framework.id, version.version)

@@ -61,12 +61,39 @@ def _answers(url: str, headers: dict) -> bool:
         return False
 
 
+def resolve_localhost_subdomains() -> None:
+    """Resolve `*.localhost` to loopback in this process, as browsers and curl do (RFC
+    6761): each notebook's origin is `<id>.localhost:<port>` on the embedded default."""
+    real = socket.getaddrinfo
+    if getattr(real, "localhost_subdomains", False):
+        return
+
+    def getaddrinfo(host, *args, **kwargs):
+        if isinstance(host, bytes):
+            host = host.decode()
+        if isinstance(host, str) and host.lower().rstrip(".").endswith(".localhost"):
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    getaddrinfo.localhost_subdomains = True
+    socket.getaddrinfo = getaddrinfo
+
+
 def platform_env(data_dir: Path, **overrides: str) -> dict[str, str]:
     env = {**os.environ, "NBCLOUD_DATA_DIR": str(data_dir), **overrides}
     env.pop("CELERY_BROKER_URL", None)
     env.pop("DATABASE_URL", None)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "platform"), str(ROOT)])
     return env
+
+
+def manage(data_dir: Path, *argv: str, **run) -> subprocess.CompletedProcess:
+    """`manage.py argv` on data_dir (made, with its secret key, when missing)."""
+    env = platform_env(data_dir)
+    command = [sys.executable, str(ROOT / "manage.py")]
+    if not (data_dir / "secret_key").exists():
+        subprocess.run([*command, "setup", "-v0"], env=env, check=True, cwd=ROOT)
+    return subprocess.run([*command, *argv], env=env, cwd=ROOT, **run)
 
 
 @contextlib.contextmanager
@@ -103,6 +130,7 @@ def running_platform(data_dir: Path, **overrides: str) -> Iterator[Platform]:
         data_dir=data_dir,
         log=log,
     )
+    resolve_localhost_subdomains()
     try:
         wait_for(lambda: _answers(platform.api, platform.headers), 90, "the platform's API")
         yield platform

@@ -29,6 +29,7 @@ from platform_session import (  # noqa: E402
     ROOT,
     CheckError,
     last_json_line,
+    manage,
     remove_notebook,
     run_in_kernel,
     running_platform,
@@ -104,16 +105,14 @@ def wanted(specs: list[str]) -> list[tuple[str, str]]:
 
 
 def build(framework_id: str, version: str, log_dir: Path) -> dict:
-    """Build (or find built) the environment; its build seconds and size on disk."""
+    """Build (or find built) the environment, logging into log_dir (also the data
+    directory of the build); its build seconds and size on disk."""
     from workers import environments
 
     log = log_dir / f"build-{framework_id}-{version}.log"
     with open(log, "w") as out:
-        done = subprocess.run(
-            [sys.executable, str(ROOT / "manage.py"), "buildenvs", f"{framework_id}:{version}"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
+        done = manage(
+            log_dir, "buildenvs", f"{framework_id}:{version}", stdout=out, stderr=subprocess.STDOUT
         )
     if done.returncode != 0:
         tail = log.read_text().strip().splitlines()[-6:]
@@ -205,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     from nbcloud.catalog.services import catalog
 
     pairs = wanted(args.environments)
-    log_dir = ROOT / "var" / "verify-envs-logs"
+    log_dir = args.data_dir.with_name(f"{args.data_dir.name}-builds")
     log_dir.mkdir(parents=True, exist_ok=True)
     date = time.strftime("%Y-%m-%d")
     rows: dict[str, dict] = {}
