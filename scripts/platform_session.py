@@ -80,7 +80,10 @@ def resolve_localhost_subdomains() -> None:
 
 
 def platform_env(data_dir: Path, **overrides: str) -> dict[str, str]:
-    env = {**os.environ, "NBCLOUD_DATA_DIR": str(data_dir), **overrides}
+    # Ports of their own: another platform on this machine (a developer's, a test's)
+    # must not stop this one.
+    ports = {"NBCLOUD_SSH_PORT": str(free_port()), "NBCLOUD_WORKER_METRICS_PORT": "0"}
+    env = {**os.environ, **ports, "NBCLOUD_DATA_DIR": str(data_dir), **overrides}
     env.pop("CELERY_BROKER_URL", None)
     env.pop("DATABASE_URL", None)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "platform"), str(ROOT)])
