@@ -47,8 +47,12 @@ def keras_fits(x, y) -> bool:
 
 def transformers_fits(device: str) -> bool:
     config = transformers.BertConfig(
-        vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, num_labels=2,
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=2,
     )
     model = transformers.BertForSequenceClassification(config).to(device)
     ids = torch.randint(0, 50, (16, 8), device=device)
