@@ -49,9 +49,10 @@ test-envs: setup
 	$(PY) manage.py buildenvs $(TEST_ENVS)
 
 # Every environment (ENVS=all, or FRAMEWORK[:VERSION] ...) built, and its smoke program
-# run in a notebook through the platform; the results go into environments/README.md.
+# run in a notebook through the platform (RUNTIME=docker: their images, on the docker
+# runtime); the results go into environments/README.md.
 verify-envs: setup
-	$(PY) scripts/verify_envs.py --readme $(or $(ENVS),all)
+	$(PY) scripts/verify_envs.py --readme --runtime $(or $(RUNTIME),process) $(or $(ENVS),all)
 
 migrate: setup
 	@echo "==> migrating the database"

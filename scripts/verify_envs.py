@@ -58,6 +58,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--readme", action="store_true", help="write the results into environments/README.md"
     )
+    parser.add_argument(
+        "--runtime",
+        choices=("process", "docker"),
+        default="process",
+        help="process: the environments' virtualenvs (default); docker: their images "
+        "(`manage.py buildimages`), rows named `<env> (docker)`",
+    )
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of each notebook (default 2)")
     parser.add_argument(
         "--data-dir",
@@ -104,19 +111,37 @@ def wanted(specs: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def build(framework_id: str, version: str, log_dir: Path) -> dict:
-    """Build (or find built) the environment, logging into log_dir (also the data
-    directory of the build); its build seconds and size on disk."""
+def build(framework_id: str, version: str, log_dir: Path, runtime: str) -> dict:
+    """Build (or find built) the environment (its image on docker), logging into log_dir
+    (also the data directory of the build); its build seconds and size on disk."""
     from workers import environments
 
-    log = log_dir / f"build-{framework_id}-{version}.log"
+    command = "buildimages" if runtime == "docker" else "buildenvs"
+    log = log_dir / f"{command}-{framework_id}-{version}.log"
+    started = time.monotonic()
     with open(log, "w") as out:
         done = manage(
-            log_dir, "buildenvs", f"{framework_id}:{version}", stdout=out, stderr=subprocess.STDOUT
+            log_dir, command, f"{framework_id}:{version}", stdout=out, stderr=subprocess.STDOUT
         )
+    seconds = round(time.monotonic() - started, 1)
     if done.returncode != 0:
         tail = log.read_text().strip().splitlines()[-6:]
         return {"built": False, "error": " ".join(tail)[-400:], "log": str(log)}
+    if runtime == "docker":
+        from nbcloud.catalog.services import catalog
+
+        image = catalog().frameworks[framework_id].get_version(version).image
+        size = subprocess.run(
+            ["docker", "image", "inspect", "--format", "{{.Size}}", image],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        fresh = "up to date" not in log.read_text()
+        return {
+            "built": True,
+            "build_seconds": seconds if fresh else None,
+            "size_bytes": int(size or 0),
+        }
     path = environments.env_dir(framework_id, version)
     return {
         "built": True,
@@ -193,7 +218,13 @@ def write_readme(rows: dict[str, dict]) -> None:
         for line in table.strip().splitlines()[2:]
         if line.startswith("|")
     }
-    lines.update({key: table_row(key, row) for key, row in rows.items()})
+    for key, row in rows.items():
+        line = table_row(key, row)
+        if row.get("build_seconds") is None and key in lines:  # up to date: the last build's
+            cells = line.split("|")
+            cells[2] = lines[key].split("|")[2]
+            line = "|".join(cells)
+        lines[key] = line
     body = "\n".join([HEADER, *(lines[key] for key in sorted(lines))])
     README.write_text(f"{head}{TABLE_START}\n{body}\n{TABLE_END}{tail}")
 
@@ -207,14 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = args.data_dir.with_name(f"{args.data_dir.name}-builds")
     log_dir.mkdir(parents=True, exist_ok=True)
     date = time.strftime("%Y-%m-%d")
+    suffix = " (docker)" if args.runtime == "docker" else ""
     rows: dict[str, dict] = {}
     for framework_id, version in pairs:
-        key = f"{framework_id}:{version}"
+        key = f"{framework_id}:{version}{suffix}"
         print(f"== {key}: building", flush=True)
-        rows[key] = {**build(framework_id, version, log_dir), "date": date}
-    with running_platform(args.data_dir) as platform:
+        rows[key] = {**build(framework_id, version, log_dir, args.runtime), "date": date}
+    with running_platform(args.data_dir, NBCLOUD_RUNTIME=args.runtime) as platform:
         for framework_id, version in pairs:
-            key, row = f"{framework_id}:{version}", rows[f"{framework_id}:{version}"]
+            key = f"{framework_id}:{version}{suffix}"
+            row = rows[key]
             framework = catalog().frameworks[framework_id]
             if not row["built"]:
                 print(f"== {key}: {describe(row)}", flush=True)
