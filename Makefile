@@ -12,7 +12,7 @@ PORT ?= 8000
 # where the editors' sandbox users can run it.
 NODE_DIR ?= $(if $(filter 0,$(shell id -u)),/var/lib/nbcloud/node,$(CURDIR)/.node)
 
-.PHONY: run test bench bench-billing install install-test install-dev sysdeps sysdeps-test setup node envs code-server docker-images image compose-config compose-tools compose-up compose-down ci-images ci-stack-up ci-stack-down migrate lint format clean
+.PHONY: run test bench bench-billing install install-test install-dev sysdeps sysdeps-test setup node envs test-envs verify-envs code-server docker-images image compose-config compose-tools compose-up compose-down ci-images ci-stack-up ci-stack-down migrate lint format clean
 
 # System packages come first: creating .venv needs python3-venv.
 sysdeps:
@@ -41,6 +41,19 @@ envs: setup
 	@echo "==> building the conda environment (skipped while up to date)"
 	$(PY) manage.py buildenvs conda
 
+# The environments the test suite runs smoke programs of in notebooks
+# (tests/catalog/test_environment_smoke.py): the default and one heavy framework.
+TEST_ENVS ?= conda pytorch
+test-envs: setup
+	@echo "==> building the $(TEST_ENVS) environments (skipped while up to date)"
+	$(PY) manage.py buildenvs $(TEST_ENVS)
+
+# Every environment (ENVS=all, or FRAMEWORK[:VERSION] ...) built, and its smoke program
+# run in a notebook through the platform (RUNTIME=docker: their images, on the docker
+# runtime); the results go into environments/README.md.
+verify-envs: setup
+	$(PY) scripts/verify_envs.py --readme --runtime $(or $(RUNTIME),process) $(or $(ENVS),all)
+
 migrate: setup
 	@echo "==> migrating the database"
 	$(PY) manage.py migrate --noinput -v 0
@@ -59,10 +72,12 @@ code-server: setup node
 	PATH=$(NODE_DIR)/bin:$$PATH $(PY) manage.py installcodeserver
 
 # The docker runtime's images, each skipped while up to date: the base (debootstrap
-# into `docker import`; root, docker and debootstrap) and the conda environment's.
+# into `docker import`; root, docker and debootstrap) and the environments' (ENVS:
+# FRAMEWORK[:VERSION] ..., or all; conda by default).
+ENVS ?=
 docker-images: setup
 	environments/base/build-base.sh
-	$(PY) manage.py buildimages conda
+	$(PY) manage.py buildimages $(if $(filter all,$(ENVS)),--all,$(or $(ENVS),conda))
 
 # The platform's own image (Dockerfile at the root) on the base above. The project's
 # dependencies are collected as wheels once per pyproject.toml (var/image-wheels), so
@@ -109,7 +124,7 @@ ci-stack-up: ci-images
 ci-stack-down: compose-tools
 	compose/ci/stack.sh down
 
-test: sysdeps-test install-test envs code-server
+test: sysdeps-test install-test envs test-envs code-server
 	@echo "==> running the test suite"
 	PATH=$(NODE_DIR)/bin:$$PATH $(PY) -m pytest
 

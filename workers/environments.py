@@ -10,16 +10,30 @@ A build happens in a temporary sibling folder that is renamed into place at the 
 so a failed build leaves nothing half-made. The marker file, written last, holds the
 sha256 of what was installed: a changed requirement list means a rebuild. Builds of
 one environment are serialised with a lock file, so concurrent callers build it once.
+Beside it, `.nbcloud-build.json` records how long the build took (`make verify-envs`
+reports it).
+
+An environment whose manifest says `conda: true` also gets micromamba, a real conda
+package manager, from `NBCLOUD_CONDA_INSTALLER` (a URL or a local file: the executable,
+or the official tar.bz2 holding `bin/micromamba`); none can be downloaded on hosts that
+reach no conda site, so without that setting the environment is built with pip only
+and the build says so. `bin/micromamba` runs it with the channels of
+`NBCLOUD_CONDA_CHANNELS` and its root prefix under `$HOME` (the notebook's workspace),
+so what a user installs with it survives stop/start like a pip install does.
 """
 
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
 import stat
 import subprocess
+import tarfile
 import tempfile
+import time
+import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +44,9 @@ from django.conf import settings
 from nbcloud.catalog.services import Framework, FrameworkVersion, catalog
 
 MARKER = ".nbcloud-built"
+BUILD_INFO = ".nbcloud-build.json"
+ELF_MAGIC = b"\x7fELF"
+CONDA_FETCH_TIMEOUT = 120
 PIP_TAIL_LINES = 30
 # Variables of the caller that would send pip elsewhere than into the new venv.
 _SCRUBBED_ENV = (
@@ -82,9 +99,11 @@ def _python() -> str:
     return str(settings.NBCLOUD_ENV_PYTHON)
 
 
-def _digest(reqs: tuple[str, ...]) -> str:
-    payload = json.dumps({"python": _python(), "requirements": list(reqs)})
-    return hashlib.sha256(payload.encode()).hexdigest()
+def _digest(framework: Framework, reqs: tuple[str, ...]) -> str:
+    what: dict = {"python": _python(), "requirements": list(reqs)}
+    if framework.conda:
+        what["conda"] = [settings.NBCLOUD_CONDA_INSTALLER, _channels()]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
 
 def _marker_matches(path: Path, digest: str) -> bool:
@@ -98,7 +117,7 @@ def is_built(framework_id: str, version: str) -> bool:
     """Whether the environment is built with the catalogue's current requirements."""
     try:
         framework, found = resolve(framework_id, version)
-        digest = _digest(requirements(framework_id, version))
+        digest = _digest(framework, requirements(framework_id, version))
     except EnvironmentBuildError:
         return False
     return _marker_matches(env_dir(framework.id, found.version), digest)
@@ -116,7 +135,7 @@ def build(
     name = f"{framework.id}-{found.version}"
     target = env_dir(framework.id, found.version)
     reqs = requirements(framework.id, found.version)
-    digest = _digest(reqs)
+    digest = _digest(framework, reqs)
     if not force and _marker_matches(target, digest):
         log(f"{name}: up to date in {target}")
         return target
@@ -128,6 +147,7 @@ def build(
             return target
         _remove_leftovers(target)
         python = _check_python(name)
+        started = time.monotonic()
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
         try:
             log(f"{name}: creating a virtualenv with {python}")
@@ -154,17 +174,127 @@ def build(
                     ],
                     log,
                 )
+            if framework.conda:
+                _install_micromamba(name, tmp, target, log)
             _relocate(tmp, target)
             _make_world_readable(tmp)
-            marker = tmp / MARKER
-            marker.write_text(digest + "\n")
-            marker.chmod(0o644)
+            info = {
+                "seconds": round(time.monotonic() - started, 1),
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "requirements": list(reqs),
+            }
+            for path, text in ((tmp / BUILD_INFO, json.dumps(info)), (tmp / MARKER, digest)):
+                path.write_text(text + "\n")
+                path.chmod(0o644)
             _swap_into_place(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     log(f"{name}: built in {target}")
     return target
+
+
+def build_info(framework_id: str, version: str) -> dict:
+    """What the last build of the environment recorded (seconds, built_at), or {}."""
+    try:
+        return json.loads((env_dir(framework_id, version) / BUILD_INFO).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes the tree takes on disk (allocated blocks; links are not followed)."""
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for entry in (*dirnames, *filenames):
+            total += os.lstat(os.path.join(dirpath, entry)).st_blocks * 512
+    return total
+
+
+def _channels() -> list[str]:
+    return [c.strip() for c in settings.NBCLOUD_CONDA_CHANNELS.split(",") if c.strip()]
+
+
+def _install_micromamba(
+    name: str, prefix: Path, target: Path, log: Callable[[str], object]
+) -> None:
+    """Put micromamba from NBCLOUD_CONDA_INSTALLER into prefix (to be moved to target)."""
+    source = settings.NBCLOUD_CONDA_INSTALLER
+    if not source:
+        log(
+            f"{name}: no conda installer (NBCLOUD_CONDA_INSTALLER is empty): built with pip "
+            "only. Set it to micromamba's URL or a local copy of it to add micromamba."
+        )
+        return
+    log(f"{name}: installing micromamba from {source}")
+    binary = _micromamba_executable(source, _fetch(source))
+    libexec = prefix / "libexec"
+    libexec.mkdir(exist_ok=True)
+    real = libexec / "micromamba"
+    real.write_bytes(binary)
+    real.chmod(0o755)
+    probe = subprocess.run(
+        [str(real), "--version"], capture_output=True, text=True, timeout=60, env=_env()
+    )
+    if probe.returncode != 0 or not probe.stdout.strip():
+        raise EnvironmentBuildError(
+            f"building environment {name} failed: the micromamba from "
+            f"NBCLOUD_CONDA_INSTALLER={source} does not run here (`micromamba --version` "
+            f"exited with status {probe.returncode}: {probe.stderr.strip()[-300:]}); point it "
+            "at micromamba for linux-64"
+        )
+    log(f"{name}: micromamba {probe.stdout.strip()}")
+    condarc = prefix / "etc" / "conda" / "condarc"
+    condarc.parent.mkdir(parents=True, exist_ok=True)
+    channels = "".join(f"  - {c}\n" for c in _channels())
+    condarc.write_text(f"channels:\n{channels}channel_priority: strict\n")
+    wrapper = prefix / "bin" / "micromamba"
+    # The root prefix (environments, package cache) under $HOME, the notebook's
+    # workspace; the user's own ~/.condarc still applies after the platform's.
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        ': "${MAMBA_ROOT_PREFIX:=$HOME/.micromamba}"\n'
+        f': "${{CONDARC:={target}/etc/conda/condarc}}"\n'
+        "export MAMBA_ROOT_PREFIX CONDARC\n"
+        f'exec {target}/libexec/micromamba "$@"\n'
+    )
+    wrapper.chmod(0o755)
+
+
+def _fetch(source: str) -> bytes:
+    """The bytes at source: an http(s) URL, a file:// URL or a local path."""
+    try:
+        if source.startswith(("http://", "https://", "file://")):
+            with urllib.request.urlopen(source, timeout=CONDA_FETCH_TIMEOUT) as reply:
+                return reply.read()
+        return Path(source).read_bytes()
+    except (OSError, ValueError) as exc:
+        raise EnvironmentBuildError(
+            f"NBCLOUD_CONDA_INSTALLER={source}: cannot read it ({exc}); give micromamba's "
+            "URL or the path of a local copy"
+        ) from exc
+
+
+def _micromamba_executable(source: str, data: bytes) -> bytes:
+    """The micromamba executable: data itself, or bin/micromamba inside a tar archive."""
+    if data.startswith(ELF_MAGIC):
+        return data
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
+            for member in archive.getmembers():
+                if member.isfile() and member.name.lstrip("./") == "bin/micromamba":
+                    extracted = archive.extractfile(member)
+                    if extracted is not None:
+                        binary = extracted.read()
+                        if binary.startswith(ELF_MAGIC):
+                            return binary
+    except tarfile.TarError:
+        pass
+    raise EnvironmentBuildError(
+        f"NBCLOUD_CONDA_INSTALLER={source}: neither a micromamba executable nor an archive "
+        "holding bin/micromamba; give micromamba for linux-64 (the executable, or the "
+        "tar.bz2 that micromamba's own site serves)"
+    )
 
 
 def _check_python(name: str) -> str:

@@ -324,6 +324,12 @@ NBCLOUD_ENVS_DIR = envpath(
 # The interpreter environment virtualenvs are made from: Debian's, which the
 # sandbox users can run (part of each environment's build digest).
 NBCLOUD_ENV_PYTHON = envstr("NBCLOUD_ENV_PYTHON", "/usr/bin/python3")
+# The conda installer put into environments whose manifest says `conda: true`:
+# micromamba, as a URL or a local file (the executable, or the official tar.bz2
+# holding bin/micromamba). Empty: those environments are built with pip only.
+NBCLOUD_CONDA_INSTALLER = envstr("NBCLOUD_CONDA_INSTALLER", "")
+# The channels micromamba installs from in notebooks (comma-separated).
+NBCLOUD_CONDA_CHANNELS = envstr("NBCLOUD_CONDA_CHANNELS", "conda-forge")
 # code-server (the vscode editor), installed on a host by `manage.py
 # installcodeserver` (`make code-server`) into NBCLOUD_CODE_SERVER_DIR,
 # world-readable; or an operator's own code-server executable, used as is.

@@ -153,3 +153,18 @@ def test_a_small_catalogue_loads(tmp_path):
     assert list(cat.frameworks) == ["tiny"]
     assert cat.frameworks["tiny"].get_version(None).requirements == ("six>=1,<2",)
     assert cat.frameworks["tiny"].get_version("2") is None
+
+
+def test_the_h200_flavor_scales_the_h100_share_by_gpu_memory(real):
+    h100, h200 = real.flavors["h100-1-gpu"], real.flavors["h200-1-gpu"]
+    assert (h200.type, h200.gpu_model, h200.gpu_memory_gib, h200.max) == ("gpu", "H200", 141, 4)
+    ratio = h200.gpu_memory_gib / h100.gpu_memory_gib
+    assert h200.memory_gib == int(h100.memory_gib * ratio)
+    assert h200.storage_gib == int(h100.storage_gib * ratio)
+    assert h200.cpus == h100.cpus
+    four = h200.resources(4)
+    assert (four.cpus, four.memory_bytes, four.disk_bytes) == (
+        4 * h200.cpus,
+        4 * h200.memory_gib * 1024**3,
+        4 * h200.storage_gib * 1024**3,
+    )

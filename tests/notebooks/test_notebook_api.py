@@ -59,7 +59,7 @@ def test_create_answers_201_with_spec_status_and_defaults(alice_api, alice):
     assert spec["name"] == "demo"
     assert spec["env"] == {
         "framework_id": "pytorch",
-        "framework_version": "2.5",
+        "framework_version": "2.13",
         "editor_id": "jupyterlab",
     }
     assert spec["resources"] == {"flavor": "ai1-1-gpu", "gpu": 1, "cpu": 0}
@@ -97,7 +97,7 @@ INVALID = [
     (
         {"env": {"framework_id": "pytorch", "framework_version": "9.9", "editor_id": "vscode"}},
         "env.framework_version",
-        ["9.9", "valid choices", "2.4", "2.5"],
+        ["9.9", "valid choices", "2.13", "2.14"],
     ),
     (
         {"resources": {"flavor": "huge-1-gpu"}},

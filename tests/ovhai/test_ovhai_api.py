@@ -129,7 +129,7 @@ def test_capabilities_are_the_catalogue(as_alice):
     assert conda.versions == ["py311"] and conda.name == "Conda"
     assert conda.saved_paths == ["/workspace"] and conda.doc_url.startswith("https://")
     one = get_v1_capabilities_notebook_framework_id.sync("pytorch", client=as_alice)
-    assert one.id == "pytorch" and "2.4" in one.versions
+    assert one.id == "pytorch" and "2.14" in one.versions
 
     editors = get_v1_capabilities_notebook_editor.sync(client=as_alice)
     assert {e.id for e in editors} == {"jupyterlab", "vscode"}

@@ -34,6 +34,15 @@ class Framework:
     editors: tuple[str, ...]
     versions: tuple[FrameworkVersion, ...]
     path: Path
+    # Whether the environment carries a conda installer (micromamba, from
+    # NBCLOUD_CONDA_INSTALLER) besides pip.
+    conda: bool = False
+
+    @property
+    def smoke(self) -> Path | None:
+        """The smoke program (`smoke.py` in the folder) `make verify-envs` runs in a notebook."""
+        path = self.path / "smoke.py"
+        return path if path.is_file() else None
 
     @property
     def default_version(self) -> FrameworkVersion:
@@ -144,6 +153,7 @@ def _framework(folder: Path) -> Framework:
             editors=tuple(manifest["editors"]),
             versions=tuple(versions),
             path=folder,
+            conda=bool(manifest.get("conda", False)),
         )
     except (KeyError, TypeError, OSError) as exc:
         raise ImproperlyConfigured(f"invalid manifest in {folder}: {exc!r}") from exc
