@@ -20,6 +20,7 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
+from nbcloud.billing.services import month_start
 from nbcloud.projects.models import hash_token
 from nbcloud.projects.secrets import seal
 from support.factories import api_client
@@ -52,7 +53,8 @@ def _fill(apps) -> dict:
     Interval = apps.get_model("billing", "BillableInterval")
     UsageRecord = apps.get_model("billing", "UsageRecord")
 
-    now = timezone.now()
+    # Within this month (what cost_to_date counts), even just after midnight on the 1st.
+    now = max(timezone.now(), month_start(timezone.now()) + timedelta(hours=3))
     owner = User.objects.create(username="rel-owner", password="!")
     project = Project.objects.create(name="release", gpu_quota=4)
     Membership.objects.create(project=project, user=owner, role="admin")
