@@ -118,14 +118,18 @@ def gpu_device_binds(spec: LaunchSpec) -> list[str]:
     return args
 
 
-def sandbox_argv(spec: LaunchSpec, argv: list[str], env_fd: int | None = None) -> list[str]:
+def sandbox_argv(
+    spec: LaunchSpec, argv: list[str], env_fd: int | None = None, die_with_parent: bool = False
+) -> list[str]:
     """bubblewrap around `argv`: a filesystem of the notebook's own (system and
     environment read-only, the workspace and volumes read-write, private /tmp,
     /var/tmp and /dev/shm, a /dev with only its own GPUs), its own pid, IPC and
     UTS namespaces, then the notebook's uid with no capabilities. The editor's
     environment is read from `env_fd` (NUL-separated `--setenv` arguments), so
     neither user variables nor the editor's secret appear on a command line or
-    in the launcher's own environment."""
+    in the launcher's own environment. With `die_with_parent`, the sandbox is
+    killed when its launcher ends (a Slurm job's launcher: the job is the
+    editor's lifetime), however it ends."""
     prefix = [
         BWRAP,
         *_system_binds(),
@@ -172,6 +176,8 @@ def sandbox_argv(spec: LaunchSpec, argv: list[str], env_fd: int | None = None) -
         "--new-session",
         "--clearenv",
     ]
+    if die_with_parent:
+        prefix.append("--die-with-parent")
     if env_fd is not None:
         prefix += ["--args", str(env_fd)]
     for mount in spec.mounts:
@@ -240,6 +246,8 @@ def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Proce
 
 class ProcessRuntime(Runtime):
     name = "process"
+    # Off: an editor outlives a worker that dies, and the next one adopts it.
+    sandbox_dies_with_parent = False
 
     @property
     def log_path(self) -> Path:
@@ -311,7 +319,8 @@ class ProcessRuntime(Runtime):
                     cgroups.join_argv(
                         groups,
                         network.enter_argv(
-                            self.spec.notebook_id, sandbox_argv(self.spec, argv, env_fd)
+                            self.spec.notebook_id,
+                            sandbox_argv(self.spec, argv, env_fd, self.sandbox_dies_with_parent),
                         ),
                     ),
                     stdin=open(os.devnull, "rb"),  # noqa: SIM115

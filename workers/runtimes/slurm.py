@@ -377,6 +377,9 @@ class SlurmRuntime(Runtime):
                 time.sleep(0.2)
             if self._still_active():
                 slurm("scancel", "--signal=KILL", "--full", self.job_id)
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and self._still_active():
+                    time.sleep(0.2)
         self._active_since = -POLL_EVERY
         endpoint_file(self.spec.notebook_id, self.job_id).unlink(missing_ok=True)
         (job_dir() / f"{self.spec.notebook_id}.launch.json").unlink(missing_ok=True)

@@ -63,6 +63,9 @@ def main(launch: Path) -> int:
     )
     spec = LaunchSpec(**values)
     runtime = ProcessRuntime(spec)
+    # Slurm signals every process it tracks, the sandbox's outer bwrap too; when that
+    # one ends first, what runs inside would outlive the job unless it dies with it.
+    runtime.sandbox_dies_with_parent = True
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
