@@ -318,6 +318,7 @@ class Platform:
             **os.environ,
             "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}",
             "NBCLOUD_DATA_DIR": str(data_dir),
+            "SECRET_KEY": uuid.uuid4().hex * 2,
             "NBCLOUD_PUBLIC_URL": self.url,
             "NBCLOUD_HOST_NAME": self.host,
             "NBCLOUD_HOST_CPUS": str(host_cpus),
@@ -331,14 +332,16 @@ class Platform:
         self.procs: list[subprocess.Popen] = []
 
     def manage(self, *args: str, env: dict | None = None) -> str:
-        return subprocess.run(
+        done = subprocess.run(
             [PY, str(ROOT / "manage.py"), *args],
             env={**self.env, **(env or {})},
             cwd=ROOT,
-            check=True,
             capture_output=True,
             text=True,
-        ).stdout
+        )
+        if done.returncode:
+            sys.exit(f"manage.py {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+        return done.stdout
 
     def _start(self, name: str, argv: list[str], env: dict, ready) -> None:
         log_path = self.data_dir / f"{name}.log"

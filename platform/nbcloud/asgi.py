@@ -1,5 +1,7 @@
 """The platform's ASGI entry point: the gateway for /notebooks/<id>/..., Django for the rest."""
 
+import asyncio
+import json
 import os
 
 from django.core.asgi import get_asgi_application
@@ -41,10 +43,69 @@ def _for_gateway(scope) -> bool:
     return routing.notebook_of_host(host) is not None
 
 
+# At most NBCLOUD_WEB_MAX_REQUESTS requests in Django at once per process: each holds
+# a thread and, on PostgreSQL, a connection while its view runs, so past that many
+# an overloaded web would be refused by the database ("too many clients", 503s)
+# instead of serving a little later. The rest wait their turn here, where waiting
+# costs neither; a request that waits NBCLOUD_WEB_QUEUE_TIMEOUT seconds is a 503
+# with Retry-After. A request gives its turn back once its answer starts (a long
+# stream does not hold one).
+_turns: asyncio.Semaphore | None = None
+
+
+def _busy_answer() -> tuple[dict, dict]:
+    body = json.dumps(
+        {
+            "detail": "The platform is busy: too many requests are waiting. Retry in a few "
+            "seconds (operators: more web processes, or NBCLOUD_WEB_MAX_REQUESTS).",
+            "code": "busy",
+        }
+    ).encode()
+    start = {
+        "type": "http.response.start",
+        "status": 503,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"retry-after", b"5"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+    }
+    return start, {"type": "http.response.body", "body": body}
+
+
+async def _django_in_turn(scope, receive, send):
+    global _turns
+    if _turns is None:
+        _turns = asyncio.Semaphore(settings.NBCLOUD_WEB_MAX_REQUESTS)
+    turns = _turns
+    try:
+        await asyncio.wait_for(turns.acquire(), settings.NBCLOUD_WEB_QUEUE_TIMEOUT)
+    except TimeoutError:
+        for message in _busy_answer():
+            await send(message)
+        return
+    held = True
+
+    async def answer(message):
+        nonlocal held
+        if held and message["type"] == "http.response.start":
+            held = False
+            turns.release()
+        await send(message)
+
+    try:
+        await django_application(scope, receive, answer)
+    finally:
+        if held:
+            turns.release()
+
+
 async def application(scope, receive, send):
     if scope["type"] in ("http", "websocket") and _for_gateway(scope):
         await gateway(scope, receive, send)
     elif scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 4404})
+    elif scope["type"] == "http" and settings.NBCLOUD_WEB_MAX_REQUESTS:
+        await _django_in_turn(scope, receive, send)
     else:
         await django_application(scope, receive, send)

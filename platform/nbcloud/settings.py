@@ -121,6 +121,10 @@ except ValueError as exc:
 # borrows from a pool of at most this many per process (faster; off by default
 # until every path of the web process returns what it borrows).
 NBCLOUD_WEB_DB_POOL = envint("NBCLOUD_WEB_DB_POOL", 0, minimum=0)
+# Requests one web process serves at once (the rest wait, without a thread or a
+# database connection; 0: no limit), and how long one waits before a 503.
+NBCLOUD_WEB_MAX_REQUESTS = envint("NBCLOUD_WEB_MAX_REQUESTS", 12, minimum=0)
+NBCLOUD_WEB_QUEUE_TIMEOUT = envfloat("NBCLOUD_WEB_QUEUE_TIMEOUT", 30, minimum=0.001)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     # Web, worker and beat write concurrently: wait for the lock instead of
