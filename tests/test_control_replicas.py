@@ -19,7 +19,7 @@ from nbcloud.locks import one_at_a_time
 from nbcloud.notebooks.models import Notebook, NotebookEvent
 from nbcloud.notebooks.states import State
 from support.factories import make_host, make_queued_notebook
-from support.services import purge_queues, start_worker, stop_service
+from support.services import purge_queues, queues_to_ourselves, start_worker, stop_service
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -45,9 +45,15 @@ def finished(log: str) -> int:
     return log.count(" succeeded in ")
 
 
+@pytest.fixture
+def control_queues_to_ourselves():
+    with queues_to_ourselves(["control", "billing"]):
+        yield
+
+
 @pytest.mark.e2e
 def test_two_control_workers_place_each_notebook_once_and_share_the_rounds(
-    alpha, broker_url, public_url, settings
+    alpha, broker_url, public_url, settings, control_queues_to_ourselves
 ):
     hosts = [
         make_host(f"rep-{h}", gpus=GPUS_PER_HOST, cpus=26, memory_gib=80, disk_gib=600)

@@ -9,7 +9,14 @@ import pytest
 
 from nbcloud.notices import services
 from nbcloud.notices.models import Delivery, Kind, NoticeTarget
-from support.services import CELERY, purge_queues, service_env, start_service, stop_service
+from support.services import (
+    CELERY,
+    purge_queues,
+    queues_to_ourselves,
+    service_env,
+    start_service,
+    stop_service,
+)
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -18,6 +25,11 @@ RETRY_DELAY = 2
 
 @pytest.fixture
 def control_worker(transactional_db, broker_url, worker_host, public_url, smtp_server):
+    with queues_to_ourselves(["control"]):
+        yield from _control_worker(broker_url, worker_host, public_url, smtp_server)
+
+
+def _control_worker(broker_url, worker_host, public_url, smtp_server):
     purge_queues(broker_url, ["control"])
     env = {
         **service_env(broker_url, worker_host, public_url),

@@ -36,6 +36,29 @@ def database_url() -> str:
     return f"postgres://{auth}@{host}{port}/{db['NAME']}"
 
 
+@contextlib.contextmanager
+def queues_to_ourselves(queues: list[str]):
+    """Workers other tests left running (the session's control worker) stop taking
+    from `queues` meanwhile, so the workers a test starts with settings of its own
+    get every task sent there; they take from them again after."""
+    from nbcloud.celery import app
+
+    taken = app.control.inspect(timeout=2).active_queues() or {}
+    others = {
+        name: [q["name"] for q in theirs if q["name"] in queues] for name, theirs in taken.items()
+    }
+    others = {name: mine for name, mine in others.items() if mine}
+    for name, mine in others.items():
+        for queue in mine:
+            app.control.cancel_consumer(queue, destination=[name], reply=True, timeout=5)
+    try:
+        yield
+    finally:
+        for name, mine in others.items():
+            for queue in mine:
+                app.control.add_consumer(queue, destination=[name], reply=True, timeout=5)
+
+
 def purge_queues(broker: str, queues: list[str]) -> None:
     """Drop what earlier tests left in these queues."""
     from nbcloud.celery import app
