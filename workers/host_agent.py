@@ -8,8 +8,10 @@ NBCLOUD_HOST_NAME, NBCLOUD_HOST_REGION and NBCLOUD_HOST_LABELS are the
 fallbacks. On start it registers the host with its inventory and sends again
 the tasks of its notebooks in flight (STARTING, STOPPING, RESTARTING, DELETING:
 a crash or deploy cut them short; tasks are idempotent); then, every
-NBCLOUD_HEARTBEAT_INTERVAL seconds, it heart-beats and stops the editors of
-runs this host started but no longer holds (a host that was lost and comes
+NBCLOUD_HEARTBEAT_INTERVAL seconds, it heart-beats, asks its own queue to
+check its editors (a dead one is saved and marked FAILED; a job its scheduler
+kept waiting is taken up when it runs), and stops the editors of runs this
+host started but no longer holds (a host that was lost and comes
 back finds its notebooks started elsewhere: their old editors must not run
 twice). A stale run that ended because the host was lost also leaves its
 local workspace, which is moved aside (``<workspaces>/.lost/``) so a later
@@ -26,6 +28,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections, connections
 
+from nbcloud import dispatch
 from nbcloud.catalog.services import catalog
 from nbcloud.dispatch import host_queue
 from nbcloud.hosts import services as host_services
@@ -117,6 +120,9 @@ class HostAgent:
                     self.identity.name,
                 )
                 return
+            # Each host checks its own editors, in its pool: the control plane's
+            # rounds do not grow with the number of hosts.
+            dispatch.check_notebooks(self.identity.name)
             sweep_stale_editors(self.identity.name)
             keep_notebook_rules(self.identity.name)
             self.ssh.register()

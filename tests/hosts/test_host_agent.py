@@ -3,6 +3,7 @@ heart-beats, brings a LOST host back, and stops editors of runs it no longer
 holds. Real worker processes on the real broker; the stale editor is a real
 process."""
 
+import json
 import subprocess
 from datetime import timedelta
 
@@ -16,12 +17,12 @@ from nbcloud.hosts import services
 from nbcloud.hosts.models import Host, HostState
 from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import State
-from support.factories import fresh, make_host, make_queued_notebook
+from support.factories import fresh, make_host, make_notebook, make_queued_notebook
 from support.paths import ROOT
 from support.services import CELERY, host_worker, service_env, stop_service
 from support.waiting import wait_for
 from workers import ledger, workspace
-from workers.host_agent import HostIdentity, identify, sweep_stale_editors
+from workers.host_agent import HostAgent, HostIdentity, identify, sweep_stale_editors
 
 
 @pytest.mark.django_db(transaction=True)
@@ -52,6 +53,31 @@ def test_a_worker_with_host_options_registers_and_heart_beats(broker_url, public
         wait_for(lambda: fresh(host).state == HostState.READY, timeout=10, what="READY again")
     finally:
         stop_service(proc)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_heartbeat_asks_the_host_to_check_its_own_editors(broker_url, alpha):
+    """Reconcile no longer asks every host to check its editors each round (its cost
+    grew with the fleet): each host asks itself, on its own queue, as it heart-beats."""
+    from nbcloud.monitoring import fleet
+    from nbcloud.notebooks import reconcile
+
+    host = make_host("beat-1", region="BHS")
+    registered = host.last_heartbeat_at
+    make_notebook(alpha, state=State.RUNNING, host=host, region="BHS")
+    broker = fleet.broker_redis()
+    broker.delete("host.beat-1")  # no worker consumes this host's queue
+    try:
+        agent = HostAgent(HostIdentity("beat-1", "BHS"), interval=60)
+        agent.beat()
+        reconcile.run()  # sends nothing to the host
+        agent.beat()
+        sent = [json.loads(raw) for raw in broker.lrange("host.beat-1", 0, -1)]
+        assert [m["headers"]["task"] for m in sent] == ["hosts.check_notebooks"] * 2
+        assert all(m["headers"]["expires"] for m in sent)  # a late check is dropped
+        assert fresh(host).last_heartbeat_at > registered
+    finally:
+        broker.delete("host.beat-1")
 
 
 def test_a_region_outside_the_catalogue_stops_the_worker_with_the_fix(broker_url, public_url):

@@ -119,8 +119,6 @@ def test_notebook_runs_code_and_keeps_workspace_across_stop_and_start(
 
 
 def test_dead_editor_is_noticed_saved_and_failed(running_notebook, alice_api, alice):
-    from nbcloud.tasks import reconcile_all
-
     notebook_id, url, _ = running_notebook
     kernel = _kernel(alice_api, url, alice[1])
     kernel.execute("open('/workspace/work.txt', 'w').write('unsaved work')")
@@ -132,7 +130,7 @@ def test_dead_editor_is_noticed_saved_and_failed(running_notebook, alice_api, al
         what="the editor to die",
     )
 
-    reconcile_all.delay()  # what beat sends every NBCLOUD_RECONCILE_INTERVAL
+    # The host's worker checks its editors at each heartbeat (NBCLOUD_HEARTBEAT_INTERVAL).
     failed = wait_state(alice_api, url, "FAILED")
     assert failed["info"]["code"] == "EDITOR_DIED"
     assert "stopped unexpectedly" in failed["info"]["message"]

@@ -6,7 +6,6 @@ import pytest
 
 from nbcloud.billing.models import BillableInterval
 from nbcloud.billing.services import minutes_commenced
-from nbcloud.notebooks import reconcile
 from nbcloud.notebooks.models import Notebook
 from support.editors import Kernel
 from support.services import kill_worker
@@ -27,11 +26,10 @@ def _kernel(api, url, token: str) -> Kernel:
     return Kernel(api_status(api, url)["url"], {"Authorization": f"Bearer {token}"})
 
 
-def _reconciled_state(api, url: str, state: str):
-    """What beat does every NBCLOUD_RECONCILE_INTERVAL: the host checks its notebooks."""
+def _checked_state(api, url: str, state: str):
+    """What the cluster's worker finds checking its notebooks at each heartbeat."""
 
     def reached():
-        reconcile.run()
         status = api_status(api, url)
         return status if status["state"] == state else None
 
@@ -65,7 +63,7 @@ def test_queued_in_slurm_runs_when_the_node_frees_survives_its_worker_and_bills_
     assert not BillableInterval.objects.filter(notebook_id=created["id"]).exists()
 
     slurm_idle.run("scancel", blocker)
-    running = _reconciled_state(alice_api, url, "RUNNING")
+    running = _checked_state(alice_api, url, "RUNNING")
     kernel = _kernel(alice_api, url, alice[1])
     assert kernel.execute("print(6 * 7)").strip() == "42"
     kernel.execute("open('/workspace/notes.txt', 'w').write('kept')")
@@ -116,7 +114,7 @@ def test_an_administrators_scancel_ends_the_notebook_failed_with_slurms_reason(
 
     job_id = Notebook.objects.get(pk=created["id"]).runtime_state["job_id"]
     slurm_idle.run("scancel", job_id)
-    failed = _reconciled_state(alice_api, url, "FAILED")
+    failed = _checked_state(alice_api, url, "FAILED")
     assert failed["info"]["code"] == "EDITOR_DIED"
     assert f"Slurm job {job_id} ended" in failed["info"]["message"]
     assert "CANCELLED" in failed["info"]["message"]

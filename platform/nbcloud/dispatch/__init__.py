@@ -250,8 +250,9 @@ def push_volumes(notebook_id: str, host: str) -> None:
 
 
 def check_notebooks(*hosts: str) -> None:
-    """Ask each host to check its editors: one outbox INSERT for them all."""
-    expires = settings.NBCLOUD_RECONCILE_INTERVAL
+    """Ask each host to check its editors: one outbox INSERT for them all. Sent by
+    each host's heartbeat; a check not begun by the next heartbeat is dropped."""
+    expires = settings.NBCLOUD_HEARTBEAT_INTERVAL
     send_all(Task(CHECK_NOTEBOOKS, (), {"host": h}, {"expires": expires}) for h in hosts)
 
 

@@ -3,11 +3,15 @@
 - hosts silent for longer than NBCLOUD_HOST_LOST_AFTER: marked LOST, their
   notebooks start again on another host of the region (or wait QUEUED);
 - queued notebooks: try placing them again;
-- running notebooks: ask each host to check its editors (a dead
-  one is saved and marked FAILED);
 - a notebook stuck in a transitional state (STARTING, STOPPING, RESTARTING,
   DELETING) longer than NBCLOUD_STUCK_AFTER: its task was probably lost between
   commit and dispatch, so send it again (tasks are idempotent).
+
+Running editors are not checked here: each host's worker asks itself to check
+its editors at every heartbeat (`workers.host_agent`), so a round's cost grows
+with what changed (hosts gone silent, notebooks waiting or stuck), not with the
+number of hosts; a host whose worker is gone cannot check anything, and is
+found by its silence.
 """
 
 from datetime import datetime, timedelta
@@ -34,14 +38,6 @@ def run(now: datetime | None = None) -> None:
     now = now or timezone.now()
     host_services.mark_lost(now - timedelta(seconds=settings.NBCLOUD_HOST_LOST_AFTER))
     host_services.place_queued()
-    # Running editors to check, and those a host's scheduler keeps QUEUED.
-    hosts = (
-        Notebook.objects.filter(state__in=(State.RUNNING, State.QUEUED), host__isnull=False)
-        .order_by("host__name")  # not the model's order, which DISTINCT would add
-        .values_list("host__name", flat=True)
-        .distinct()
-    )
-    dispatch.check_notebooks(*hosts)
     resend_stuck(now)
 
 
