@@ -4,8 +4,9 @@ For each N (default 1,000, 10,000, 100,000): N notebooks spread over the
 states, two regions and N/50 hosts of 8 GPUs (a tenth of the notebooks
 running, each on a GPU); time rendering the platform's exposition (what a
 scrape costs, without HTTP), and, in the same run on the same server, the
-baseline: the two plain SQL statements the fleet series need at least (notebooks
-counted by state and region; the GPUs held per host). Medians of --repeat runs
+baseline: the plain SQL statements the fleet series need at least (notebooks
+counted by state and region, hosts by region and state, GPUs of the hosts and
+GPUs held, by region). Medians of --repeat runs
 and the ratio. Also the JSON metrics API's read of one notebook's last hour
 (720 samples) among 100 sampled notebooks, beside a plain SELECT of the same
 rows. Usage:
@@ -80,12 +81,17 @@ def main() -> None:
                 "WHERE state <> 'DELETED' GROUP BY state, region"
             )
             cursor.fetchall()
+            cursor.execute("SELECT region, state, count(*) FROM hosts_host GROUP BY region, state")
+            cursor.fetchall()
             cursor.execute(
-                "SELECT host_id, sum(jsonb_array_length(gpu_uuids)) FROM notebooks_notebook "
-                "WHERE host_id IS NOT NULL GROUP BY host_id"
+                "SELECT region, sum(jsonb_array_length(gpus)) FROM hosts_host "
+                "WHERE state <> 'LOST' GROUP BY region"
             )
             cursor.fetchall()
-            cursor.execute("SELECT id, name, gpus FROM hosts_host")
+            cursor.execute(
+                "SELECT h.region, sum(jsonb_array_length(n.gpu_uuids)) FROM notebooks_notebook n "
+                "JOIN hosts_host h ON h.id = n.host_id WHERE h.state <> 'LOST' GROUP BY h.region"
+            )
             cursor.fetchall()
 
     reset()

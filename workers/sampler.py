@@ -20,7 +20,10 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 from django.utils import timezone
 
+from nbcloud.dispatch import host_queue
+from nbcloud.hosts.models import Host
 from nbcloud.monitoring import samples
+from nbcloud.monitoring.collectors import queue_family, queue_lengths
 from nbcloud.monitoring.models import NotebookSample
 from nbcloud.notebooks import services
 from nbcloud.notebooks.models import EditorLog, Notebook
@@ -290,12 +293,45 @@ class DiskCollector:
         yield free
 
 
+class HostCollector:
+    """This host's GPUs (used by its notebooks, or free) and the messages waiting in
+    its queue: each host tells its own, so the platform's scrape does not grow with
+    the fleet."""
+
+    def __init__(self, host: str):
+        self.host = host
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        gpus = GaugeMetricFamily(
+            "nbcloud_host_gpus", "GPUs of this host, free or used.", labels=["host", "state"]
+        )
+        try:  # in the metrics server's thread of this request: its connection closes after
+            total = Host.objects.filter(name=self.host).values_list("gpus", flat=True).first()
+            held = Notebook.objects.filter(host__name=self.host).values_list("gpu_uuids", flat=True)
+            used = sum(len(uuids) for uuids in held)
+        except Exception as exc:  # the database is down: the scrape answers without them
+            log.warning("GPUs of host %s not readable: %s", self.host, exc)
+        else:
+            if total is not None:
+                gpus.add_metric([self.host, "used"], used)
+                gpus.add_metric([self.host, "free"], max(0, len(total) - used))
+        finally:
+            connections.close_all()
+        yield gpus
+        lengths = queue_lengths([host_queue(self.host)])
+        if lengths is not None:
+            yield queue_family(lengths)
+
+
 def registry(sampler: Sampler):
     from prometheus_client import CollectorRegistry
 
     reg = CollectorRegistry(auto_describe=False)
     reg.register(NotebookCollector(sampler))
     reg.register(DiskCollector(sampler.host))
+    reg.register(HostCollector(sampler.host))
     return reg
 
 

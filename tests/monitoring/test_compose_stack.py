@@ -102,6 +102,7 @@ def exported_names(db) -> set[str]:
     names |= {family.name for family in text_string_to_metric_families(text)}
     for family in (*collectors.fleet.METRICS,):
         names |= {family.name + s for s in ("_total", "_bucket", "_sum", "_count")}
+    names |= {family.name for family in sampler.HostCollector("dashboard").collect()}
     names |= {name for name, _, _ in (*sampler.GAUGES, *sampler.GPU_GAUGES)}
     names |= {name + "_total" for name, _, _ in sampler.COUNTERS}
     return names

@@ -80,30 +80,49 @@ def test_notebooks_are_counted_by_state_and_region(client, alpha):
     assert not any(labels == (("region", "GRA"), ("state", "DELETED")) for _, labels in found)
 
 
-def test_host_gpus_are_free_or_used(client, alpha):
-    gpus = [{"index": i, "uuid": f"GPU-{i}", "model": "H100", "memory_bytes": 1} for i in range(4)]
+def test_gpus_are_counted_by_region_free_or_used(client, alpha):
+    def gpus(n):
+        return [
+            {"index": i, "uuid": f"GPU-{i}", "model": "H100", "memory_bytes": 1} for i in range(n)
+        ]
+
     host = Host.objects.create(
-        name="gpu-1", region="GRA", cpus=64, memory_bytes=1, disk_bytes=1, gpus=gpus
+        name="gpu-1", region="GRA", cpus=64, memory_bytes=1, disk_bytes=1, gpus=gpus(4)
+    )
+    Host.objects.create(
+        name="gpu-2", region="GRA", cpus=64, memory_bytes=1, disk_bytes=1, gpus=gpus(2)
+    )
+    Host.objects.create(  # a lost host's GPUs are nobody's to use
+        name="gpu-3",
+        region="GRA",
+        cpus=64,
+        memory_bytes=1,
+        disk_bytes=1,
+        gpus=gpus(8),
+        state="LOST",
     )
     make_notebook(
         alpha, state="RUNNING", host=host, gpu=3, cpu=0, gpu_uuids=["GPU-0", "GPU-1", "GPU-2"]
     )
     found = scrape(client)
-    assert found[("nbcloud_host_gpus", (("host", "gpu-1"), ("state", "used")))] == 3
-    assert found[("nbcloud_host_gpus", (("host", "gpu-1"), ("state", "free")))] == 1
+    assert found[("nbcloud_gpus", (("region", "GRA"), ("state", "used")))] == 3
+    assert found[("nbcloud_gpus", (("region", "GRA"), ("state", "free")))] == 3
+    # Each host's own GPUs are on its worker's port (tests/monitoring/test_worker_metrics_auth.py).
+    assert not any(name == "nbcloud_host_gpus" for name, _ in found)
 
 
-def test_queue_lengths_come_from_the_broker(client, broker_url, alpha):
+def test_the_control_queues_lengths_come_from_the_broker(client, broker_url):
     from workers.tasks import check_idle as check_idle_task
 
     Host.objects.create(name="far-away", region="GRA", cpus=1, memory_bytes=1, disk_bytes=1)
     fleet.broker_redis().delete("host.far-away")
-    for _ in range(3):
-        check_idle_task.delay(host="far-away")  # no worker consumes this host's queue
+    check_idle_task.delay(host="far-away")  # no worker consumes this host's queue
     try:
         found = scrape(client)
-        assert found[("nbcloud_queue_length", (("queue", "host.far-away"),))] == 3
         assert ("nbcloud_queue_length", (("queue", "control"),)) in found
+        assert ("nbcloud_queue_length", (("queue", "billing"),)) in found
+        # A host's queue is told by that host's worker, not once per host here.
+        assert ("nbcloud_queue_length", (("queue", "host.far-away"),)) not in found
     finally:
         fleet.broker_redis().delete("host.far-away")
 
@@ -156,24 +175,39 @@ def test_a_broker_that_is_down_leaves_out_broker_series_only(client, monkeypatch
     assert found[("nbcloud_database_up", ())] == 1
 
 
-def test_hosts_report_their_state_and_last_heartbeat(client):
+def test_hosts_are_counted_and_those_needing_attention_named(client):
     from django.utils import timezone
 
     beat = timezone.now() - timezone.timedelta(seconds=90)
-    Host.objects.create(name="lost-1", region="GRA", cpus=1, memory_bytes=1, disk_bytes=1)
+    for name in ("lost-1", "late-1", "well-1", "well-2"):
+        Host.objects.create(name=name, region="GRA", cpus=1, memory_bytes=1, disk_bytes=1)
     Host.objects.filter(name="lost-1").update(state="LOST", last_heartbeat_at=beat)
+    Host.objects.filter(name="late-1").update(last_heartbeat_at=beat)  # READY, but silent
     found = scrape(client)
-    state = {
-        dict(labels)["state"]: value
+    assert found[("nbcloud_hosts", (("region", "GRA"), ("state", "READY")))] == 3
+    assert found[("nbcloud_hosts", (("region", "GRA"), ("state", "LOST")))] == 1
+    assert found[("nbcloud_hosts", (("region", "BHS"), ("state", "READY")))] == 0
+
+    def state_of(host):
+        return {
+            dict(labels)["state"]: found[(name, labels)]
+            for name, labels in found
+            if name == "nbcloud_host_state" and dict(labels)["host"] == host
+        }
+
+    assert state_of("lost-1") == {"READY": 0, "DRAINING": 0, "LOST": 1}
+    assert state_of("late-1") == {"READY": 1, "DRAINING": 0, "LOST": 0}
+    # Hosts that are well are counted, not named: a scrape does not grow with the fleet.
+    assert state_of("well-1") == {} and state_of("well-2") == {}
+    for host in ("lost-1", "late-1"):
+        heartbeat = found[
+            ("nbcloud_host_last_heartbeat_timestamp_seconds", (("host", host), ("region", "GRA")))
+        ]
+        assert heartbeat == pytest.approx(beat.timestamp())
+    assert not any(
+        name == "nbcloud_host_last_heartbeat_timestamp_seconds" and ("host", "well-1") in labels
         for name, labels in found
-        if name == "nbcloud_host_state" and dict(labels)["host"] == "lost-1"
-        for value in [found[(name, labels)]]
-    }
-    assert state == {"READY": 0, "DRAINING": 0, "LOST": 1}
-    heartbeat = found[
-        ("nbcloud_host_last_heartbeat_timestamp_seconds", (("host", "lost-1"), ("region", "GRA")))
-    ]
-    assert heartbeat == pytest.approx(beat.timestamp())
+    )
 
 
 def test_the_oldest_notebook_of_each_waiting_state_is_timed(client, alpha):

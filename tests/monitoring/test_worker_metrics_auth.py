@@ -62,3 +62,29 @@ def test_the_worker_port_tells_how_full_the_hosts_disks_are(serving, settings):
     assert found[("nbcloud_host_filesystem_size_bytes", labels)] == usage.total
     # What the NbcloudDiskFilling and NbcloudDiskAlmostFull alerts divide.
     assert 0 < found[("nbcloud_host_filesystem_free_bytes", labels)] <= usage.total
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_port_tells_its_hosts_gpus_and_queue(serving, broker_url, alpha):
+    from nbcloud.hosts.models import Host
+    from nbcloud.monitoring import fleet
+    from support.factories import make_notebook
+    from support.metrics import samples
+    from workers.tasks import check_idle as check_idle_task
+
+    gpus = [{"index": i, "uuid": f"GPU-{i}", "model": "H100", "memory_bytes": 1} for i in range(4)]
+    host = Host.objects.create(
+        name="metrics-auth", region="GRA", cpus=8, memory_bytes=1, disk_bytes=1, gpus=gpus
+    )
+    make_notebook(alpha, state="RUNNING", host=host, gpu=1, cpu=0, gpu_uuids=["GPU-2"])
+    fleet.broker_redis().delete("host.metrics-auth")
+    try:
+        for _ in range(2):
+            check_idle_task.delay(host="metrics-auth")  # no worker consumes this queue here
+        scraped = requests.get(serving, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    finally:
+        fleet.broker_redis().delete("host.metrics-auth")
+    found = samples(scraped.text)
+    assert found[("nbcloud_host_gpus", (("host", "metrics-auth"), ("state", "used")))] == 1
+    assert found[("nbcloud_host_gpus", (("host", "metrics-auth"), ("state", "free")))] == 3
+    assert found[("nbcloud_queue_length", (("queue", "host.metrics-auth"),))] == 2
