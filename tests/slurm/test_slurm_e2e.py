@@ -127,6 +127,9 @@ def test_a_notebook_stopped_while_queued_in_slurm_leaves_no_job(
 ):
     slurm_workers()
     blocker = slurm_idle.submit(f"--cpus-per-task={slurm_idle.cpus}")
+    # Running before the notebook asks (else both wait, and which Slurm runs first is
+    # its business, not this test's).
+    wait_for(lambda: slurm_idle.job_state(blocker) == "RUNNING", what="the blocking job")
     created = alice_api.post("/api/v1/projects/alpha/notebooks/", SPEC, format="json").json()
     url = f"/api/v1/projects/alpha/notebooks/{created['id']}/"
     wait_for(
