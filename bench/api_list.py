@@ -3,7 +3,8 @@
 A page of 100 through the API (`GET /api/v1/projects/<p>/notebooks/`, the
 whole Django stack in process: middleware, session auth, access rules,
 pagination, serializer with each notebook's cost to date), for the first
-page, a page deep in the list, a state filter and a label selector; beside,
+page, a page deep in the list by its number (OFFSET) and by the cursor of the
+previous page's `next` link, a state filter and a label selector; beside,
 in the same run on the same rows, the bare SQL of the same page: the page's
 rows, the count, and the month's usage summed for those 100 notebooks.
 Queries per request, p50 and p90 of --repeat requests, the ratio of p50s.
@@ -20,6 +21,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from postgres import setup_django
 
@@ -98,7 +100,7 @@ BARE = {
     "rows": """
         SELECT n.*, h.name FROM notebooks_notebook n LEFT JOIN hosts_host h ON h.id = n.host_id
         WHERE n.project_id = %s AND n.state <> 'DELETED' {where}
-        ORDER BY n.created_at LIMIT {page} OFFSET %s
+        ORDER BY n.created_at, n.id LIMIT {page} OFFSET %s
     """,
     "count": """
         SELECT count(*) FROM notebooks_notebook n
@@ -147,6 +149,8 @@ def main() -> None:
     from django.db import connection
     from django.test import Client
 
+    from nbcloud.api.pagination import decode_cursor
+
     logging.disable(logging.WARNING)
     settings.ALLOWED_HOSTS = ["*"]
     user, project = populate(args.notebooks, args.records)
@@ -156,9 +160,20 @@ def main() -> None:
     client.force_login(user)
     base = f"/api/v1/projects/{project.name}/notebooks/"
     middle = (args.notebooks // PAGE // 2) * PAGE
+    # The same deep page reached by its cursor: the `next` link of the page before it.
+    before = client.get(base, {"size": PAGE, "page": middle // PAGE}).json()["next"]
+    after = parse_qs(urlsplit(before).query)["after"][0]
+    at, pk = decode_cursor("after", after)
     cases = [
         ("first page", {"size": PAGE}, 0, "", []),
         (f"page {middle // PAGE + 1}", {"size": PAGE, "page": middle // PAGE + 1}, middle, "", []),
+        (
+            f"page {middle // PAGE + 1} by cursor",
+            {"size": PAGE, "after": after},
+            0,
+            "AND (n.created_at, n.id) > (%s, %s)",
+            [at, pk],
+        ),
         ("state=RUNNING", {"size": PAGE, "state": "RUNNING"}, 0, "AND n.state = %s", ["RUNNING"]),
         (
             "label team=vision",

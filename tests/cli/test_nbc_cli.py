@@ -100,6 +100,26 @@ def test_notebook_lifecycle_from_the_command_line(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_long_list_is_read_whole_following_the_cursors(nbc, as_alice, alpha, monkeypatch):
+    from nbcloud.cli import client
+    from support.factories import make_notebook
+
+    made = [str(make_notebook(alpha, name=f"n{i}").pk) for i in range(5)]
+    monkeypatch.setattr(client, "PAGE_SIZE", 2)
+    asked = []
+    get = ApiClient.get
+    monkeypatch.setattr(
+        ApiClient, "get", lambda self, path, **kw: asked.append(kw) or get(self, path, **kw)
+    )
+    listed = nbc(["notebook", "list", "-o", "json"], as_alice)
+    assert listed.exit_code == 0, listed.output
+    assert [n["id"] for n in json.loads(listed.stdout)] == made
+    pages = [kw for kw in asked if kw.get("size") == 2]
+    assert len(pages) == 3
+    assert pages[0].get("page") == 1 and all("after" in kw for kw in pages[1:])
+
+
+@pytest.mark.django_db(transaction=True)
 def test_api_refusals_print_the_api_message_and_exit_1(nbc, as_bob):
     result = nbc(["notebook", "run", "conda", "jupyterlab", "--cpu", "1"], as_bob)
     assert result.exit_code == 1

@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Optional
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
@@ -184,17 +185,20 @@ class ApiClient:
         return self.request("DELETE", path)
 
     def get_all(self, path: str, **params) -> list:
-        """Every item of a listing, page after page (or the list, if not paginated)."""
+        """Every item of a listing, page after page (or the list, if not paginated):
+        through the `next` link's cursor where the listing gives one (no OFFSET), else
+        by page number."""
         items: list = []
-        page = 1
+        where: dict = {"page": 1}
         while True:
-            data = self.get(path, page=page, size=PAGE_SIZE, **params)
+            data = self.get(path, size=PAGE_SIZE, **where, **params)
             if not isinstance(data, dict) or "results" not in data:
                 return data
             items.extend(data["results"])
             if not data.get("next"):
                 return items
-            page += 1
+            cursor = parse_qs(urlsplit(data["next"]).query).get("after")
+            where = {"after": cursor[0]} if cursor else {"page": where.get("page", 1) + 1}
 
     # Notebooks.
 

@@ -84,8 +84,9 @@ class Notebook(models.Model):
         ordering = ["created_at"]
         indexes = [
             models.Index(fields=["project", "state"]),
-            # A project's list, in its order: a page of a large project without a sort.
-            models.Index(fields=["project", "created_at"], name="notebooks_by_project"),
+            # A project's list, in its order (ties by id): a page of a large project,
+            # by number or by cursor (nbcloud.api.pagination.KeysetPagination).
+            models.Index(fields=["project", "created_at", "id"], name="notebooks_by_project"),
             models.Index(fields=["state", "region", "queued_at"]),
         ]
 

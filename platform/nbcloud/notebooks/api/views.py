@@ -6,6 +6,7 @@ from rest_framework.response import Response
 
 from nbcloud.api import access
 from nbcloud.api.actors import actor_of
+from nbcloud.api.pagination import KeysetPagination, Pagination
 from nbcloud.api.views import GUEST, ProjectScopedViewSet
 from nbcloud.monitoring import limits
 from nbcloud.notebooks import services, spec
@@ -30,6 +31,15 @@ class NotebookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectS
     serializer_class = NotebookSerializer
     lookup_value_regex = "[0-9a-f-]{36}"
     admits_notebook_guests = True
+    pagination_class = (
+        KeysetPagination  # the list's; a notebook's events and backups page by number
+    )
+
+    @property
+    def paginator(self):
+        if not hasattr(self, "_paginator"):
+            self._paginator = (KeysetPagination if self.action == "list" else Pagination)()
+        return self._paginator
 
     def get_queryset(self):
         # What a label-scoped token may not reach is absent: 404, and not listed;
