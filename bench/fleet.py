@@ -11,8 +11,9 @@ reaches its budget (stop_running) mid-day. Each round times the real
 periodic tasks, as beat would run them:
 
 - place: `hosts.services.place_queued()` (the `schedule` task);
-- reconcile: `notebooks.reconcile.run(now)` (host losses, placement, each
-  running host asked to check its editors, stuck tasks sent again);
+- reconcile: `notebooks.reconcile.run(now)` (host losses, placement, stuck
+  tasks sent again; each host checks its own editors at its heartbeat, on
+  the host, so that is not the control plane's round);
 - billing: `billing.services.tick(now)` and `limits.enforce_budgets(now)`;
 - limits: `monitoring.limits.check_limits(now)`;
 - scrape: the Prometheus exposition (`generate_latest(registry())`).

@@ -22,7 +22,6 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from nbcloud import dispatch
@@ -33,6 +32,7 @@ from nbcloud.notebooks.models import Notebook
 from nbcloud.notebooks.states import InfoCode, State
 from nbcloud.notices import services as notices
 from nbcloud.notices.models import Kind
+from nbcloud.projects.models import Project
 
 
 def idle_timeout(notebook: Notebook) -> int | None:
@@ -56,12 +56,12 @@ def duration(seconds: float) -> str:
 
 def check_limits(now: datetime | None = None) -> None:
     """Enforce max_runtime and ask hosts to check idleness. Only the running notebooks
-    that have such a limit (their own or their project's) are read: a fleet without
-    limits costs two index lookups, not a row per notebook."""
+    that have such a limit (their own or their project's) are read, through indexes
+    of their own: a fleet without limits costs a few index lookups, not a row per
+    running notebook."""
     now = now or timezone.now()
-    running = Notebook.objects.filter(state=State.RUNNING, host__isnull=False)
-    timed = running.filter(
-        Q(max_runtime__isnull=False) | Q(project__default_max_runtime__isnull=False)
+    timed = Notebook.objects.filter(
+        pk__in=_limited("max_runtime", "default_max_runtime")
     ).select_related("project", "host")
     for notebook in timed:
         limit = max_runtime(notebook)
@@ -69,14 +69,27 @@ def check_limits(now: datetime | None = None) -> None:
         if limit and started and now >= started + timedelta(seconds=limit):
             _enforce_max_runtime(notebook, limit)
     idle_hosts = (
-        running.filter(
-            Q(idle_timeout__isnull=False) | Q(project__default_idle_timeout__isnull=False)
-        )
+        Notebook.objects.filter(pk__in=_limited("idle_timeout", "default_idle_timeout"))
         .order_by("host__name")
         .values_list("host__name", flat=True)
         .distinct()
     )
     dispatch.check_idle(*idle_hosts)
+
+
+def _limited(field: str, project_default: str) -> set:
+    """Ids of the running notebooks with `field` set, or whose project has
+    `project_default` set: two lookups (a partial index of the notebooks that set
+    the limit; the few projects that set a default), never a scan of all running."""
+    running = Notebook.objects.filter(state=State.RUNNING, host__isnull=False)
+    own = running.filter(**{f"{field}__isnull": False}).values_list("pk", flat=True)
+    defaults = list(
+        Project.objects.filter(**{f"{project_default}__isnull": False}).values_list("pk", flat=True)
+    )
+    if not defaults:
+        return set(own)
+    # By the project's own index (project, state), project by project.
+    return {*own, *running.filter(project_id__in=defaults).values_list("pk", flat=True)}
 
 
 def _enforce_max_runtime(notebook: Notebook, limit: int) -> None:

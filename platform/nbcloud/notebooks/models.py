@@ -88,6 +88,17 @@ class Notebook(models.Model):
             # by number or by cursor (nbcloud.api.pagination.KeysetPagination).
             models.Index(fields=["project", "created_at", "id"], name="notebooks_by_project"),
             models.Index(fields=["state", "region", "queued_at"]),
+            # The few running notebooks with a limit of their own (monitoring.limits).
+            models.Index(
+                fields=["state"],
+                condition=models.Q(max_runtime__isnull=False),
+                name="notebooks_with_max_runtime",
+            ),
+            models.Index(
+                fields=["state"],
+                condition=models.Q(idle_timeout__isnull=False),
+                name="notebooks_with_idle_timeout",
+            ),
         ]
 
     def __str__(self) -> str:
