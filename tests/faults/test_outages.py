@@ -222,3 +222,35 @@ def test_the_gateway_keeps_serving_editors_it_admitted_while_the_database_is_awa
             timeout=120,
             what="stopped",
         )
+
+
+def test_a_check_that_expired_while_the_broker_was_away_is_dropped_not_sent(broker_url):
+    """Each host asks for a check of its editors at every heartbeat: after an outage,
+    those requests are stale and must not flood the queues; an action still goes."""
+    import json
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from nbcloud import dispatch
+    from nbcloud.monitoring import fleet
+
+    broker = fleet.broker_redis()
+    broker.delete("host.outbox-1")  # no worker consumes this host's queue
+    check = OutboxMessage.objects.create(
+        name=dispatch.CHECK_NOTEBOOKS, kwargs={"host": "outbox-1"}, options={"expires": 10}
+    )
+    stop = OutboxMessage.objects.create(
+        name=dispatch.STOP,
+        args=["5d8a3c1e-0000-4000-8000-000000000001"],
+        kwargs={"host": "outbox-1"},
+    )
+    ten_minutes_ago = timezone.now() - timedelta(minutes=10)
+    OutboxMessage.objects.filter(pk__in=[check.pk, stop.pk]).update(created_at=ten_minutes_ago)
+    try:
+        assert dispatch.flush_outbox() == 1
+        waiting = [json.loads(raw) for raw in broker.lrange("host.outbox-1", 0, -1)]
+        assert [m["headers"]["task"] for m in waiting] == [dispatch.STOP]
+        assert not OutboxMessage.objects.filter(pk__in=[check.pk, stop.pk]).exists()
+    finally:
+        broker.delete("host.outbox-1")

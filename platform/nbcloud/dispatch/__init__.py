@@ -183,8 +183,11 @@ def flush_outbox(older_than: float = 2.0, limit: int = 1000) -> int:
     """Send the tasks left in the outbox (their broker was down); returns how many went.
 
     Rows younger than `older_than` seconds are left to their own on-commit send.
-    Concurrent flushes skip each other's rows; a task sent twice finds its work
-    done (tasks are idempotent)."""
+    A task whose `expires` (seconds) passed while it waited is dropped, not sent:
+    its worker would drop it, and a long outage would otherwise end in a flood of
+    stale periodic checks (each host asks for one at every heartbeat). Concurrent
+    flushes skip each other's rows; a task sent twice finds its work done (tasks
+    are idempotent)."""
     from nbcloud.celery import app
 
     from .models import OutboxMessage
@@ -197,8 +200,17 @@ def flush_outbox(older_than: float = 2.0, limit: int = 1000) -> int:
             .filter(created_at__lt=cutoff)
             .order_by("id")[:limit]
         )
-        done = []
+        done, expired = [], 0
+        now = timezone.now()
         for message in pending:
+            expires = message.options.get("expires")
+            if (
+                isinstance(expires, int | float)
+                and message.created_at + timedelta(seconds=expires) < now
+            ):
+                done.append(message.pk)
+                expired += 1
+                continue
             try:
                 app.send_task(
                     message.name,
@@ -210,9 +222,13 @@ def flush_outbox(older_than: float = 2.0, limit: int = 1000) -> int:
                 log.warning("outbox: the broker still refuses tasks (%s)", exc)
                 break
             done.append(message.pk)
-        sent = OutboxMessage.objects.filter(pk__in=done).delete()[0]
-    if sent:
-        log.info("outbox: sent %d task(s) held while the broker was away", sent)
+        sent = OutboxMessage.objects.filter(pk__in=done).delete()[0] - expired
+    if sent or expired:
+        log.info(
+            "outbox: sent %d task(s) held while the broker was away, dropped %d expired",
+            sent,
+            expired,
+        )
     return sent
 
 
