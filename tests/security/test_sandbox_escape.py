@@ -132,12 +132,15 @@ result = sorted(os.listdir('/workspace/bin'))
     kernel.close()
     from workers.lifecycle import runtime_for
 
+    # RESTARTING, as for a restart in place: the host's periodic check of its editors
+    # (at each heartbeat) leaves the editor this test stops and starts alone.
     Notebook.objects.filter(pk=notebook_id).update(
+        state="RESTARTING",
         env_vars=[
             {"name": "PATH", "value": "/workspace/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
             {"name": "LD_PRELOAD", "value": "/workspace/evil.so"},
             {"name": "MY_SETTING", "value": "kept"},
-        ]
+        ],
     )
     notebook = Notebook.objects.get(pk=notebook_id)
     runtime = runtime_for(notebook)

@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 from nbcloud.api.actors import actor_of
 from nbcloud.api.authentication import BearerTokenAuthentication
 from nbcloud.api.errors import exception_handler as native_exception_handler
+from nbcloud.api.pagination import Pagination
 from nbcloud.api.views import ProjectScopedMixin
 from nbcloud.catalog.api.views import CapabilityView
 from nbcloud.notebooks.api.serializers import NotebookSpecSerializer
@@ -110,6 +111,8 @@ def _no_content(_native: Response) -> Response:
 
 class NotebookView(TokenProjectMixin, NotebookViewSet):
     """/v1/notebook[/{id}[/...]]"""
+
+    pagination_class = Pagination  # OVH's pages: by number, in the `sort` asked
 
     def initialize_request(self, request, *args, **kwargs):
         request.GET = _query(request.GET)

@@ -31,14 +31,14 @@ class NotebookViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectS
     serializer_class = NotebookSerializer
     lookup_value_regex = "[0-9a-f-]{36}"
     admits_notebook_guests = True
-    pagination_class = (
-        KeysetPagination  # the list's; a notebook's events and backups page by number
-    )
+    pagination_class = KeysetPagination
 
     @property
     def paginator(self):
+        """The list's (cursor pages); a notebook's events and backups page by number."""
         if not hasattr(self, "_paginator"):
-            self._paginator = (KeysetPagination if self.action == "list" else Pagination)()
+            paging = self.pagination_class if self.action == "list" else Pagination
+            self._paginator = paging()
         return self._paginator
 
     def get_queryset(self):
