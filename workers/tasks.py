@@ -9,7 +9,7 @@ from celery import shared_task
 from celery.signals import worker_ready
 from django.conf import settings
 
-from nbcloud import dispatch
+from nbcloud import dispatch, locks
 
 from . import idle, lifecycle
 
@@ -41,7 +41,12 @@ def push_volumes(notebook_id: str, *, host: str) -> None:
 
 @shared_task(name=dispatch.CHECK_NOTEBOOKS)
 def check_notebooks(*, host: str) -> None:
-    lifecycle.check_host(host)
+    # Asked at every heartbeat: a check still under way (a slow scheduler, a dead
+    # editor's workspace being saved) makes the next one a no-op, not a second
+    # pool process doing the same.
+    with locks.one_at_a_time(f"hosts.check_notebooks.{host}") as mine:
+        if mine:
+            lifecycle.check_host(host)
 
 
 @shared_task(name=dispatch.CHECK_IDLE, expires=settings.NBCLOUD_LIMITS_CHECK_INTERVAL)

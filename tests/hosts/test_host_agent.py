@@ -169,3 +169,43 @@ def test_without_host_options_a_worker_serves_the_host_its_queues_name(settings)
     )
     with pytest.raises(ImproperlyConfigured, match="--host-labels='ib'"):
         identify(set(), "gpu-1", "GRA", "ib")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_check_still_under_way_makes_the_next_one_a_no_op(monkeypatch):
+    """Checks are asked at every heartbeat; a slow one (a scheduler slow to answer, a
+    dead editor's workspace being saved) must not be joined by a second pool process
+    checking the same host."""
+    import threading
+
+    from django.db import connection
+
+    from workers import lifecycle, tasks
+
+    checked, release = [], threading.Event()
+
+    def slow_check(host):
+        checked.append(host)
+        if threading.current_thread() is not threading.main_thread():
+            release.wait(30)  # the first check, still under way
+
+    monkeypatch.setattr(lifecycle, "check_host", slow_check)
+
+    def first():  # as another pool process would
+        try:
+            tasks.check_notebooks(host="busy-1")
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        wait_for(lambda: checked == ["busy-1"], timeout=10, what="the first check to begin")
+        tasks.check_notebooks(host="busy-1")  # the next heartbeat's, meanwhile
+        tasks.check_notebooks(host="other-1")  # another host's is not held up
+        assert checked == ["busy-1", "other-1"]
+    finally:
+        release.set()
+        thread.join(30)
+    tasks.check_notebooks(host="busy-1")  # once it is done, the next one checks
+    assert checked == ["busy-1", "other-1", "busy-1"]
