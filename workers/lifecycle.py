@@ -128,13 +128,45 @@ def launch_spec(notebook: Notebook) -> LaunchSpec:
     )
 
 
-def runtime_for(notebook: Notebook, mounts: list | tuple = ()) -> Runtime:
+def runtime_for(
+    notebook: Notebook, mounts: list | tuple = (), restore: dict[str, str] | None = None
+) -> Runtime:
     """The runtime of the notebook's host (the one that started its editor)."""
     name = notebook.host.runtime if notebook.host else None
     spec = launch_spec(notebook)
-    if mounts:
-        spec = dataclasses.replace(spec, mounts=tuple(mounts))
+    if mounts or restore:
+        spec = dataclasses.replace(spec, mounts=tuple(mounts), restore=restore or {})
     return get_runtime(spec, notebook.runtime_state, name)
+
+
+def stop_editor(notebook: Notebook, runtime: Runtime):
+    """Stop the editor; the backup its job saved on its node as it ended, recorded (a
+    runtime that `restores_workspace`), else None."""
+    runtime.stop(settings.NBCLOUD_EDITOR_STOP_TIMEOUT)
+    saved = runtime.workspace_result().get("saved")
+    record = workspace.record_backup(notebook, saved) if saved else None
+    runtime.forget_workspace_result()  # once recorded, and a failed restore's once read
+    if record is not None:
+        log.info("notebook %s: backup %s saved by its %s job", notebook.pk, record.pk, runtime.name)
+    return record
+
+
+def _prepare_workspace(notebook: Notebook, runtime: Runtime):
+    """The workspace's path, and what the runtime's job restores on its node: the
+    latest backup, unless this host restored it itself (other runtimes, and volumes,
+    which are pulled into the workspace here)."""
+    if runtime.restores_workspace and not notebook.volumes:
+        return workspace.local_path(notebook), workspace.restore_values(notebook)
+    return workspace.prepare(notebook), {}
+
+
+def _restore_failure(notebook: Notebook, runtime: Runtime) -> StartError | None:
+    """Why the runtime's job could not restore the workspace, as its owner reads it."""
+    failed = runtime.workspace_result().get("restore_failed")
+    backup = notebook.backups.filter(pk=runtime.spec.restore.get("pk")).first()
+    if not failed or backup is None:
+        return None
+    return workspace.restore_failure(notebook, backup, failed["kind"], failed["detail"])
 
 
 def wait_ready(runtime: Runtime, timeout: float) -> None:
@@ -203,17 +235,20 @@ def start(notebook_id: str, host: str) -> None:
     try:
         runtime.check_environment(notebook.framework_id, notebook.framework_version)
         services.set_info(notebook, InfoCode.RESTORING_WORKSPACE, "Restoring the workspace.")
-        path = workspace.prepare(notebook)
+        path, restore = _prepare_workspace(notebook, runtime)
+        mounts = []
         if notebook.volumes:
             services.set_info(notebook, InfoCode.PULLING_DATA, "Pulling the volumes' data.")
             mounts = volumes.prepare(notebook, path)
-            runtime = runtime_for(notebook, mounts)
+        if mounts or restore:
+            runtime = runtime_for(notebook, mounts, restore)
         services.set_info(notebook, InfoCode.STARTING_EDITOR, "Starting the editor.")
         waiting = launch(notebook, runtime, host)
     except Exception as exc:
         log.exception("notebook %s failed to start on %s", notebook_id, host)
+        exc = _restore_failure(notebook, runtime) or exc
         try:
-            runtime.stop(settings.NBCLOUD_EDITOR_STOP_TIMEOUT)
+            stop_editor(notebook, runtime)
         except Exception:
             log.exception("notebook %s: stop after a failed start failed too", notebook_id)
         if isinstance(exc, volumes.VolumeError):
@@ -244,7 +279,7 @@ def restart(notebook_id: str, host: str) -> None:
         return
     runtime = runtime_for(notebook)
     try:
-        runtime.stop(settings.NBCLOUD_EDITOR_STOP_TIMEOUT)
+        stop_editor(notebook, runtime)
         if notebook.volumes:  # written data goes out, and the mounts come back
             volumes.push(notebook)
             mounts = volumes.prepare(notebook, workspace.local_path(notebook))
@@ -281,14 +316,14 @@ def stop(notebook_id: str, host: str, attempt: int = 0) -> None:
         return
     retrying = notebook.info_code == InfoCode.BACKUP_RETRY
     runtime = runtime_for(notebook)
-    runtime.stop(settings.NBCLOUD_EDITOR_STOP_TIMEOUT)
+    saved = stop_editor(notebook, runtime)  # by the runtime's job, on its node
     ship_logs(notebook, runtime)
     _, ended = runtime.ran()
     if ended is not None:  # billed to when the scheduler says the editor ended
         billing.close_interval(notebook, at=ended)
     path = workspace.local_path(notebook)
     if not path.exists():  # a redelivery after the workspace was already saved
-        services.finish_stop(notebook, workspace_size=None)
+        services.finish_stop(notebook, workspace_size=saved and saved.workspace_size)
         return
     push_failure = ""
     if notebook.volumes:
@@ -299,13 +334,16 @@ def stop(notebook_id: str, host: str, attempt: int = 0) -> None:
             # The workspace is still saved; the volume's data stays on this
             # host and is pushed before the next start pulls anything.
             push_failure = f"{exc}. The data is kept on host {host} and pushed at the next start."
-    services.set_info(notebook, InfoCode.SAVING_WORKSPACE, "Saving the workspace.")
-    try:
-        saved = workspace.backup(notebook)
-    except Exception as exc:
-        log.exception("notebook %s: workspace backup failed; the local copy is kept", notebook_id)
-        _retry_stop(notebook, host, exc, attempt, chained=attempt > 0 or not retrying)
-        return
+    if saved is None:  # here: the runtime saves nothing itself, or its job could not
+        services.set_info(notebook, InfoCode.SAVING_WORKSPACE, "Saving the workspace.")
+        try:
+            saved = workspace.backup(notebook)
+        except Exception as exc:
+            log.exception(
+                "notebook %s: workspace backup failed; the local copy is kept", notebook_id
+            )
+            _retry_stop(notebook, host, exc, attempt, chained=attempt > 0 or not retrying)
+            return
     workspace.remove_local(notebook)
     if push_failure:
         services.finish_stop(
@@ -359,7 +397,10 @@ def delete(notebook_id: str, host: str) -> None:
     notebook = _load(notebook_id, host, State.DELETING)
     if notebook is None:
         return
-    runtime_for(notebook).stop(settings.NBCLOUD_EDITOR_STOP_TIMEOUT)
+    runtime = runtime_for(notebook)
+    runtime.discard_workspace()  # a deleted notebook's workspace is not saved
+    runtime.stop(settings.NBCLOUD_EDITOR_STOP_TIMEOUT)
+    runtime.forget_workspace_result()
     workspace.remove_local(notebook)
     volumes.remove_local(notebook)
     services.finish_delete(notebook)

@@ -6,7 +6,14 @@ temporary file), multipart on S3, and checksummed on the way; a restore
 streams back (ranged GETs in parallel on S3), extracts beside the final
 place, checks the checksum, then moves into place, so a broken archive never
 leaves half a workspace.
+
+Importable without Django's app registry (the models only inside the functions
+that read or write rows): a scheduler's job (workers.runtimes.slurm_job)
+restores and saves the workspace on its own node with `materialise` and
+`write_archive`, and the worker records what it saved with `record_backup`.
 """
+
+from __future__ import annotations
 
 import contextlib
 import errno
@@ -22,6 +29,7 @@ import threading
 import uuid
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.files import File
@@ -29,10 +37,11 @@ from django.core.files.storage import storages
 from django.db import transaction
 from django.utils import timezone
 
-from nbcloud.notebooks.models import Backup, Notebook
-
 from . import safefs
 from .runtimes.base import StartError
+
+if TYPE_CHECKING:
+    from nbcloud.notebooks.models import Backup, Notebook
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
@@ -98,29 +107,58 @@ def tree_size(path: Path) -> int:
 def prepare(notebook: Notebook) -> Path:
     """Make the workspace ready: the local copy if this host has one, else the last backup."""
     path = local_path(notebook)
+    latest = notebook.backups.first()
+    try:
+        materialise(path, notebook.sandbox_uid, latest)
+    except UnsafeBackup:
+        raise
+    except Exception as exc:
+        raise restore_failure(notebook, latest, failure_kind(exc), str(exc)) from exc
+    return path
+
+
+def materialise(path: Path, uid: int, latest) -> None:
+    """The workspace at `path`, given to `uid`: the local copy if there is one, else
+    `latest` restored (anything with the backup's `pk`, `storage_name` and `sha256`;
+    None: a new, empty workspace)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o711)
-    uid = notebook.sandbox_uid
     if not path.exists():
-        latest = notebook.backups.first()
         if latest is None:
             path.mkdir(mode=0o700)
             if os.geteuid() == 0:
                 os.chown(path, uid, uid)
         else:
-            try:
-                restore(latest, path, uid=uid)
-            except UnsafeBackup:
-                raise
-            except Exception as exc:
-                raise _restore_failure(notebook, latest, exc) from exc
+            restore(latest, path, uid=uid)
     else:  # the notebook's own tree: its links are never followed
         safefs.chown_tree(path, uid)
     os.chmod(path, 0o700, follow_symlinks=False)
-    return path
 
 
-def _restore_failure(notebook: Notebook, backup: Backup, exc: Exception) -> StartError:
+def restore_values(notebook: Notebook) -> dict[str, str]:
+    """The latest backup as plain values, for a job that restores it on its node."""
+    latest = notebook.backups.first()
+    if latest is None:
+        return {}
+    return {"pk": str(latest.pk), "storage_name": latest.storage_name, "sha256": latest.sha256}
+
+
+def failure_kind(exc: BaseException) -> str:
+    """Why a restore failed, as one word a job can hand back to its worker."""
+    if isinstance(exc, UnsafeBackup):
+        return "unsafe"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "no-space"
+    if isinstance(
+        exc, ChecksumMismatch | tarfile.TarError | EOFError | zlib.error | gzip.BadGzipFile
+    ):
+        return "corrupt"
+    if _missing(exc):
+        return "missing"
+    return f"unreadable:{exc.__class__.__name__}"
+
+
+def restore_failure(notebook: Notebook, backup: Backup, kind: str, detail: str) -> StartError:
     """What the owner reads when the last backup cannot be restored, and what to do."""
     when = f"backup {backup.pk} of {backup.created_at:%Y-%m-%d %H:%M} UTC"
     previous = notebook.backups.exclude(pk=backup.pk).first()
@@ -130,24 +168,22 @@ def _restore_failure(notebook: Notebook, backup: Backup, exc: Exception) -> Star
         if previous is not None
         else " There is no older backup to fall back on."
     )
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+    if kind == "unsafe":  # its own message says which member and what to do
+        return UnsafeBackup(detail, backup.storage_name)
+    if kind == "no-space":
         return StartError(
             f"The host ran out of disk space restoring the workspace ({when}); nothing was "
             "left half-restored. Start it again later, or ask an operator to free space.",
-            str(exc),
+            detail,
         )
-    if isinstance(
-        exc, ChecksumMismatch | tarfile.TarError | EOFError | zlib.error | gzip.BadGzipFile
-    ):
-        return StartError(f"The workspace's latest {when} is corrupt.{offer}", str(exc))
-    if _missing(exc):
-        return StartError(
-            f"The workspace's latest {when} is missing from storage.{offer}", str(exc)
-        )
+    if kind == "corrupt":
+        return StartError(f"The workspace's latest {when} is corrupt.{offer}", detail)
+    if kind == "missing":
+        return StartError(f"The workspace's latest {when} is missing from storage.{offer}", detail)
     return StartError(
-        f"The workspace's latest {when} could not be read ({exc.__class__.__name__}): the "
-        "object store may be down. Start the notebook again in a while.",
-        str(exc),
+        f"The workspace's latest {when} could not be read ({kind.partition(':')[2] or kind}): "
+        "the object store may be down. Start the notebook again in a while.",
+        detail,
     )
 
 
@@ -257,12 +293,17 @@ def _archive_command(path: Path) -> list[str]:
     return argv
 
 
-def backup(notebook: Notebook) -> Backup:
-    """Stream the workspace into a new backup and apply the retention rule."""
-    path = local_path(notebook)
-    storage = backup_storage()
+def archive_name(project: str, notebook_id: str) -> str:
+    """A new backup's name in the storage."""
     suffix = ".tar.gz" if settings.NBCLOUD_BACKUP_COMPRESSION == "gzip" else ".tar"
-    name = f"{notebook.project.name}/{notebook.pk}/{timezone.now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}{suffix}"
+    stamp = f"{timezone.now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    return f"{project}/{notebook_id}/{stamp}{suffix}"
+
+
+def write_archive(path: Path, name: str) -> dict:
+    """Stream the tree at `path` into the storage as `name`; what `record_backup` needs.
+    Nothing is left in the storage when it fails."""
+    storage = backup_storage()
     size = tree_size(path)
     with tempfile.TemporaryFile() as stderr:
         tar = subprocess.Popen(_archive_command(path), stdout=subprocess.PIPE, stderr=stderr)
@@ -281,19 +322,42 @@ def backup(notebook: Notebook) -> Backup:
             raise
         finally:
             tar.stdout.close()
+    return {
+        "storage_name": stored_name,
+        "size": reader.size,
+        "sha256": reader.sha256.hexdigest(),
+        "workspace_size": size,
+    }
+
+
+def backup(notebook: Notebook) -> Backup:
+    """Stream the workspace into a new backup and apply the retention rule."""
+    name = archive_name(notebook.project.name, str(notebook.pk))
+    return record_backup(notebook, write_archive(local_path(notebook), name))
+
+
+def record_backup(notebook: Notebook, saved: dict) -> Backup:
+    """The row of an archive `write_archive` stored (here or in a scheduler's job), once
+    however often it is recorded; then the retention rule."""
+    from nbcloud.notebooks.models import Backup
+
     with transaction.atomic():
-        record = Backup.objects.create(
+        record, _ = Backup.objects.get_or_create(
             notebook=notebook,
-            storage_name=stored_name,
-            size=reader.size,
-            sha256=reader.sha256.hexdigest(),
-            workspace_size=size,
+            storage_name=saved["storage_name"],
+            defaults={
+                "size": saved["size"],
+                "sha256": saved["sha256"],
+                "workspace_size": saved["workspace_size"],
+            },
         )
     prune(notebook)
     return record
 
 
 def prune(notebook: Notebook) -> None:
+    from nbcloud.notebooks.models import Backup
+
     keep = settings.NBCLOUD_BACKUP_RETENTION
     for old in notebook.backups.all()[keep:]:
         name = old.storage_name

@@ -343,10 +343,13 @@ NBCLOUD_WORKSPACES_DIR = envpath("NBCLOUD_WORKSPACES_DIR", DATA_DIR / "workspace
 NBCLOUD_RUNTIME = envchoice("NBCLOUD_RUNTIME", "process", ("process", "docker", "slurm"))
 # The slurm runtime (docs/slurm.md): the partition its jobs go to (default: the
 # cluster's default), the interpreter with nbcloud that the jobs run on their nodes,
-# and how long a start waits for Slurm to place a job before calling it QUEUED.
+# how long a start waits for Slurm to place a job before calling it QUEUED, and how
+# long a stop waits for the job to save the workspace before Slurm cancels it (then
+# the worker saves the shared copy itself).
 NBCLOUD_SLURM_PARTITION = envstr("NBCLOUD_SLURM_PARTITION", "")
 NBCLOUD_SLURM_PYTHON = envstr("NBCLOUD_SLURM_PYTHON", sys.executable)
 NBCLOUD_SLURM_START_WAIT = envint("NBCLOUD_SLURM_START_WAIT", 10, minimum=0)
+NBCLOUD_SLURM_SAVE_WAIT = envint("NBCLOUD_SLURM_SAVE_WAIT", 600, minimum=0)
 # The docker runtime: environment images (named in the manifests) build on this base
 # image (environments/base/build-base.sh). Each editor runs in a network namespace of
 # its own joined to the host (`isolated`, as on the process runtime), or on

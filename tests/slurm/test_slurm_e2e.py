@@ -2,15 +2,19 @@
 host that is a real (one-node) Slurm cluster -> a Slurm job running the sandboxed
 JupyterLab -> code through the gateway. Slurm places and queues; nbcloud shows it."""
 
+import psutil
 import pytest
+from django.core.files.base import ContentFile
 
 from nbcloud.billing.models import BillableInterval
 from nbcloud.billing.services import minutes_commenced
-from nbcloud.notebooks.models import Notebook
+from nbcloud.notebooks.models import Backup, Notebook
 from support.editors import Kernel
 from support.services import kill_worker
 from support.waiting import api_status, wait_for, wait_state
+from workers.runtimes.base import log_file
 from workers.runtimes.slurm import show_job
+from workers.workspace import backup_storage, local_path
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -148,3 +152,60 @@ def test_a_notebook_stopped_while_queued_in_slurm_leaves_no_job(
     )
     assert slurm_idle.job_state(blocker) == "RUNNING"
     assert not BillableInterval.objects.filter(notebook_id=created["id"]).exists()
+
+
+def test_the_job_restores_and_saves_the_workspace_and_a_killed_job_leaves_it_to_the_worker(
+    platform_server, celery_worker_process, conda_env, slurm_workers, slurm_idle, alice_api, alice
+):
+    slurm_workers()
+    created = alice_api.post("/api/v1/projects/alpha/notebooks/", SPEC, format="json").json()
+    url = f"/api/v1/projects/alpha/notebooks/{created['id']}/"
+    editor_log = log_file(created["id"])
+    wait_state(alice_api, url, "RUNNING")
+    kernel = _kernel(alice_api, url, alice[1])
+    kernel.execute("open('/workspace/work.txt', 'w').write('first')")
+    kernel.close()
+
+    # The job's launcher killed outright (the OOM killer, a node failing): it cannot
+    # save, and the worker saves the shared copy instead.
+    (launcher,) = (
+        proc
+        for proc in psutil.process_iter(["cmdline"])
+        if f"{created['id']}.launch.json" in " ".join(proc.info["cmdline"] or ())
+    )
+    launcher.kill()
+    assert _checked_state(alice_api, url, "FAILED")["info"]["code"] == "EDITOR_DIED"
+    (by_worker,) = alice_api.get(url + "backups/").json()["results"]
+    assert "workspace saved" not in editor_log.read_text()
+
+    # Started again with no copy on the shared filesystem: the new job restores it on
+    # its node; stopped, the job saves it there and the worker records that backup.
+    assert not local_path(Notebook.objects.get(pk=created["id"])).exists()
+    assert alice_api.post(url + "start/").status_code == 202
+    wait_state(alice_api, url, "RUNNING")
+    job_id = Notebook.objects.get(pk=created["id"]).runtime_state["job_id"]
+    assert f"restored from backup {by_worker['id']} in Slurm job {job_id}" in editor_log.read_text()
+    kernel = _kernel(alice_api, url, alice[1])
+    assert kernel.execute("print(open('/workspace/work.txt').read())").strip() == "first"
+    kernel.execute("open('/workspace/work.txt', 'w').write('second')")
+    kernel.close()
+    assert alice_api.post(url + "stop/").status_code == 202
+    wait_state(alice_api, url, "STOPPED")
+    latest, older = alice_api.get(url + "backups/").json()["results"]
+    assert older["id"] == by_worker["id"]
+    by_job = Backup.objects.get(pk=latest["id"])
+    assert f"saved as {by_job.storage_name} ({by_job.size} bytes) in Slurm job {job_id}" in (
+        editor_log.read_text()
+    )
+    assert show_job(job_id).state == "COMPLETED"  # it ended itself, saved: no KILL
+
+    # The latest backup corrupt: the job refuses it, the owner reads why and what to do.
+    storage = backup_storage()
+    storage.delete(by_job.storage_name)
+    storage.save(by_job.storage_name, ContentFile(b"not a tar archive"))
+    assert alice_api.post(url + "start/").status_code == 202
+    failed = wait_state(alice_api, url, "FAILED")
+    assert failed["info"]["code"] == "START_FAILED"
+    assert f"latest backup {by_job.pk} of" in failed["info"]["message"]
+    assert "is corrupt" in failed["info"]["message"]
+    assert f"The previous one is backup {older['id']}" in failed["info"]["message"]

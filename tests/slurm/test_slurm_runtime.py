@@ -1,6 +1,9 @@
 """The slurm runtime driven directly on a real one-node Slurm (the contract suite
 runs on it too, in tests/workers/test_runtime_contract.py)."""
 
+import dataclasses
+import shutil
+
 import pytest
 
 from support.waiting import wait_for
@@ -78,3 +81,79 @@ def test_the_hosts_inventory_is_the_partitions(slurm_idle):
     assert inventory["cpus"] == slurm_idle.cpus
     assert inventory["memory_bytes"] == 16000 * 1024**2
     assert inventory["gpus"] == []
+
+
+def _run_until_stopped(runtime: SlurmRuntime) -> str:
+    """Start the job, wait for its editor, stop it; its log."""
+    runtime.start()
+    try:
+        wait_ready(runtime, 60)
+    finally:
+        runtime.stop(5)
+    return runtime.logs(50)
+
+
+def test_the_job_saves_the_workspace_on_its_node_and_the_next_job_restores_it(
+    slurm_idle, make_spec
+):
+    spec = make_spec()
+    (spec.workspace / "notes.txt").write_text("kept across jobs")
+    first = SlurmRuntime(spec)
+    log = _run_until_stopped(first)
+    saved = first.workspace_result()["saved"]
+    # Saved by the job itself, which ended by its own exit, not Slurm's KILL.
+    assert f"workspace saved as {saved['storage_name']}" in log
+    assert f"in Slurm job {first.job_id}" in log
+    assert show_job(first.job_id).state == "COMPLETED"
+    assert saved["workspace_size"] >= len("kept across jobs")
+    first.forget_workspace_result()
+    assert first.workspace_result() == {}
+
+    # The shared copy gone (the worker removed it after the stop): the next job
+    # restores the backup the worker names, on its node, owned by the notebook.
+    shutil.rmtree(spec.workspace)
+    restore = {"pk": "7", "storage_name": saved["storage_name"], "sha256": saved["sha256"]}
+    second = SlurmRuntime(dataclasses.replace(spec, restore=restore))
+    second.start()
+    try:
+        wait_ready(second, 60)
+        restored = spec.workspace / "notes.txt"
+        assert restored.read_text() == "kept across jobs"
+        assert restored.stat().st_uid == spec.uid
+        assert f"workspace restored from backup 7 in Slurm job {second.job_id}" in second.logs(50)
+    finally:
+        second.stop(5)
+
+
+def test_a_corrupt_backup_ends_the_job_with_the_reason_and_no_half_workspace(slurm_idle, make_spec):
+    spec = make_spec()
+    (spec.workspace / "a.txt").write_text("a")
+    first = SlurmRuntime(spec)
+    _run_until_stopped(first)
+    saved = first.workspace_result()["saved"]
+    shutil.rmtree(spec.workspace)
+    restore = {"pk": "3", "storage_name": saved["storage_name"], "sha256": "0" * 64}
+    second = SlurmRuntime(dataclasses.replace(spec, restore=restore))
+    second.start()
+    wait_for(lambda: second.poll() is not None, timeout=60, what="the job to end")
+    assert second.poll() == 1
+    failed = second.workspace_result()["restore_failed"]
+    assert failed["kind"] == "corrupt"
+    assert "sha256" in failed["detail"]
+    assert not spec.workspace.exists()
+    assert not list(spec.workspace.parent.glob(f".{spec.workspace.name}.restoring*"))
+
+
+def test_a_job_told_to_discard_the_workspace_saves_nothing(slurm_idle, make_spec):
+    spec = make_spec()
+    (spec.workspace / "a.txt").write_text("a")
+    runtime = SlurmRuntime(spec)
+    runtime.start()
+    try:
+        wait_ready(runtime, 60)
+    finally:
+        runtime.discard_workspace()
+        runtime.stop(5)
+    assert runtime.workspace_result() == {}
+    assert "workspace saved" not in runtime.logs(50)
+    assert show_job(runtime.job_id).state == "COMPLETED"

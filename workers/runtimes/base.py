@@ -56,6 +56,9 @@ class LaunchSpec:
     mounts: tuple[Mount, ...] = ()
     # The notebook's max_runtime, for runtimes whose scheduler enforces one (0: none).
     time_limit_minutes: int = 0
+    # For runtimes whose job restores the workspace on its node (`restores_workspace`):
+    # the latest backup (pk, storage_name, sha256) when the shared copy is gone; else {}.
+    restore: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,24 @@ class Runtime(ABC):
         """When the scheduler says the editor started and ended, for billing; (None, None)
         when the platform's own times count."""
         return None, None
+
+    # A runtime whose job restores and saves the workspace on its own node (slurm):
+    # the worker hands it the latest backup (LaunchSpec.restore) and records the
+    # backup the job saved when it ended; the others leave both to the worker.
+    restores_workspace = False
+
+    def workspace_result(self) -> dict:
+        """What the ended job did with the workspace: {"saved": write_archive's values}
+        or {"restore_failed": {"kind", "detail"}}; {} when it did neither."""
+        return {}
+
+    def forget_workspace_result(self) -> None:
+        """The result above is recorded: gone, so nothing records it twice."""
+        return None
+
+    def discard_workspace(self) -> None:
+        """Before a stop that must not save the workspace (a delete)."""
+        return None
 
     @property
     @abstractmethod

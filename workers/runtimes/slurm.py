@@ -6,7 +6,10 @@ job per notebook with the flavor's request, and Slurm places it. The job runs
 sandbox of the process runtime (bubblewrap, the notebook's uid, its own network
 namespace and cgroup) and publishes where it answers in a file of the data
 directory; on SIGTERM (a stop, `scancel`, a time limit, a preemption) it stops
-the editor and tears the sandbox down.
+the editor and tears the sandbox down. The job restores the workspace from the
+object store before the editor starts and saves it after the editor stopped,
+on its node; the worker only records the backup it reports (and saves the
+shared copy itself when the job was killed before it could).
 
 Through the CLI (`sbatch`, `squeue`, `scontrol`, `sacct`, `scancel`), not
 slurmrestd: every Slurm site has the CLI on its submit nodes and its output
@@ -80,6 +83,16 @@ def job_dir() -> Path:
 
 def endpoint_file(notebook_id: str, job_id: str) -> Path:
     return job_dir() / f"{notebook_id}.{job_id}.endpoint.json"
+
+
+def result_file(notebook_id: str, job_id: str) -> Path:
+    """What the job did with the workspace (saved, or failed to restore)."""
+    return job_dir() / f"{notebook_id}.{job_id}.workspace.json"
+
+
+def discard_file(notebook_id: str, job_id: str) -> Path:
+    """Present: the job must not save the workspace (the notebook is being deleted)."""
+    return job_dir() / f"{notebook_id}.{job_id}.discard"
 
 
 def parse_time(value: str) -> datetime | None:
@@ -211,6 +224,7 @@ def cluster_inventory(partition: str) -> dict:
 
 class SlurmRuntime(Runtime):
     name = "slurm"
+    restores_workspace = True
     _active_since: float = -POLL_EVERY
 
     @property
@@ -368,21 +382,47 @@ class SlurmRuntime(Runtime):
         if not self.job_id:
             return
         job = self.job()
-        if job is not None and job.active:
-            # SIGTERM to the job's processes: the launcher stops the editor and
-            # removes its sandbox; Slurm KILLs after its KillWait.
-            slurm("scancel", self.job_id)
-            deadline = time.monotonic() + timeout + 10
-            while time.monotonic() < deadline and self._still_active():
-                time.sleep(0.2)
+        if job is not None and job.state == "PENDING":
+            slurm("scancel", self.job_id)  # nothing ran, nothing to save
+        elif job is not None and job.active:
+            # SIGTERM to the launcher alone (the batch step): it stops the editor,
+            # saves the workspace and ends the job itself, with no KillWait to beat.
+            # Past the wait, Slurm's own cancel, then its KILL: the worker saves.
+            slurm("scancel", "--batch", "--signal=TERM", self.job_id)
+            self._wait_ended(timeout + settings.NBCLOUD_SLURM_SAVE_WAIT)
+            if self._still_active():
+                log.warning("Slurm job %s did not end after its stop: cancelled", self.job_id)
+                slurm("scancel", self.job_id)
+                self._wait_ended(timeout + 10)
             if self._still_active():
                 slurm("scancel", "--signal=KILL", "--full", self.job_id)
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline and self._still_active():
-                    time.sleep(0.2)
+                self._wait_ended(10)
         self._active_since = -POLL_EVERY
         endpoint_file(self.spec.notebook_id, self.job_id).unlink(missing_ok=True)
         (job_dir() / f"{self.spec.notebook_id}.launch.json").unlink(missing_ok=True)
+
+    def _wait_ended(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._still_active():
+            time.sleep(0.2)
+
+    def workspace_result(self) -> dict:
+        if not self.job_id:
+            return {}
+        try:
+            return json.loads(result_file(self.spec.notebook_id, self.job_id).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def forget_workspace_result(self) -> None:
+        if self.job_id:
+            result_file(self.spec.notebook_id, self.job_id).unlink(missing_ok=True)
+            discard_file(self.spec.notebook_id, self.job_id).unlink(missing_ok=True)
+
+    def discard_workspace(self) -> None:
+        if self.job_id:
+            job_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
+            discard_file(self.spec.notebook_id, self.job_id).touch()
 
     def _still_active(self) -> bool:
         job = self.job()
