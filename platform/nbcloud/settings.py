@@ -350,6 +350,14 @@ NBCLOUD_SLURM_PARTITION = envstr("NBCLOUD_SLURM_PARTITION", "")
 NBCLOUD_SLURM_PYTHON = envstr("NBCLOUD_SLURM_PYTHON", sys.executable)
 NBCLOUD_SLURM_START_WAIT = envint("NBCLOUD_SLURM_START_WAIT", 10, minimum=0)
 NBCLOUD_SLURM_SAVE_WAIT = envint("NBCLOUD_SLURM_SAVE_WAIT", 600, minimum=0)
+# The GPU models of the cluster's GRES types, as the flavors name them (`h100=NVIDIA
+# H100 80GB HBM3,v100s=Tesla V100S`): a flavor's gpu_model must be found in the
+# model, and Slurm sites name their types freely. A type not listed is its own model.
+NBCLOUD_SLURM_GPU_MODELS = dict(
+    item.strip().split("=", 1)
+    for item in envstr("NBCLOUD_SLURM_GPU_MODELS", "").split(",")
+    if "=" in item
+)
 # The docker runtime: environment images (named in the manifests) build on this base
 # image (environments/base/build-base.sh). Each editor runs in a network namespace of
 # its own joined to the host (`isolated`, as on the process runtime), or on

@@ -25,6 +25,7 @@ def slurm_workers(broker_url, public_url, slurm_idle, transactional_db):
                 "NBCLOUD_HOST_REGION": REGION,
                 "NBCLOUD_RUNTIME": "slurm",
                 "NBCLOUD_HEARTBEAT_INTERVAL": "2",
+                **slurm_idle.job_env,
             },
         )
         started.append(proc)

@@ -6,9 +6,12 @@ import shutil
 
 import pytest
 
+from support.editors import Kernel
+from support.gpu import nvml_readings
 from support.waiting import wait_for
 from workers.lifecycle import wait_ready
 from workers.runtimes import StartError
+from workers.runtimes.editors import readiness_headers
 from workers.runtimes.slurm import SlurmRuntime, cluster_inventory, show_job
 
 pytestmark = pytest.mark.e2e
@@ -70,17 +73,55 @@ def test_max_runtime_becomes_a_slurm_time_limit_past_the_platforms(slurm_idle, m
 
 
 def test_a_request_the_cluster_cannot_meet_is_a_clear_start_error(slurm_idle, make_spec):
+    # Two GPUs on a node of one.
     with pytest.raises(StartError) as refused:
-        SlurmRuntime(make_spec(gpu_uuids=("slurm:vm:0",))).start()
+        SlurmRuntime(make_spec(gpu_uuids=("slurm:vm:0", "slurm:vm:1"))).start()
     assert refused.value.user_message == "The Slurm cluster refused the request."
-    assert "gres" in str(refused.value).lower()
+    assert "node configuration is not available" in str(refused.value)
 
 
-def test_the_hosts_inventory_is_the_partitions(slurm_idle):
+def test_the_hosts_inventory_is_the_partitions_with_its_gres_gpus_named_as_flavors_do(
+    slurm_idle, settings
+):
     inventory = cluster_inventory("nb")
     assert inventory["cpus"] == slurm_idle.cpus
     assert inventory["memory_bytes"] == 16000 * 1024**2
-    assert inventory["gpus"] == []
+    assert inventory["gpus"] == [
+        {"index": 0, "uuid": f"slurm:{slurm_idle.node}:0", "model": "h100"}
+    ]
+    # A flavor's gpu_model ("H100 80GB HBM3") is found in the model the site maps its
+    # GRES type to.
+    settings.NBCLOUD_SLURM_GPU_MODELS = {"h100": "NVIDIA H100 80GB HBM3"}
+    assert cluster_inventory("nb")["gpus"][0]["model"] == "NVIDIA H100 80GB HBM3"
+
+
+def test_a_gpu_notebook_gets_the_gpu_slurm_allots_and_only_that_one(
+    slurm_idle, make_spec, monkeypatch
+):
+    for name, value in slurm_idle.job_env.items():
+        monkeypatch.setenv(name, value)
+    (gpu,) = nvml_readings()["devices"]
+    runtime = SlurmRuntime(make_spec(gpu_uuids=(f"slurm:{slurm_idle.node}:0",)))
+    waiting = SlurmRuntime(make_spec(gpu_uuids=(f"slurm:{slurm_idle.node}:0",)))
+    runtime.start()
+    try:
+        wait_ready(runtime, 60)
+        asked = _fields(slurm_idle, runtime.job_id)
+        assert asked["TresPerNode"] == "gres:gpu:1", asked
+        kernel = Kernel(runtime.endpoint.url, readiness_headers(runtime.spec))
+        seen = kernel.execute(
+            "import os; print(os.environ['CUDA_VISIBLE_DEVICES'], "
+            "sorted(n for n in os.listdir('/dev') if n.startswith('nvidia')))"
+        )
+        kernel.close()
+        # The UUID nvidia-smi gives for the index Slurm allotted, and its device only.
+        assert seen.strip() == f"{gpu['uuid']} ['nvidia0']"
+        # The node's only GPU is taken: the next GPU job waits for it, CPUs free.
+        waiting.start()
+        assert waiting.pending().startswith("Waiting in Slurm: Resources")
+    finally:
+        waiting.stop(5)
+        runtime.stop(5)
 
 
 def _run_until_stopped(runtime: SlurmRuntime) -> str:

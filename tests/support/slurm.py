@@ -8,11 +8,13 @@ import os
 import pwd
 import shutil
 import socket
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from support.gpu import nvml_readings
 from support.waiting import wait_for
 
 DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/bin/sbatch")
@@ -41,6 +43,16 @@ class SlurmCluster:
 
     def cancel_all(self) -> None:
         self.run("scancel", "--user=root")
+
+    @property
+    def job_env(self) -> dict[str, str]:
+        """What the jobs need to see the node's GPUs: its device nodes, and an
+        `nvidia-smi` answering from the H100's readings (set in the submitter's
+        environment: jobs are submitted with --export=ALL)."""
+        return {
+            "PATH": f"{self.folder / 'bin'}:{os.environ['PATH']}",
+            "NBCLOUD_DEVICE_ROOT": str(self.folder / "dev"),
+        }
 
 
 def missing() -> str:
@@ -72,9 +84,29 @@ def _pid(path: Path) -> int | None:
         return None
 
 
-def start(folder: Path, cpus: int = 4, memory_mb: int = 16000) -> SlurmCluster:
-    """Start munged, slurmctld and slurmd in `folder`; a node of `cpus` CPUs (declared,
-    whatever the machine has: Slurm counts, the sandbox's cgroups limit)."""
+def _gpus(folder: Path, count: int) -> str:
+    """The node's GPUs as Slurm GRES of type h100: device nodes of NVIDIA's major
+    number in `folder`/dev (no driver behind them: Slurm only needs the files, and
+    the sandbox binds them), and an `nvidia-smi` in `folder`/bin that answers the
+    launcher's query from the H100's NVML readings."""
+    (folder / "dev").mkdir()
+    (folder / "bin").mkdir()
+    for minor in range(count):
+        os.mknod(folder / "dev" / f"nvidia{minor}", 0o666 | stat.S_IFCHR, os.makedev(195, minor))
+    devices = nvml_readings()["devices"][:count]
+    rows = "".join(f"{d['index']}, {d['index']}, {d['uuid']}\n" for d in devices)
+    smi = folder / "bin" / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\n# the H100's readings (tests/fixtures/gpu)\nprintf '{rows}'\n")
+    smi.chmod(0o755)
+    files = f"{folder}/dev/nvidia[0-{count - 1}]" if count > 1 else f"{folder}/dev/nvidia0"
+    return f"Name=gpu Type=h100 File={files}\n"
+
+
+def start(folder: Path, cpus: int = 4, memory_mb: int = 16000, gpus: int = 1) -> SlurmCluster:
+    """Start munged, slurmctld and slurmd in `folder`; a node of `cpus` CPUs and `gpus`
+    GPUs (declared, whatever the machine has: Slurm counts and allots them, the
+    sandbox's cgroups limit the CPUs; the GPUs are the fixture's H100, as many as
+    its readings hold)."""
     munge = pwd.getpwnam("munge")
     for name in ("munge", "spool/ctld", "spool/d", "log"):
         (folder / name).mkdir(parents=True, exist_ok=True)
@@ -105,6 +137,7 @@ def start(folder: Path, cpus: int = 4, memory_mb: int = 16000) -> SlurmCluster:
     )
     node = socket.gethostname().split(".")[0]
     ctld_port, d_port = _free_ports(2)
+    (folder / "gres.conf").write_text(_gpus(folder, gpus) if gpus else "")
     conf = folder / "slurm.conf"
     conf.write_text(
         f"""ClusterName=nbtest
@@ -138,7 +171,8 @@ SlurmdParameters=config_overrides
 MinJobAge=600
 DefMemPerCPU=1000
 KillWait=10
-NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
+GresTypes=gpu
+NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} {f"Gres=gpu:h100:{gpus}" if gpus else ""} State=UNKNOWN
 PartitionName=nb Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
     )

@@ -214,7 +214,8 @@ def cluster_inventory(partition: str) -> dict:
             if kind != "gpu":
                 continue
             parts = rest.split("(")[0].split(":")
-            model = parts[0] if len(parts) > 1 else "gpu"
+            kind = parts[0] if len(parts) > 1 else "gpu"
+            model = settings.NBCLOUD_SLURM_GPU_MODELS.get(kind, kind)
             for index in range(int(parts[-1])):
                 # Slurm assigns the GPUs: these only let the placer and the
                 # quota count them.
