@@ -11,11 +11,12 @@ HOST = "slurm"
 
 @pytest.fixture
 def slurm_workers(broker_url, public_url, slurm_idle, transactional_db):
-    """`start()` starts one more worker of host `slurm` (it registers the host); those
-    still alive stop at the end."""
+    """`start()` starts one more worker of host `slurm` (it registers the host) for
+    partition `nb` (`start(partition="far")`: the far node's); those still alive stop
+    at the end."""
     started = []
 
-    def start():
+    def start(partition: str = "nb"):
         proc = start_worker(
             broker_url,
             HOST,
@@ -25,6 +26,7 @@ def slurm_workers(broker_url, public_url, slurm_idle, transactional_db):
                 "NBCLOUD_HOST_REGION": REGION,
                 "NBCLOUD_RUNTIME": "slurm",
                 "NBCLOUD_HEARTBEAT_INTERVAL": "2",
+                "NBCLOUD_SLURM_PARTITION": partition,
                 **slurm_idle.job_env,
             },
         )

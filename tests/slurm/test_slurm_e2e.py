@@ -209,3 +209,24 @@ def test_the_job_restores_and_saves_the_workspace_and_a_killed_job_leaves_it_to_
     assert f"latest backup {by_job.pk} of" in failed["info"]["message"]
     assert "is corrupt" in failed["info"]["message"]
     assert f"The previous one is backup {older['id']}" in failed["info"]["message"]
+
+
+def test_a_notebook_slurm_runs_on_another_node_answers_through_the_gateway(
+    platform_server, celery_worker_process, conda_env, slurm_workers, slurm_idle, alice_api, alice
+):
+    # The worker's partition is the far node's: Slurm runs the job there, in a network
+    # this machine reaches only at the node's address.
+    slurm_workers(partition=slurm_idle.far_partition)
+    created = alice_api.post("/api/v1/projects/alpha/notebooks/", SPEC, format="json").json()
+    url = f"/api/v1/projects/alpha/notebooks/{created['id']}/"
+    wait_state(alice_api, url, "RUNNING")
+    notebook = Notebook.objects.get(pk=created["id"])
+    assert show_job(notebook.runtime_state["job_id"]).node == slurm_idle.far_node
+    assert notebook.editor_url.startswith(f"http://{slurm_idle.far_address}:")
+    kernel = _kernel(alice_api, url, alice[1])
+    assert kernel.execute("print(6 * 7)").strip() == "42"
+    kernel.execute("open('/workspace/far.txt', 'w').write('from node2')")
+    kernel.close()
+    assert alice_api.post(url + "stop/").status_code == 202
+    wait_state(alice_api, url, "STOPPED")
+    assert len(alice_api.get(url + "backups/").json()["results"]) == 1

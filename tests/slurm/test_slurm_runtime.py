@@ -198,3 +198,28 @@ def test_a_job_told_to_discard_the_workspace_saves_nothing(slurm_idle, make_spec
     assert runtime.workspace_result() == {}
     assert "workspace saved" not in runtime.logs(50)
     assert show_job(runtime.job_id).state == "COMPLETED"
+
+
+def test_an_editor_on_another_node_answers_through_its_nodes_address(
+    slurm_idle, make_spec, settings
+):
+    settings.NBCLOUD_SLURM_PARTITION = slurm_idle.far_partition
+    runtime = SlurmRuntime(make_spec())
+    runtime.start()
+    try:
+        wait_ready(runtime, 60)
+        assert show_job(runtime.job_id).node == slurm_idle.far_node
+        # Not the notebook's own address (routed on its node only): the node's, on a
+        # port the job relays to the editor.
+        assert runtime.endpoint.host == slurm_idle.far_address
+        assert f"on {slurm_idle.far_node}, answering on {slurm_idle.far_address}:" in (
+            runtime.logs(20)
+        )
+        kernel = Kernel(runtime.endpoint.url, readiness_headers(runtime.spec))
+        assert kernel.execute("print(6 * 7)").strip() == "42"
+        kernel.close()
+        # Its processes are not this machine's: no stats read from a pid here.
+        assert runtime.stats() == {"running": True, "slurm_job": runtime.job_id}
+    finally:
+        runtime.stop(5)
+    assert runtime.workspace_result()["saved"]["workspace_size"] > 0

@@ -2,7 +2,13 @@
 sysdeps-test` installs slurm-wlm and munge): munged as `munge`, slurmctld and
 slurmd as root, all in a folder of their own with their own ports, so nothing of
 the machine's own Slurm (if any) is touched. SLURM_CONF points the commands,
-and the workers started with this environment, at it."""
+and the workers started with this environment, at it.
+
+A second node, `node2` (partition `far`), runs in a network namespace the
+fixture makes, joined to this machine by a veth pair (10.231.0.1 here,
+10.231.0.2 there) and with a hostname of its own: its jobs see only that
+network, as a compute node that is not the submit node would, so a notebook
+there answers the gateway only through its node's address."""
 
 import os
 import pwd
@@ -20,12 +26,21 @@ from support.waiting import wait_for
 DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/bin/sbatch")
 
 
+FAR_NODE = "node2"
+FAR_PARTITION = "far"
+FAR_NETNS = "nbtest-slurm-far"
+HERE, THERE = "10.231.0.1", "10.231.0.2"
+
+
 @dataclass(frozen=True)
 class SlurmCluster:
     folder: Path
     conf: Path
     node: str
     cpus: int
+    far_node: str = FAR_NODE
+    far_partition: str = FAR_PARTITION
+    far_address: str = THERE
 
     def run(self, *argv: str) -> str:
         env = {**os.environ, "SLURM_CONF": str(self.conf)}
@@ -75,6 +90,27 @@ def _free_ports(count: int) -> list[int]:
     for sock in socks:
         sock.close()
     return ports
+
+
+def _far_network() -> None:
+    """The second node's network namespace and its veth pair (made afresh)."""
+    _drop_far_network()
+    for argv in (
+        ["ip", "netns", "add", FAR_NETNS],
+        ["ip", "link", "add", "nbts-far-h", "type", "veth", "peer", "name", "nbts-far-n"],
+        ["ip", "link", "set", "nbts-far-n", "netns", FAR_NETNS],
+        ["ip", "addr", "add", f"{HERE}/30", "dev", "nbts-far-h"],
+        ["ip", "link", "set", "nbts-far-h", "up"],
+        ["ip", "-n", FAR_NETNS, "addr", "add", f"{THERE}/30", "dev", "nbts-far-n"],
+        ["ip", "-n", FAR_NETNS, "link", "set", "nbts-far-n", "up"],
+        ["ip", "-n", FAR_NETNS, "link", "set", "lo", "up"],
+    ):
+        subprocess.run(argv, check=True, capture_output=True, timeout=30)
+
+
+def _drop_far_network() -> None:
+    subprocess.run(["ip", "netns", "del", FAR_NETNS], capture_output=True, timeout=30)
+    subprocess.run(["ip", "link", "del", "nbts-far-h"], capture_output=True, timeout=30)
 
 
 def _pid(path: Path) -> int | None:
@@ -137,11 +173,12 @@ def start(folder: Path, cpus: int = 4, memory_mb: int = 16000, gpus: int = 1) ->
     )
     node = socket.gethostname().split(".")[0]
     ctld_port, d_port = _free_ports(2)
+    _far_network()
     (folder / "gres.conf").write_text(_gpus(folder, gpus) if gpus else "")
     conf = folder / "slurm.conf"
     conf.write_text(
         f"""ClusterName=nbtest
-SlurmctldHost={node}(127.0.0.1)
+SlurmctldHost={node}({HERE})
 SlurmctldPort={ctld_port}
 SlurmdPort={d_port}
 AuthType=auth/munge
@@ -150,11 +187,11 @@ CredType=cred/munge
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation={folder}/spool/ctld
-SlurmdSpoolDir={folder}/spool/d
+SlurmdSpoolDir={folder}/spool/d-%n
 SlurmctldPidFile={folder}/slurmctld.pid
-SlurmdPidFile={folder}/slurmd.pid
+SlurmdPidFile={folder}/slurmd-%n.pid
 SlurmctldLogFile={folder}/log/slurmctld.log
-SlurmdLogFile={folder}/log/slurmd.log
+SlurmdLogFile={folder}/log/slurmd-%n.log
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ProctrackType=proctrack/linuxproc
@@ -174,18 +211,38 @@ KillWait=10
 GresTypes=gpu
 NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} {f"Gres=gpu:h100:{gpus}" if gpus else ""} State=UNKNOWN
 PartitionName=nb Nodes={node} Default=YES MaxTime=INFINITE State=UP
+NodeName={FAR_NODE} NodeAddr={THERE} CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
+PartitionName={FAR_PARTITION} Nodes={FAR_NODE} MaxTime=INFINITE State=UP
 """
     )
     os.environ["SLURM_CONF"] = str(conf)
     subprocess.run(["/usr/sbin/slurmctld", "-f", str(conf)], check=True, timeout=30)
     subprocess.run(["/usr/sbin/slurmd", "-f", str(conf)], check=True, timeout=30)
+    # The far node: only the network and the hostname are its own (nsenter keeps this
+    # machine's mounts, its cgroups among them; `ip netns exec` would remount /sys).
+    subprocess.run(
+        [
+            "nsenter",
+            f"--net=/run/netns/{FAR_NETNS}",
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            f'hostname {FAR_NODE} && exec /usr/sbin/slurmd -f "$1"',
+            "sh",
+            str(conf),
+        ],
+        check=True,
+        timeout=30,
+    )
     cluster = SlurmCluster(folder, conf, node, cpus)
 
     def idle() -> bool:
         try:
-            return "idle" in cluster.run("sinfo", "-h", "-o", "%T")
+            states = cluster.run("sinfo", "-h", "-N", "-o", "%T").split()
         except AssertionError:
             return False
+        return states == ["idle", "idle"]
 
     wait_for(idle, timeout=60, interval=0.5, what="the Slurm node to be idle")
     return cluster
@@ -200,7 +257,7 @@ def stop(cluster: SlurmCluster) -> None:
         pass
     folder = cluster.folder
     pids = [
-        _pid(folder / "slurmd.pid"),
+        *(_pid(path) for path in folder.glob("slurmd-*.pid")),
         _pid(folder / "slurmctld.pid"),
         _pid(folder / "munge" / "munged.pid"),
     ]
@@ -214,4 +271,5 @@ def stop(cluster: SlurmCluster) -> None:
         if pid and Path(f"/proc/{pid}").exists():
             subprocess.run(["kill", "-9", str(pid)], capture_output=True)
     os.environ.pop("SLURM_CONF", None)
+    _drop_far_network()
     shutil.rmtree(folder, ignore_errors=True)

@@ -28,6 +28,7 @@ launcher needs root to give the editor its own uid and network namespace).
 import json
 import logging
 import os
+import socket
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -297,7 +298,8 @@ class SlurmRuntime(Runtime):
             f"--output={self.log_path}",
             "--open-mode=append",
             "--chdir=/",
-            f"--export=ALL,NBCLOUD_DATA_DIR={settings.DATA_DIR}",
+            f"--export=ALL,NBCLOUD_DATA_DIR={settings.DATA_DIR},"
+            f"NBCLOUD_SUBMIT_HOST={socket.gethostname()}",
         ]
         if self.spec.memory_bytes:
             argv.append(f"--mem={max(1, self.spec.memory_bytes // 1024**2)}M")
@@ -432,7 +434,7 @@ class SlurmRuntime(Runtime):
     def _local(self) -> ProcessRuntime | None:
         """The job's editor as a process of this machine, when the job runs here."""
         self._read_endpoint()
-        if "pid" not in self.state:
+        if "pid" not in self.state or self.state.get("node") != socket.gethostname():
             return None
         return ProcessRuntime(self.spec, self.state)
 

@@ -48,6 +48,23 @@ def _gpus(values: dict) -> dict:
     }
 
 
+def node_address() -> str | None:
+    """The address the cluster reaches this node on (its NodeAddr), when this is not
+    the submit node whose worker (and gateway) reach the editor directly."""
+    if socket.gethostname() == os.environ.get("NBCLOUD_SUBMIT_HOST"):
+        return None
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    out = subprocess.run(
+        ["scontrol", "show", "node", "-o", node],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    fields = dict(item.split("=", 1) for item in out.split() if "=" in item)
+    return fields.get("NodeAddr") or node
+
+
 def _publish(path: Path, values: dict) -> None:
     staging = path.with_suffix(".tmp")
     staging.write_text(json.dumps(values))
@@ -141,14 +158,27 @@ def main(launch: Path) -> int:
         # with it.
         runtime.sandbox_dies_with_parent = True
         runtime.start()
+        state = {**runtime.get_state(), "node": socket.gethostname()}
+        relay = None
+        address = node_address()
+        if address:  # another node than the worker's: the editor is reached through it
+            from workers.runtimes.relay import Relay
+
+            relay = Relay(address, state["address"], state["port"])
+            state.update(address=address, port=relay.port)
         published = endpoint_file(spec.notebook_id, job_id)
-        _publish(published, {**runtime.get_state(), "node": socket.gethostname()})
-        _say(f"editor of notebook {spec.notebook_id} started in Slurm job {job_id}")
+        _publish(published, state)
+        _say(
+            f"editor of notebook {spec.notebook_id} started in Slurm job {job_id} on "
+            f"{state['node']}, answering on {state['address']}:{state['port']}"
+        )
         while not stopping.wait(0.5):
             if runtime.poll() is not None:
                 break
         status = runtime.poll()
         runtime.stop(settings.NBCLOUD_EDITOR_STOP_TIMEOUT)
+        if relay is not None:
+            relay.close()
         published.unlink(missing_ok=True)
     save_workspace(spec, job_id, result)
     return status or 0
