@@ -18,10 +18,10 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # nftables (what that network may reach), openssh-sftp-server (sftp and scp in
 # SSH sessions, run inside each notebook). The tests add a browser, an ssh
 # client and server (SSH sessions; git volumes over ssh), git (git daemon), curl,
-# prometheus, and Slurm with munge (the slurm runtime's tests start a one-node
-# cluster).
+# prometheus, and Slurm with munge and slurmdbd (the slurm runtime's tests start
+# a cluster; its accounting uses the machine's MariaDB when one answers).
 RUN_PACKAGES="bubblewrap python3-venv iproute2 nftables openssh-sftp-server"
-TEST_PACKAGES="chromium openssh-client openssh-server git curl prometheus slurm-wlm munge"
+TEST_PACKAGES="chromium openssh-client openssh-server git curl prometheus slurm-wlm slurmdbd munge"
 
 installed() {
   dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null | grep -q '^ii'

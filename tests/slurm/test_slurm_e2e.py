@@ -13,7 +13,7 @@ from support.editors import Kernel
 from support.services import kill_worker
 from support.waiting import api_status, wait_for, wait_state
 from workers.runtimes.base import log_file
-from workers.runtimes.slurm import show_job
+from workers.runtimes.slurm import accounted_job, show_job
 from workers.workspace import backup_storage, local_path
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -88,8 +88,10 @@ def test_queued_in_slurm_runs_when_the_node_frees_survives_its_worker_and_bills_
     assert stopped["workspace_size"] > 0
     assert len(alice_api.get(url + "backups/").json()["results"]) == 1
 
-    # Billed for what Slurm says ran: from the job's start to its end.
-    job = show_job(job_id)
+    # Billed for what Slurm says ran: from the job's start to its end, as accounting
+    # (slurmdbd, sacct) recorded it where the cluster keeps accounting.
+    job = accounted_job(job_id) if slurm_idle.accounting_db else show_job(job_id)
+    assert job is not None and job.end is not None
     interval = BillableInterval.objects.get(notebook_id=created["id"])
     assert (interval.started_at, interval.ended_at) == (job.start, job.end)
     assert interval.records.count() == minutes_commenced(job.start, job.end)
@@ -121,7 +123,9 @@ def test_an_administrators_scancel_ends_the_notebook_failed_with_slurms_reason(
     failed = _checked_state(alice_api, url, "FAILED")
     assert failed["info"]["code"] == "EDITOR_DIED"
     assert f"Slurm job {job_id} ended" in failed["info"]["message"]
-    assert "CANCELLED" in failed["info"]["message"]
+    # Accounting says who: root (uid 0) here.
+    cancelled = "CANCELLED by 0" if slurm_idle.accounting_db else "CANCELLED"
+    assert cancelled in failed["info"]["message"]
     # Its work was saved where the job left it.
     assert len(alice_api.get(url + "backups/").json()["results"]) == 1
 

@@ -435,6 +435,9 @@ def slurm_cluster():
         if os.environ.get("NBCLOUD_REQUIRE_SLURM"):
             pytest.fail(f"no Slurm here: {reason} (NBCLOUD_REQUIRE_SLURM is set)")
         pytest.skip(f"no Slurm here: {reason}; set NBCLOUD_REQUIRE_SLURM=1 to make this a failure")
+    no_accounting = slurm.mysql_missing()
+    if no_accounting and os.environ.get("NBCLOUD_REQUIRE_SLURM"):
+        pytest.fail(f"no Slurm accounting here: {no_accounting} (NBCLOUD_REQUIRE_SLURM is set)")
     cluster = slurm.start(Path(tempfile.mkdtemp(prefix="nbcloud-slurm-")))
     yield cluster
     slurm.stop(cluster)

@@ -41,6 +41,8 @@ class SlurmCluster:
     far_node: str = FAR_NODE
     far_partition: str = FAR_PARTITION
     far_address: str = THERE
+    # slurmdbd's database in the machine's MariaDB ("" without accounting).
+    accounting_db: str = ""
 
     def run(self, *argv: str) -> str:
         env = {**os.environ, "SLURM_CONF": str(self.conf)}
@@ -90,6 +92,62 @@ def _free_ports(count: int) -> list[int]:
     for sock in socks:
         sock.close()
     return ports
+
+
+MYSQL = ("127.0.0.1", 3306)  # the machine's MariaDB, root without a password
+
+
+def mysql_missing() -> str:
+    """Why slurmdbd cannot keep accounting here, or ""."""
+    if not Path("/usr/sbin/slurmdbd").exists():
+        return "/usr/sbin/slurmdbd missing: run make sysdeps-test (apt-get install slurmdbd)"
+    try:
+        socket.create_connection(MYSQL, timeout=2).close()
+    except OSError:
+        return f"no MariaDB answers on {MYSQL[0]}:{MYSQL[1]}"
+    return ""
+
+
+def _slurmdbd(folder: Path, node: str, socket_path: Path) -> tuple[str, str]:
+    """Start slurmdbd on a database of its own in the machine's MariaDB; the lines
+    slurm.conf needs for it, and the database's name."""
+    (port,) = _free_ports(1)
+    database = f"nbtest_slurm_{os.urandom(4).hex()}"
+    conf = folder / "slurmdbd.conf"  # beside slurm.conf, where slurmdbd looks
+    conf.write_text(
+        f"""AuthType=auth/munge
+AuthInfo=socket={socket_path}
+DbdHost={node}
+DbdAddr=127.0.0.1
+DbdPort={port}
+SlurmUser=root
+PidFile={folder}/slurmdbd.pid
+LogFile={folder}/log/slurmdbd.log
+StorageType=accounting_storage/mysql
+StorageHost={MYSQL[0]}
+StoragePort={MYSQL[1]}
+StorageUser=root
+StorageLoc={database}
+"""
+    )
+    os.chmod(conf, 0o600)
+    subprocess.run(["/usr/sbin/slurmdbd"], check=True, timeout=60)
+
+    def answers() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    wait_for(answers, timeout=60, interval=0.5, what="slurmdbd to answer")
+    lines = (
+        "AccountingStorageType=accounting_storage/slurmdbd\n"
+        f"AccountingStorageHost=127.0.0.1\nAccountingStoragePort={port}\n"
+        # The munge socket slurmctld signs its messages to slurmdbd with.
+        f"AccountingStoragePass={socket_path}\n"
+    )
+    return lines, database
 
 
 def _far_network() -> None:
@@ -176,6 +234,12 @@ def start(folder: Path, cpus: int = 4, memory_mb: int = 16000, gpus: int = 1) ->
     _far_network()
     (folder / "gres.conf").write_text(_gpus(folder, gpus) if gpus else "")
     conf = folder / "slurm.conf"
+    os.environ["SLURM_CONF"] = str(conf)
+    accounting, database = (
+        ("AccountingStorageType=accounting_storage/none\n", "")
+        if mysql_missing()
+        else _slurmdbd(folder, node, socket_path)
+    )
     conf.write_text(
         f"""ClusterName=nbtest
 SlurmctldHost={node}({HERE})
@@ -197,8 +261,7 @@ SelectTypeParameters=CR_Core_Memory
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/filetxt
+{accounting}JobCompType=jobcomp/filetxt
 JobCompLoc={folder}/log/jobcomp.txt
 MpiDefault=none
 ReturnToService=2
@@ -235,7 +298,7 @@ PartitionName={FAR_PARTITION} Nodes={FAR_NODE} MaxTime=INFINITE State=UP
         check=True,
         timeout=30,
     )
-    cluster = SlurmCluster(folder, conf, node, cpus)
+    cluster = SlurmCluster(folder, conf, node, cpus, accounting_db=database)
 
     def idle() -> bool:
         try:
@@ -259,6 +322,7 @@ def stop(cluster: SlurmCluster) -> None:
     pids = [
         *(_pid(path) for path in folder.glob("slurmd-*.pid")),
         _pid(folder / "slurmctld.pid"),
+        _pid(folder / "slurmdbd.pid"),
         _pid(folder / "munge" / "munged.pid"),
     ]
     for pid in pids:
@@ -272,4 +336,10 @@ def stop(cluster: SlurmCluster) -> None:
             subprocess.run(["kill", "-9", str(pid)], capture_output=True)
     os.environ.pop("SLURM_CONF", None)
     _drop_far_network()
+    if cluster.accounting_db:
+        subprocess.run(
+            ["mysql", "-h", MYSQL[0], "-u", "root", "-e", f"DROP DATABASE {cluster.accounting_db}"],
+            capture_output=True,
+            timeout=30,
+        )
     shutil.rmtree(folder, ignore_errors=True)

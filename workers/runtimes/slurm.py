@@ -361,11 +361,20 @@ class SlurmRuntime(Runtime):
             return 128 + int(signal)
         return 0 if job.state == "COMPLETED" else 1
 
+    def _ended_job(self) -> Job | None:
+        """The job as Slurm recorded it: accounting's record once it has the job's end
+        (it says who cancelled), else slurmctld's, which has it first (slurmdbd
+        learns of an end a moment later) and forgets it after MinJobAge."""
+        accounted = accounted_job(self.job_id)
+        if accounted is not None and not accounted.active:
+            return accounted
+        return show_job(self.job_id) or accounted
+
     def end_reason(self) -> str:
         """What Slurm says ended the job (CANCELLED by an admin, TIMEOUT, NODE_FAIL...)."""
         if not self.job_id:
             return ""
-        job = accounted_job(self.job_id) or show_job(self.job_id)
+        job = self._ended_job()
         if job is None or job.active:
             return ""
         # sacct says who cancelled (`CANCELLED by 0`); scontrol only what happened.
@@ -376,7 +385,7 @@ class SlurmRuntime(Runtime):
         """When the job started and ended as Slurm recorded it (accounting first)."""
         if not self.job_id:
             return None, None
-        job = accounted_job(self.job_id) or show_job(self.job_id)
+        job = self._ended_job()
         if job is None or job.state == "PENDING":
             return None, None
         return job.start, (None if job.active else job.end)
