@@ -113,7 +113,7 @@ def test_the_test_packages_come_only_with_make_test(shared_dir):
     assert for_tests.returncode == 2
     needed = (
         "    sudo apt-get install -y chromium openssh-client openssh-server git curl prometheus"
-        " slurm-wlm munge"
+        " slurm-wlm slurmdbd munge"
     )
     assert needed in for_tests.stderr
 

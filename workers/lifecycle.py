@@ -163,9 +163,11 @@ def _prepare_workspace(notebook: Notebook, runtime: Runtime):
 def _restore_failure(notebook: Notebook, runtime: Runtime) -> StartError | None:
     """Why the runtime's job could not restore the workspace, as its owner reads it."""
     failed = runtime.workspace_result().get("restore_failed")
-    backup = notebook.backups.filter(pk=runtime.spec.restore.get("pk")).first()
-    if not failed or backup is None:
+    if not failed:
         return None
+    backup = notebook.backups.filter(pk=runtime.spec.restore.get("pk")).first()
+    if backup is None:
+        return StartError(f"The workspace could not be restored ({failed['kind']}).")
     return workspace.restore_failure(notebook, backup, failed["kind"], failed["detail"])
 
 

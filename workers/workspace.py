@@ -107,7 +107,7 @@ def tree_size(path: Path) -> int:
 def prepare(notebook: Notebook) -> Path:
     """Make the workspace ready: the local copy if this host has one, else the last backup."""
     path = local_path(notebook)
-    latest = notebook.backups.first()
+    latest = None if path.exists() else notebook.backups.first()
     try:
         materialise(path, notebook.sandbox_uid, latest)
     except UnsafeBackup:

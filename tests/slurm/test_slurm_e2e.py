@@ -234,3 +234,38 @@ def test_a_notebook_slurm_runs_on_another_node_answers_through_the_gateway(
     assert alice_api.post(url + "stop/").status_code == 202
     wait_state(alice_api, url, "STOPPED")
     assert len(alice_api.get(url + "backups/").json()["results"]) == 1
+
+
+def test_a_node_failure_ends_the_notebook_failed_with_its_work_saved_not_requeued(
+    platform_server, celery_worker_process, conda_env, slurm_workers, slurm_idle, alice_api, alice
+):
+    slurm_workers(partition=slurm_idle.far_partition)
+    created = alice_api.post("/api/v1/projects/alpha/notebooks/", SPEC, format="json").json()
+    url = f"/api/v1/projects/alpha/notebooks/{created['id']}/"
+    wait_state(alice_api, url, "RUNNING")
+    kernel = _kernel(alice_api, url, alice[1])
+    kernel.execute("open('/workspace/work.txt', 'w').write('before the failure')")
+    kernel.close()
+    job_id = Notebook.objects.get(pk=created["id"]).runtime_state["job_id"]
+    # The node dies (its slurmd and the job's processes killed outright) and the
+    # administrator marks it down.
+    slurm_idle.power_off_far_node()
+    try:
+        failed = _checked_state(alice_api, url, "FAILED")
+        assert failed["info"]["code"] == "EDITOR_DIED"
+        assert f"Slurm job {job_id} ended NODE_FAIL" in failed["info"]["message"]
+        # Not run again behind the notebook's back: the job ended for good.
+        assert show_job(job_id).state == "NODE_FAIL"
+        # Saved by the worker from the shared copy: the job had no chance to.
+        assert len(alice_api.get(url + "backups/").json()["results"]) == 1
+    finally:
+        slurm_idle.power_on_far_node()
+    assert alice_api.post(url + "start/").status_code == 202
+    wait_state(alice_api, url, "RUNNING")
+    kernel = _kernel(alice_api, url, alice[1])
+    assert kernel.execute("print(open('/workspace/work.txt').read())").strip() == (
+        "before the failure"
+    )
+    kernel.close()
+    alice_api.post(url + "stop/")
+    wait_state(alice_api, url, "STOPPED")

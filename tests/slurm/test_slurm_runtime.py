@@ -40,6 +40,7 @@ def test_a_job_slurm_cannot_run_yet_is_pending_with_its_reason_and_place(slurm_i
         assert asked["NumCPUs"] == "2"
         assert asked["MinMemoryNode"] == "2G"
         assert asked["TimeLimit"] == "UNLIMITED"
+        assert asked["Requeue"] == "0"
     finally:
         first.stop(5)
         second.stop(5)

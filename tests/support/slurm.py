@@ -1,24 +1,29 @@
-"""A real one-node Slurm cluster on this machine, from Debian's packages (`make
-sysdeps-test` installs slurm-wlm and munge): munged as `munge`, slurmctld and
+"""A real Slurm cluster on this machine, from Debian's packages (`make sysdeps-test`
+installs slurm-wlm, slurmdbd and munge): munged as `munge`, slurmdbd, slurmctld and
 slurmd as root, all in a folder of their own with their own ports, so nothing of
 the machine's own Slurm (if any) is touched. SLURM_CONF points the commands,
 and the workers started with this environment, at it.
 
 A second node, `node2` (partition `far`), runs in a network namespace the
-fixture makes, joined to this machine by a veth pair (10.231.0.1 here,
-10.231.0.2 there) and with a hostname of its own: its jobs see only that
+fixture makes, joined to this machine by a veth pair (10.231.N.1 here,
+10.231.N.2 there, N free on this machine) and with a hostname of its own: its jobs see only that
 network, as a compute node that is not the submit node would, so a notebook
 there answers the gateway only through its node's address."""
 
+import contextlib
 import os
 import pwd
+import random
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from support.gpu import nvml_readings
 from support.waiting import wait_for
@@ -28,8 +33,6 @@ DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/
 
 FAR_NODE = "node2"
 FAR_PARTITION = "far"
-FAR_NETNS = "nbtest-slurm-far"
-HERE, THERE = "10.231.0.1", "10.231.0.2"
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,8 @@ class SlurmCluster:
     cpus: int
     far_node: str = FAR_NODE
     far_partition: str = FAR_PARTITION
-    far_address: str = THERE
+    far_address: str = ""
+    far_slot: int = 0
     # slurmdbd's database in the machine's MariaDB ("" without accounting).
     accounting_db: str = ""
 
@@ -71,6 +75,34 @@ class SlurmCluster:
             "NBCLOUD_DEVICE_ROOT": str(self.folder / "dev"),
         }
 
+    def power_off_far_node(self) -> None:
+        """The far node fails as a machine does: its slurmd and every process of its
+        jobs die at once (SIGKILL); slurmctld is told it is down."""
+        pid = _pid(self.folder / f"slurmd-{self.far_node}.pid")
+        jobs = self.run("squeue", "-h", "-w", self.far_node, "-o", "%i").split()
+        doomed = [pid] if pid else []
+        for proc in psutil.process_iter(["cmdline", "environ"]):
+            try:
+                env = proc.info["environ"] or {}
+            except psutil.Error:
+                continue
+            if env.get("SLURM_JOB_ID") in jobs or any(
+                f"[{job}." in " ".join(proc.info["cmdline"] or ()) for job in jobs
+            ):
+                doomed.append(proc.pid)
+        for victim in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+        self.run("scontrol", "update", f"nodename={self.far_node}", "state=down", "reason=power")
+
+    def power_on_far_node(self) -> None:
+        """Its slurmd started again (a reboot): Slurm gives the node jobs again once it
+        registers (ReturnToService=2), or once resumed."""
+        _start_far_slurmd(self.conf, self.far_slot)
+        state = self.run("sinfo", "-h", "-N", "-n", self.far_node, "-o", "%T").strip()
+        if "down" in state or "drain" in state:
+            self.run("scontrol", "update", f"nodename={self.far_node}", "state=resume")
+
 
 def missing() -> str:
     """Why a cluster cannot start here, or ""."""
@@ -78,9 +110,7 @@ def missing() -> str:
         return "needs root (slurmd runs jobs as their users)"
     absent = [path for path in DAEMONS if not Path(path).exists()]
     if absent:
-        return (
-            f"{', '.join(absent)} missing: run make sysdeps-test (apt-get install slurm-wlm munge)"
-        )
+        return f"{', '.join(absent)} missing: run make sysdeps-test (apt-get install slurm-wlm slurmdbd munge)"
     return ""
 
 
@@ -150,25 +180,64 @@ StorageLoc={database}
     return lines, database
 
 
-def _far_network() -> None:
-    """The second node's network namespace and its veth pair (made afresh)."""
-    _drop_far_network()
+def _far_names(slot: int) -> tuple[str, str, str, str, str]:
+    """The far node's network namespace, veth ends and addresses for `slot` (each
+    cluster its own, so two test runs on one machine keep apart)."""
+    return (
+        f"nbtest-slurm-far{slot}",
+        f"nbtsf{slot}h",
+        f"nbtsf{slot}n",
+        f"10.231.{slot}.1",
+        f"10.231.{slot}.2",
+    )
+
+
+def _far_network() -> int:
+    """The second node's network namespace and its veth pair, in a free slot."""
+    taken = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    slot = next(
+        n for n in random.sample(range(256), 256) if f"nbtest-slurm-far{n} " not in taken + " "
+    )
+    netns, here_end, there_end, here, there = _far_names(slot)
     for argv in (
-        ["ip", "netns", "add", FAR_NETNS],
-        ["ip", "link", "add", "nbts-far-h", "type", "veth", "peer", "name", "nbts-far-n"],
-        ["ip", "link", "set", "nbts-far-n", "netns", FAR_NETNS],
-        ["ip", "addr", "add", f"{HERE}/30", "dev", "nbts-far-h"],
-        ["ip", "link", "set", "nbts-far-h", "up"],
-        ["ip", "-n", FAR_NETNS, "addr", "add", f"{THERE}/30", "dev", "nbts-far-n"],
-        ["ip", "-n", FAR_NETNS, "link", "set", "nbts-far-n", "up"],
-        ["ip", "-n", FAR_NETNS, "link", "set", "lo", "up"],
+        ["ip", "netns", "add", netns],
+        ["ip", "link", "add", here_end, "type", "veth", "peer", "name", there_end],
+        ["ip", "link", "set", there_end, "netns", netns],
+        ["ip", "addr", "add", f"{here}/30", "dev", here_end],
+        ["ip", "link", "set", here_end, "up"],
+        ["ip", "-n", netns, "addr", "add", f"{there}/30", "dev", there_end],
+        ["ip", "-n", netns, "link", "set", there_end, "up"],
+        ["ip", "-n", netns, "link", "set", "lo", "up"],
     ):
         subprocess.run(argv, check=True, capture_output=True, timeout=30)
+    return slot
 
 
-def _drop_far_network() -> None:
-    subprocess.run(["ip", "netns", "del", FAR_NETNS], capture_output=True, timeout=30)
-    subprocess.run(["ip", "link", "del", "nbts-far-h"], capture_output=True, timeout=30)
+def _start_far_slurmd(conf: Path, slot: int) -> None:
+    """The far node's slurmd: only the network and the hostname are its own (nsenter
+    keeps this machine's mounts, its cgroups among them; `ip netns exec` would
+    remount /sys)."""
+    subprocess.run(
+        [
+            "nsenter",
+            f"--net=/run/netns/{_far_names(slot)[0]}",
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            f'hostname {FAR_NODE} && exec /usr/sbin/slurmd -f "$1"',
+            "sh",
+            str(conf),
+        ],
+        check=True,
+        timeout=30,
+    )
+
+
+def _drop_far_network(slot: int) -> None:
+    netns, here_end, *_ = _far_names(slot)
+    subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=30)
+    subprocess.run(["ip", "link", "del", here_end], capture_output=True, timeout=30)
 
 
 def _pid(path: Path) -> int | None:
@@ -231,7 +300,8 @@ def start(folder: Path, cpus: int = 4, memory_mb: int = 16000, gpus: int = 1) ->
     )
     node = socket.gethostname().split(".")[0]
     ctld_port, d_port = _free_ports(2)
-    _far_network()
+    slot = _far_network()
+    far_netns, _, _, here, there = _far_names(slot)
     (folder / "gres.conf").write_text(_gpus(folder, gpus) if gpus else "")
     conf = folder / "slurm.conf"
     os.environ["SLURM_CONF"] = str(conf)
@@ -242,7 +312,7 @@ def start(folder: Path, cpus: int = 4, memory_mb: int = 16000, gpus: int = 1) ->
     )
     conf.write_text(
         f"""ClusterName=nbtest
-SlurmctldHost={node}({HERE})
+SlurmctldHost={node}({here})
 SlurmctldPort={ctld_port}
 SlurmdPort={d_port}
 AuthType=auth/munge
@@ -274,31 +344,17 @@ KillWait=10
 GresTypes=gpu
 NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} {f"Gres=gpu:h100:{gpus}" if gpus else ""} State=UNKNOWN
 PartitionName=nb Nodes={node} Default=YES MaxTime=INFINITE State=UP
-NodeName={FAR_NODE} NodeAddr={THERE} CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
+NodeName={FAR_NODE} NodeAddr={there} CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
 PartitionName={FAR_PARTITION} Nodes={FAR_NODE} MaxTime=INFINITE State=UP
 """
     )
     os.environ["SLURM_CONF"] = str(conf)
     subprocess.run(["/usr/sbin/slurmctld", "-f", str(conf)], check=True, timeout=30)
     subprocess.run(["/usr/sbin/slurmd", "-f", str(conf)], check=True, timeout=30)
-    # The far node: only the network and the hostname are its own (nsenter keeps this
-    # machine's mounts, its cgroups among them; `ip netns exec` would remount /sys).
-    subprocess.run(
-        [
-            "nsenter",
-            f"--net=/run/netns/{FAR_NETNS}",
-            "unshare",
-            "--uts",
-            "sh",
-            "-c",
-            f'hostname {FAR_NODE} && exec /usr/sbin/slurmd -f "$1"',
-            "sh",
-            str(conf),
-        ],
-        check=True,
-        timeout=30,
+    _start_far_slurmd(conf, slot)
+    cluster = SlurmCluster(
+        folder, conf, node, cpus, far_address=there, far_slot=slot, accounting_db=database
     )
-    cluster = SlurmCluster(folder, conf, node, cpus, accounting_db=database)
 
     def idle() -> bool:
         try:
@@ -335,7 +391,7 @@ def stop(cluster: SlurmCluster) -> None:
         if pid and Path(f"/proc/{pid}").exists():
             subprocess.run(["kill", "-9", str(pid)], capture_output=True)
     os.environ.pop("SLURM_CONF", None)
-    _drop_far_network()
+    _drop_far_network(cluster.far_slot)
     if cluster.accounting_db:
         subprocess.run(
             ["mysql", "-h", MYSQL[0], "-u", "root", "-e", f"DROP DATABASE {cluster.accounting_db}"],

@@ -294,6 +294,9 @@ class SlurmRuntime(Runtime):
             f"--comment=nbcloud notebook {self.spec.notebook_id} ({self.spec.project})",
             "--nodes=1",
             "--ntasks=1",
+            # Never run again by Slurm on its own (a node failure, a preemption): the
+            # launch file is gone, and the notebook ends FAILED with the reason.
+            "--no-requeue",
             f"--cpus-per-task={max(1, self.spec.cpus)}",
             f"--output={self.log_path}",
             "--open-mode=append",
