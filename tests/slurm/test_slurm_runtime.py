@@ -218,6 +218,17 @@ def test_an_editor_on_another_node_answers_through_its_nodes_address(
         )
         kernel = Kernel(runtime.endpoint.url, readiness_headers(runtime.spec))
         assert kernel.execute("print(6 * 7)").strip() == "42"
+        # From inside the notebook, its node's relay (on the node's own address) is
+        # out of reach, as every address of its host is.
+        tried = kernel.execute(
+            "import socket\n"
+            "try:\n"
+            f"    socket.create_connection(('{runtime.endpoint.host}', {runtime.endpoint.port}), 3)\n"
+            "    print('reached')\n"
+            "except OSError as exc:\n"
+            "    print('refused', type(exc).__name__)"
+        )
+        assert tried.startswith("refused"), tried
         kernel.close()
         # Its processes are not this machine's: no stats read from a pid here.
         assert runtime.stats() == {"running": True, "slurm_job": runtime.job_id}
