@@ -173,9 +173,7 @@ def sweep_stale_editors(host: str) -> list[str]:
                 host,
                 notebook.pk,
             )
-            runtime.discard_workspace()  # as the worker's own sweep saves nothing
-            runtime.stop(settings.NBCLOUD_EDITOR_STOP_TIMEOUT)
-            runtime.forget_workspace_result()
+            lifecycle.stop_discarding(runtime)  # as the worker's own sweep saves nothing
             stopped.append(str(notebook.pk))
         lost = notebook.events.filter(id__gt=entry.last_event_id, code=InfoCode.HOST_LOST)
         if lost.exists():

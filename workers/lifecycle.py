@@ -151,6 +151,14 @@ def stop_editor(notebook: Notebook, runtime: Runtime):
     return record
 
 
+def stop_discarding(runtime: Runtime) -> None:
+    """Stop the editor, its job told not to save the workspace (a delete, the sweep of
+    a run this host no longer holds)."""
+    runtime.discard_workspace()
+    runtime.stop(settings.NBCLOUD_EDITOR_STOP_TIMEOUT)
+    runtime.forget_workspace_result()
+
+
 def _prepare_workspace(notebook: Notebook, runtime: Runtime):
     """The workspace's path, and what the runtime's job restores on its node: the
     latest backup, unless this host restored it itself (other runtimes, and volumes,
@@ -399,10 +407,7 @@ def delete(notebook_id: str, host: str) -> None:
     notebook = _load(notebook_id, host, State.DELETING)
     if notebook is None:
         return
-    runtime = runtime_for(notebook)
-    runtime.discard_workspace()  # a deleted notebook's workspace is not saved
-    runtime.stop(settings.NBCLOUD_EDITOR_STOP_TIMEOUT)
-    runtime.forget_workspace_result()
+    stop_discarding(runtime_for(notebook))  # a deleted notebook's workspace is not saved
     workspace.remove_local(notebook)
     volumes.remove_local(notebook)
     services.finish_delete(notebook)
