@@ -99,10 +99,17 @@ def _python() -> str:
     return str(settings.NBCLOUD_ENV_PYTHON)
 
 
+def conda_source(framework: Framework) -> list | None:
+    """What micromamba comes from for framework (installer, channels), or None."""
+    if not framework.conda:
+        return None
+    return [settings.NBCLOUD_CONDA_INSTALLER, _channels()]
+
+
 def _digest(framework: Framework, reqs: tuple[str, ...]) -> str:
     what: dict = {"python": _python(), "requirements": list(reqs)}
     if framework.conda:
-        what["conda"] = [settings.NBCLOUD_CONDA_INSTALLER, _channels()]
+        what["conda"] = conda_source(framework)
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
 
@@ -175,7 +182,7 @@ def build(
                     log,
                 )
             if framework.conda:
-                _install_micromamba(name, tmp, target, log)
+                install_micromamba(name, tmp, target, log)
             _relocate(tmp, target)
             _make_world_readable(tmp)
             info = {
@@ -215,10 +222,12 @@ def _channels() -> list[str]:
     return [c.strip() for c in settings.NBCLOUD_CONDA_CHANNELS.split(",") if c.strip()]
 
 
-def _install_micromamba(
-    name: str, prefix: Path, target: Path, log: Callable[[str], object]
-) -> None:
-    """Put micromamba from NBCLOUD_CONDA_INSTALLER into prefix (to be moved to target)."""
+def install_micromamba(name: str, prefix: Path, target: Path, log: Callable[[str], object]) -> None:
+    """Put micromamba from NBCLOUD_CONDA_INSTALLER into prefix, to run from target.
+
+    prefix is the folder being built (a venv, or the files an image copies over its
+    venv); target is where it will live when it runs, which the launcher names.
+    """
     source = settings.NBCLOUD_CONDA_INSTALLER
     if not source:
         log(
@@ -249,6 +258,7 @@ def _install_micromamba(
     channels = "".join(f"  - {c}\n" for c in _channels())
     condarc.write_text(f"channels:\n{channels}channel_priority: strict\n")
     wrapper = prefix / "bin" / "micromamba"
+    wrapper.parent.mkdir(exist_ok=True)
     # The root prefix (environments, package cache) under $HOME, the notebook's
     # workspace; the user's own ~/.condarc still applies after the platform's.
     wrapper.write_text(

@@ -11,6 +11,7 @@ start). What they cannot prove here: a real micromamba solving and installing fr
 real channel (environments/README.md says so).
 """
 
+import contextlib
 import http.server
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import tarfile
 import threading
 from pathlib import Path
 
+import docker
 import pytest
 import yaml
 
@@ -168,3 +170,52 @@ def test_a_source_that_is_not_micromamba_is_refused_naming_the_setting(
         assert words in str(info.value)
         assert not is_built("conda", "1")
         assert not (conda_catalogue.NBCLOUD_ENVS_DIR / "conda-1").exists()
+
+
+@pytest.mark.e2e
+def test_the_docker_image_of_a_conda_environment_carries_micromamba_rooted_in_the_workspace(
+    conda_catalogue, tmp_path, docker_image, docker_api
+):
+    """The docker runtime's image gets the same micromamba, launcher and channels."""
+    from workers.runtimes import images
+
+    root = conda_catalogue.NBCLOUD_ENVIRONMENTS_DIR
+    shutil.copy(Path(__file__).parents[2] / "environments" / "Dockerfile", root / "Dockerfile")
+    manifest = yaml.safe_load((root / "conda" / "manifest.yaml").read_text())
+    tag = "nbcloud/test-micromamba:1"
+    manifest["versions"][0]["image"] = tag
+    (root / "conda" / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    catalog.cache_clear()
+    conda_catalogue.NBCLOUD_CONDA_INSTALLER = str(micromamba_archive(tmp_path / "mm.tar.bz2"))
+    conda_catalogue.NBCLOUD_CONDA_CHANNELS = "conda-forge, bioconda"
+    try:
+        assert images.build("conda", force=True, log=lambda _: None) == tag
+        # The launcher, as the notebook's user with the image's HOME (the workspace).
+        seen = docker_api.containers.run(
+            tag,
+            ["sh", "-c", "micromamba; cat /opt/env/etc/conda/condarc"],
+            remove=True,
+            network_mode="none",
+        ).decode()
+        lines = seen.splitlines()
+        assert "MAMBA_ROOT_PREFIX=/workspace/.micromamba" in lines
+        assert "CONDARC=/opt/env/etc/conda/condarc" in lines
+        assert yaml.safe_load(seen[seen.index("channels:") :])["channels"] == [
+            "conda-forge",
+            "bioconda",
+        ]
+        assert (
+            docker_api.containers.run(
+                tag, ["micromamba", "--version"], remove=True, network_mode="none"
+            )
+            .decode()
+            .startswith("env (GNU coreutils)")
+        )
+        # Another source or channel list is another image.
+        conda_catalogue.NBCLOUD_CONDA_CHANNELS = "conda-forge"
+        said = []
+        images.build("conda", log=said.append)
+        assert not any("is up to date" in line for line in said), said
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_api.images.remove(tag, force=True)

@@ -14,9 +14,15 @@ Why not mount the host's virtualenv (workers/environments.py) into a container: 
 venv made with `--system-site-packages` lets pip skip what the host's Debian packages
 already provide (PyYAML, Pygments, ...), which the image does not have.
 
+An environment whose manifest says `conda: true` gets micromamba in its image as in
+its virtualenv (workers/environments.py, from `NBCLOUD_CONDA_INSTALLER`, fetched on
+this host): the build context's `overlay/` holds `libexec/micromamba`, the channels
+file and the `bin/micromamba` launcher, which the template copies over the image's
+venv (`/opt/env`); the root prefix is `$HOME/.micromamba`, in the workspace.
+
 The image's label `io.nbcloud.build-key` is a digest of everything that went in (the
-template, the requirements, the Python, the base image's id): a build is skipped
-while the image carries the current key.
+template, the requirements, the Python, the base image's id, micromamba's source and
+channels): a build is skipped while the image carries the current key.
 """
 
 import hashlib
@@ -38,6 +44,8 @@ BUILD_KEY_LABEL = "io.nbcloud.build-key"
 ENVIRONMENT_LABEL = "io.nbcloud.environment"
 # Debian bookworm's glibc: the newest manylinux wheels the image's Python can load.
 GLIBC_MINOR = 36
+# Where the template puts the environment's venv in the image.
+IMAGE_PREFIX = Path("/opt/env")
 
 
 class ImageBuildError(RuntimeError):
@@ -63,7 +71,7 @@ def _base_id(api: docker.DockerClient) -> str:
         ) from None
 
 
-def build_key(reqs: tuple[str, ...], python: str, base_id: str) -> str:
+def build_key(reqs: tuple[str, ...], python: str, base_id: str, conda: list | None = None) -> str:
     """A digest of everything that goes into an environment's image."""
     payload = {
         "template": template().read_text(),
@@ -71,6 +79,8 @@ def build_key(reqs: tuple[str, ...], python: str, base_id: str) -> str:
         "python": python,
         "base": base_id,
     }
+    if conda is not None:
+        payload["conda"] = conda
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -133,7 +143,7 @@ def build(
     environment = f"{framework.id}:{found.version}"
     reqs = environments.requirements(framework.id, found.version)
     api = client()
-    key = build_key(reqs, found.python, _base_id(api))
+    key = build_key(reqs, found.python, _base_id(api), environments.conda_source(framework))
     image = found.image
     if not force and _built_key(api, image) == key:
         log(f"{environment}: {image} is up to date")
@@ -143,8 +153,12 @@ def build(
         shutil.copy(template(), context / "Dockerfile")
         (context / "requirements.txt").write_text("\n".join(reqs) + "\n")
         (context / "wheels").mkdir()
-        log(f"{environment}: downloading {len(reqs)} requirements as wheels")
-        download_wheels(reqs, found.python, context / "wheels", log)
+        if reqs:  # pip download refuses an empty list
+            log(f"{environment}: downloading {len(reqs)} requirements as wheels")
+            download_wheels(reqs, found.python, context / "wheels", log)
+        (context / "overlay").mkdir()
+        if framework.conda:
+            environments.install_micromamba(environment, context / "overlay", IMAGE_PREFIX, log)
         log(f"{environment}: building {image} on {settings.NBCLOUD_DOCKER_BASE_IMAGE}")
         try:
             api.images.build(
