@@ -67,6 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of each notebook (default 2)")
     parser.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild even what is up to date (so that every row has a fresh build time)",
+    )
+    parser.add_argument(
         "--data-dir",
         type=Path,
         default=ROOT / "var" / "verify-envs",
@@ -111,7 +116,9 @@ def wanted(specs: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def build(framework_id: str, version: str, log_dir: Path, runtime: str) -> dict:
+def build(
+    framework_id: str, version: str, log_dir: Path, runtime: str, force: bool = False
+) -> dict:
     """Build (or find built) the environment (its image on docker), logging into log_dir
     (also the data directory of the build); its build seconds and size on disk."""
     from workers import environments
@@ -121,7 +128,12 @@ def build(framework_id: str, version: str, log_dir: Path, runtime: str) -> dict:
     started = time.monotonic()
     with open(log, "w") as out:
         done = manage(
-            log_dir, command, f"{framework_id}:{version}", stdout=out, stderr=subprocess.STDOUT
+            log_dir,
+            command,
+            f"{framework_id}:{version}",
+            *(["--force"] if force else []),
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     seconds = round(time.monotonic() - started, 1)
     if done.returncode != 0:
@@ -243,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     for framework_id, version in pairs:
         key = f"{framework_id}:{version}{suffix}"
         print(f"== {key}: building", flush=True)
-        rows[key] = {**build(framework_id, version, log_dir, args.runtime), "date": date}
+        rows[key] = {
+            **build(framework_id, version, log_dir, args.runtime, args.force),
+            "date": date,
+        }
     with running_platform(args.data_dir, NBCLOUD_RUNTIME=args.runtime) as platform:
         for framework_id, version in pairs:
             key = f"{framework_id}:{version}{suffix}"

@@ -169,6 +169,7 @@ def build(
                 network_mode="none",
                 rm=True,
                 forcerm=True,
+                nocache=force,  # a forced build starts over, not from cached layers
             )
         except docker.errors.BuildError as exc:
             tail = "".join(str(chunk.get("stream", chunk)) for chunk in list(exc.build_log)[-15:])
