@@ -6,7 +6,10 @@
    --query-gpu` lists: same UUIDs, models and memory;
 2. flavor: the catalogue has a flavor for this GPU model;
 3. environment: builds the PyTorch environment (`manage.py buildenvs pytorch:2.14`,
-   skipped while up to date) and checks that its torch is a CUDA build;
+   skipped while up to date) and checks that its torch is a CUDA build; on a machine
+   that reaches no package index but has a CUDA torch of its own (the device machine
+   of scripts/device_gpu_check.sh), `--torch-site` makes the environment from that torch
+   and the editors' packages of `--bundle` instead (host_environment);
 4. for each runtime (process; docker too where Docker and the NVIDIA container toolkit
    are present): starts the platform as `make run` does, with this machine as its host
    (scripts/platform_session.py), creates a 1-GPU PyTorch notebook through the API,
@@ -116,7 +119,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--timeout", type=int, default=300, help="seconds the notebook may take to start"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--torch-site",
+        type=Path,
+        help="the site-packages folder of this machine's own CUDA torch: the environment "
+        "is made from it (and --bundle) instead of installing its requirements",
+    )
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        help="with --torch-site: a folder of the editors' packages for the environment's "
+        "Python (scripts/device/bundle.py)",
+    )
+    args = parser.parse_args(argv)
+    if (args.torch_site is None) != (args.bundle is None):
+        parser.error("--torch-site and --bundle go together")
+    return args
 
 
 # Decisions from readings: plain functions, tested without a GPU.
@@ -266,6 +284,78 @@ def _setup_django(data_dir: Path) -> None:
     django.setup()
 
 
+def host_environment(framework_id: str, version: str, torch_site: Path, bundle: Path) -> Path:
+    """Make the environment framework_id:version from packages already on this machine:
+    a venv of NBCLOUD_ENV_PYTHON (without pip) that sees, through a .pth file, bundle
+    (the editors' packages) and torch_site (the machine's own torch), both bind-mounted
+    inside the venv so that the notebook's sandbox, which sees the venv, sees them too.
+    Marked built, so the platform starts notebooks of it; release_host_environment
+    undoes the mounts. For a GPU machine that cannot download a CUDA build of torch."""
+    from django.conf import settings
+
+    from workers import environments
+
+    target = environments.env_dir(framework_id, version)
+    release_host_environment(target)
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    python = str(settings.NBCLOUD_ENV_PYTHON)
+    subprocess.run(
+        [python, "-m", "venv", "--without-pip", "--system-site-packages", str(target)],
+        check=True,
+    )
+    for name, source in (("bundle", bundle), ("torch", torch_site)):
+        point = target / name
+        point.mkdir()
+        subprocess.run(["mount", "--bind", str(source.resolve()), str(point)], check=True)
+    (site,) = target.glob("lib/python3*/site-packages")
+    (site / "nbcloud-host.pth").write_text(f"{target / 'bundle'}\n{target / 'torch'}\n")
+    _console_scripts(bundle, target / "bin")
+    (target / environments.MARKER).write_text(
+        environments.build_digest(framework_id, version) + "\n"
+    )
+    subprocess.run(["chmod", "-R", "a+rX", str(target / "bin"), str(site)], check=True)
+    return target
+
+
+def _console_scripts(bundle: Path, bin_dir: Path) -> None:
+    """bin/<name> for every console script of the bundle's packages (`python -m
+    jupyter lab` runs `jupyter-lab` from PATH), run by the venv's python."""
+    from importlib.metadata import distributions
+
+    for dist in distributions(path=[str(bundle)]):
+        for entry in dist.entry_points:
+            if entry.group != "console_scripts" or (bin_dir / entry.name).exists():
+                continue
+            script = bin_dir / entry.name
+            script.write_text(
+                f"#!{bin_dir / 'python'}\n"
+                "import sys\n"
+                "from importlib.metadata import EntryPoint\n"
+                f"main = EntryPoint(name={entry.name!r}, value={entry.value!r}, "
+                "group='console_scripts').load()\n"
+                "sys.exit(main())\n"
+            )
+            script.chmod(0o755)
+
+
+def is_mounted(path: Path) -> bool:
+    """Whether something is mounted on path (a bind mount of the same filesystem too,
+    which Path.is_mount misses)."""
+    wanted = str(path.resolve())
+    with open("/proc/self/mountinfo") as mounts:
+        return any(
+            line.split()[4].replace("\\040", " ") == wanted for line in mounts if line.strip()
+        )
+
+
+def release_host_environment(target: Path) -> None:
+    """Undo host_environment's bind mounts (none: nothing to do)."""
+    for name in ("bundle", "torch"):
+        while is_mounted(target / name):
+            subprocess.run(["umount", str(target / name)], check=True)
+
+
 def _environment(args: argparse.Namespace) -> Path:
     from workers import environments
 
@@ -274,6 +364,11 @@ def _environment(args: argparse.Namespace) -> Path:
     except environments.EnvironmentBuildError as exc:
         raise CannotRun(str(exc)) from None
     spec = f"{framework.id}:{version.version}"
+    if args.torch_site is not None:
+        print(f"making {spec} from {args.torch_site} and {args.bundle}", flush=True)
+        path = host_environment(framework.id, version.version, args.torch_site, args.bundle)
+        args.made_environment = path
+        return path
     print(f"building {spec} (skipped while up to date)", flush=True)
     done = manage(args.data_dir.with_name(f"{args.data_dir.name}-build"), "buildenvs", spec)
     if done.returncode != 0:
@@ -380,11 +475,15 @@ def check(args: argparse.Namespace) -> int:
             runtimes.append("docker")
         else:
             print(f"SKIP docker: {missing}")
-    for runtime in runtimes:
-        try:
-            _notebook_round(report, runtime, args, flavor, gpus)
-        except CheckError as exc:
-            report.record(f"{runtime}: notebook", [str(exc)])
+    try:
+        for runtime in runtimes:
+            try:
+                _notebook_round(report, runtime, args, flavor, gpus)
+            except CheckError as exc:
+                report.record(f"{runtime}: notebook", [str(exc)])
+    finally:
+        if getattr(args, "made_environment", None) is not None:
+            release_host_environment(args.made_environment)
     out = ROOT / "var" / "gpu-check.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "checks": report.checks}))

@@ -86,7 +86,10 @@ def platform_env(data_dir: Path, **overrides: str) -> dict[str, str]:
     env = {**os.environ, **ports, "NBCLOUD_DATA_DIR": str(data_dir), **overrides}
     env.pop("CELERY_BROKER_URL", None)
     env.pop("DATABASE_URL", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "platform"), str(ROOT)])
+    # The caller's own path stays behind the project's (on a machine whose packages
+    # come from a bundle, scripts/device_gpu_check.sh, that is where Django is).
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "platform"), str(ROOT), *inherited])
     return env
 
 

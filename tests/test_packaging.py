@@ -9,7 +9,6 @@ which it runs, is checked here too.
 
 import ast
 import importlib.metadata
-import importlib.util
 import os
 import re
 import subprocess
@@ -18,6 +17,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
+from support.paths import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_PARTY = {"nbcloud", "workers"}
@@ -104,12 +105,7 @@ def test_the_test_extras_are_not_needed_to_run():
 
 @pytest.fixture(scope="module")
 def check_imports():
-    spec = importlib.util.spec_from_file_location(
-        "check_imports", ROOT / "scripts" / "check_imports.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("check_imports")
 
 
 def test_the_import_check_names_each_module_that_fails(check_imports, tmp_path, monkeypatch):

@@ -113,6 +113,12 @@ def _digest(framework: Framework, reqs: tuple[str, ...]) -> str:
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
 
+def build_digest(framework_id: str, version: str) -> str:
+    """What the marker of the environment holds once it is built as the catalogue says."""
+    framework, found = resolve(framework_id, version)
+    return _digest(framework, requirements(framework.id, found.version))
+
+
 def _marker_matches(path: Path, digest: str) -> bool:
     try:
         return (path / MARKER).read_text().strip() == digest

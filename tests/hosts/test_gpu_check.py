@@ -4,26 +4,26 @@ what the kernel saw, whether the samples moved) is checked on a real H100's read
 (tests/fixtures/gpu/h100-80gb), and its refusal of a CPU build of torch on the real
 PyTorch environment of this machine."""
 
-import importlib.util
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from nbcloud.catalog.services import catalog
 from nbcloud.hosts.inventory import read_gpus
 from support.gpu import H100, nvml_from_readings
-from support.paths import ROOT
+from support.paths import ROOT, load_script
 
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gpu_check")
 
 
 @pytest.fixture
@@ -141,3 +141,83 @@ def test_a_cpu_build_of_torch_is_refused_naming_the_fix(gpu_check):
     args = gpu_check.parse_args(["--version", "2.13"])
     with pytest.raises(gpu_check.CannotRun, match=r"not a CUDA build.*buildenvs --force"):
         gpu_check._environment(args)
+
+
+def test_a_python_outside_the_system_folders_is_bound_into_the_sandbox(tmp_path):
+    from workers.runtimes.process import interpreter_home
+
+    env = tmp_path / "env"
+    env.mkdir()
+    assert interpreter_home(env) is None  # not a venv
+    (env / "pyvenv.cfg").write_text("home = /usr/bin\ninclude-system-site-packages = true\n")
+    assert interpreter_home(env) is None  # Debian's: the sandbox sees /usr anyway
+    (env / "pyvenv.cfg").write_text("home = /opt/python3.12/bin\nversion = 3.12.3\n")
+    assert interpreter_home(env) == Path("/opt/python3.12")
+
+
+def python_outside_usr() -> Path:
+    """An interpreter of this Python's version installed outside /usr (pyenv's, on these
+    machines), or Debian's when there is none."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python{version}")):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return Path("/usr/bin/python3")
+
+
+@pytest.mark.e2e
+def test_an_environment_made_from_the_machines_own_torch_runs_a_notebook(
+    gpu_check, settings, tmp_path
+):
+    """The device machine's way (--torch-site and --bundle: no package index, a CUDA
+    torch of its own, scripts/device_gpu_check.sh), rehearsed on the CPU: the conda
+    environment's packages stand for the bundle, pytorch:2.13's for the machine's
+    torch, and an interpreter outside /usr for the machine's Python. A notebook of the
+    environment so made starts through the platform and imports that torch."""
+    from workers import environments
+
+    for framework_id, version in (("conda", "py311"), ("pytorch", "2.13")):
+        assert environments.is_built(framework_id, version), "run: make test-envs"
+    (bundle,) = environments.env_dir("conda", "py311").glob("lib/python3*/site-packages")
+    (torch_site,) = environments.env_dir("pytorch", "2.13").glob("lib/python3*/site-packages")
+    python = python_outside_usr()
+    # Beside the real environments: the sandbox has a /tmp of its own, so not tmp_path.
+    envs = Path(tempfile.mkdtemp(prefix="test-envs-", dir=environments.env_dir("a", "1").parent))
+    settings.NBCLOUD_ENVS_DIR = envs
+    settings.NBCLOUD_ENV_PYTHON = str(python)
+
+    target = gpu_check.host_environment("pytorch", "2.14", torch_site, bundle)
+    try:
+        assert environments.is_built("pytorch", "2.14")
+        assert gpu_check.is_mounted(target / "torch") and (target / "bin" / "jupyter-lab").exists()
+        code = (
+            "import json, sys, torch, jupyterlab\n"
+            "print(json.dumps({'torch': torch.__version__, 'base': sys.base_prefix,"
+            " 'prefix': sys.prefix, 'torch_file': torch.__file__}))"
+        )
+        overrides = {"NBCLOUD_ENVS_DIR": str(envs), "NBCLOUD_ENV_PYTHON": str(python)}
+        with gpu_check.running_platform(tmp_path / "platform", **overrides) as platform:
+            spec = {
+                "name": "made-from-the-host",
+                "env": {
+                    "framework_id": "pytorch",
+                    "framework_version": "2.14",
+                    "editor_id": "jupyterlab",
+                },
+                "resources": {"cpu": 1},
+            }
+            notebook = gpu_check.start_notebook(platform, spec)
+            try:
+                seen = gpu_check.last_json_line(gpu_check.run_in_kernel(platform, notebook, code))
+            finally:
+                gpu_check.remove_notebook(platform, notebook["id"])
+    finally:
+        gpu_check.release_host_environment(target)
+        if not gpu_check.is_mounted(target / "torch"):
+            shutil.rmtree(envs)
+    assert seen["torch"].startswith("2.13.0"), seen
+    assert seen["prefix"] == str(target)
+    assert seen["torch_file"].startswith(str(target / "torch")), seen
+    assert Path(seen["base"]) == Path(python).parent.parent, seen
+    assert not gpu_check.is_mounted(target / "torch")
+    assert not gpu_check.is_mounted(target / "bundle")

@@ -52,10 +52,32 @@ def _system_binds() -> list[str]:
     return args
 
 
+def interpreter_home(env_dir: Path) -> Path | None:
+    """The installation of the Python an environment (a venv) was made from, when it
+    lies outside the system folders the sandbox sees anyway (NBCLOUD_ENV_PYTHON=
+    /opt/python3.12/bin/python3): the venv's python links to it and its standard
+    library is there. None for Debian's /usr/bin/python3, or no pyvenv.cfg."""
+    try:
+        lines = (env_dir / "pyvenv.cfg").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.strip() == "home" and value.strip():
+            prefix = Path(value.strip()).parent
+            if len(prefix.parts) > 1 and prefix.parts[1] not in SYSTEM_DIRS:
+                return prefix
+    return None
+
+
 def _ro_binds(spec: LaunchSpec) -> list[str]:
-    """What the editor needs to read besides the system: its environment, and for
-    VS Code code-server and the Node.js that runs it."""
+    """What the editor needs to read besides the system: its environment (and the
+    Python it was made from, when that is not the system's), and for VS Code
+    code-server and the Node.js that runs it."""
     paths = [spec.env_dir]
+    home = interpreter_home(spec.env_dir)
+    if home is not None:
+        paths.append(home)
     if spec.editor_id == "vscode":
         from workers import code_server
 
