@@ -74,6 +74,19 @@ if [ -n "$missing" ]; then
   export PATH="$tools/bin:$PATH"
 fi
 
+# A notebook's sandbox gets no LD_LIBRARY_PATH: CUDA's libcuda must be where the
+# dynamic loader looks (a GPU image may name the driver's folder in LD_LIBRARY_PATH
+# only), as the NVIDIA driver's own packages put it.
+if ! ldconfig -p | grep -q 'libcuda\.so\.1'; then
+  found=$(find ${LD_LIBRARY_PATH//:/ } /usr/local/nvidia /usr/lib /usr/local -name 'libcuda.so.1' 2>/dev/null | head -1)
+  if [ -n "$found" ]; then
+    echo "$(dirname "$found")" > /etc/ld.so.conf.d/nbcloud-nvidia.conf && ldconfig \
+      && echo "== registered $(dirname "$found") (libcuda) with ldconfig"
+  else
+    echo "== no libcuda.so.1 found: notebooks will not see CUDA"
+  fi
+fi
+
 export PYTHONPATH="$bundle${PYTHONPATH:+:$PYTHONPATH}"
 export NBCLOUD_ENV_PYTHON="$base"
 export PYTHONUNBUFFERED=1

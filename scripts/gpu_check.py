@@ -38,6 +38,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -195,6 +196,20 @@ def flavor_for(gpu_model: str, flavors: dict) -> str:
         f"no flavor in environments/catalog.yaml is for a {gpu_model}: add one whose gpu_model "
         f"is part of that name (known: {known})"
     )
+
+
+def declared_capacity(flavor, cpus: int, memory_bytes: int, disk_bytes: int) -> dict[str, str]:
+    """The host settings that let this machine offer one GPU share of flavor when it
+    has less than that share (a 1-GPU machine smaller than the host class the flavor
+    describes: 16 CPUs beside an H200 whose share is 30): {} when it has enough. The
+    notebook is then placed, and its limits are the share's, not the machine's."""
+    gib = 1024**3
+    wanted = {
+        "NBCLOUD_HOST_CPUS": (flavor.cpus, cpus),
+        "NBCLOUD_HOST_MEMORY_GIB": (flavor.memory_gib, memory_bytes // gib),
+        "NBCLOUD_HOST_DISK_GIB": (flavor.storage_gib, disk_bytes // gib),
+    }
+    return {name: str(need) for name, (need, have) in wanted.items() if have < need}
 
 
 def kernel_problems(seen: dict, assigned: dict) -> list[str]:
@@ -402,6 +417,16 @@ def _notebook_round(report: Report, runtime: str, args, flavor: str, gpus: list[
         "region": catalog().default_region.id,
     }
     overrides = {"NBCLOUD_RUNTIME": runtime, "NBCLOUD_SAMPLE_INTERVAL": "2"}
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    declared = declared_capacity(
+        catalog().flavors[flavor],
+        os.cpu_count() or 1,
+        psutil.virtual_memory().total,
+        shutil.disk_usage(args.data_dir).total,
+    )
+    if declared:
+        print(f"NOTE this machine is smaller than one {flavor} share; declared: {declared}")
+    overrides.update(declared)
     with running_platform(args.data_dir / runtime, **overrides) as platform:
         notebook = start_notebook(platform, spec, timeout=args.timeout)
         try:

@@ -221,3 +221,21 @@ def test_an_environment_made_from_the_machines_own_torch_runs_a_notebook(
     assert Path(seen["base"]) == Path(python).parent.parent, seen
     assert not gpu_check.is_mounted(target / "torch")
     assert not gpu_check.is_mounted(target / "bundle")
+
+
+def test_a_machine_smaller_than_a_gpu_share_declares_the_share(gpu_check):
+    """A 1-GPU H200 machine with 16 CPUs, 128 GiB and a 64 GiB disk offers less than
+    h200-1-gpu's share (30 CPUs, 352 GiB, 705 GiB): without declaring it, the check's
+    notebook would wait forever for a host."""
+    gib = 1024**3
+    h200 = catalog().flavors["h200-1-gpu"]
+    declared = gpu_check.declared_capacity(h200, 16, 128 * gib, 64 * gib)
+    assert declared == {
+        "NBCLOUD_HOST_CPUS": str(h200.cpus),
+        "NBCLOUD_HOST_MEMORY_GIB": str(h200.memory_gib),
+        "NBCLOUD_HOST_DISK_GIB": str(h200.storage_gib),
+    }
+    assert gpu_check.declared_capacity(h200, 224, 2048 * gib, 30_000 * gib) == {}
+    assert gpu_check.declared_capacity(h200, 224, 128 * gib, 30_000 * gib) == {
+        "NBCLOUD_HOST_MEMORY_GIB": str(h200.memory_gib)
+    }
