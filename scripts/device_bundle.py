@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/device_bundle.py [--python-version 3.12] [--out .device]
 
-The machine (a lent GPU machine: its own Python with a CUDA build of torch, nothing
+The machine (an air-gapped GPU host, or a GPU VM image: its own Python with a CUDA build of torch, nothing
 downloadable, at most 64 MiB carried with the checkout) gets everything else from
 here; scripts/device_gpu_check.sh unpacks it there and runs the check. This writes:
 

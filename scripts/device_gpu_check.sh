@@ -1,7 +1,8 @@
 #!/bin/bash
 # scripts/gpu_check.py on a GPU machine that reaches no package index but has a Python
-# with a CUDA build of torch (a lent GPU machine), in one command from the
-# repository's root, with .device/ from scripts/device_bundle.py beside it:
+# with a CUDA build of torch (an air-gapped GPU host, or a GPU VM image with its own
+# CUDA stack), in one command from the repository's root, with .device/ from
+# scripts/device_bundle.py beside it:
 #
 #   scripts/device_gpu_check.sh [gpu_check.py's arguments]
 #

@@ -7,8 +7,8 @@
 2. flavor: the catalogue has a flavor for this GPU model;
 3. environment: builds the PyTorch environment (`manage.py buildenvs pytorch:2.14`,
    skipped while up to date) and checks that its torch is a CUDA build; on a machine
-   that reaches no package index but has a CUDA torch of its own (the device machine
-   of scripts/device_gpu_check.sh), `--torch-site` makes the environment from that torch
+   that reaches no package index but has a CUDA torch of its own (an air-gapped
+   GPU host: scripts/device_gpu_check.sh), `--torch-site` makes the environment from that torch
    and the editors' packages of `--bundle` instead (host_environment);
 4. for each runtime (process; docker too where Docker and the NVIDIA container toolkit
    are present): starts the platform as `make run` does, with this machine as its host
@@ -130,7 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--bundle",
         type=Path,
         help="with --torch-site: a folder of the editors' packages for the environment's "
-        "Python (scripts/device/bundle.py)",
+        "Python (scripts/device_bundle.py)",
     )
     args = parser.parse_args(argv)
     if (args.torch_site is None) != (args.bundle is None):

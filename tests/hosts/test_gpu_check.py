@@ -169,7 +169,7 @@ def python_outside_usr() -> Path:
 def test_an_environment_made_from_the_machines_own_torch_runs_a_notebook(
     gpu_check, settings, tmp_path
 ):
-    """The device machine's way (--torch-site and --bundle: no package index, a CUDA
+    """An air-gapped GPU host's way (--torch-site and --bundle: no package index, a CUDA
     torch of its own, scripts/device_gpu_check.sh), rehearsed on the CPU: the conda
     environment's packages stand for the bundle, pytorch:2.13's for the machine's
     torch, and an interpreter outside /usr for the machine's Python. A notebook of the
