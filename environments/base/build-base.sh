@@ -18,6 +18,18 @@ IMAGE=${IMAGE:-nbcloud/base:latest}
 PACKAGES=${PACKAGES:-python3,python3-venv,python3-pip,python3-dev,build-essential,ca-certificates,curl,git,tini,iproute2,nftables,openssh-sftp-server}
 
 here=$(cd "$(dirname "$0")" && pwd)
+die() { echo "build-base.sh: $*" >&2; exit 1; }
+docker info >/dev/null 2>&1 \
+    || die "no Docker Engine answers: install docker.io and start dockerd (as root: dockerd --iptables=false --bridge=none &)"
+if ! command -v debootstrap >/dev/null; then
+    # A fresh Debian has none; as root the script installs it as make's other steps do.
+    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+        || die "debootstrap is missing: sudo apt-get install -y debootstrap"
+    echo "installing debootstrap (apt-get)"
+    apt-get install -y -q debootstrap >/dev/null \
+        || { apt-get update -q && apt-get install -y -q debootstrap >/dev/null; } \
+        || die "could not install debootstrap: sudo apt-get install -y debootstrap"
+fi
 key=$( (cat "$here/build-base.sh" "$here/Dockerfile" "$here"/code-server*.deb 2>/dev/null
         echo "$SUITE $MIRROR $PACKAGES") | sha256sum | cut -c1-16)
 built=$(docker image inspect -f '{{ index .Config.Labels "io.nbcloud.base-key" }}' "$IMAGE" 2>/dev/null || true)
