@@ -190,10 +190,21 @@ def test_an_environment_made_from_the_machines_own_torch_runs_a_notebook(
     try:
         assert environments.is_built("pytorch", "2.14")
         assert gpu_check.is_mounted(target / "torch") and (target / "bin" / "jupyter-lab").exists()
+        # From inside: the interpreter, the bundle and the machine's torch are there to
+        # read, and none of them can be written (nor can the notebook plant a module).
         code = (
-            "import json, sys, torch, jupyterlab\n"
+            "import json, os, sys, torch, jupyterlab\n"
+            "def writable(folder):\n"
+            "    try:\n"
+            "        open(os.path.join(folder, 'planted.py'), 'w').close()\n"
+            "        return True\n"
+            "    except OSError:\n"
+            "        return False\n"
             "print(json.dumps({'torch': torch.__version__, 'base': sys.base_prefix,"
-            " 'prefix': sys.prefix, 'torch_file': torch.__file__}))"
+            " 'prefix': sys.prefix, 'torch_file': torch.__file__,"
+            " 'writable': [f for f in (sys.base_prefix, sys.prefix,"
+            " os.path.join(sys.prefix, 'torch'), os.path.join(sys.prefix, 'bundle'))"
+            " if writable(f)]}))"
         )
         overrides = {"NBCLOUD_ENVS_DIR": str(envs), "NBCLOUD_ENV_PYTHON": str(python)}
         with gpu_check.running_platform(tmp_path / "platform", **overrides) as platform:
@@ -219,6 +230,7 @@ def test_an_environment_made_from_the_machines_own_torch_runs_a_notebook(
     assert seen["prefix"] == str(target)
     assert seen["torch_file"].startswith(str(target / "torch")), seen
     assert Path(seen["base"]) == Path(python).parent.parent, seen
+    assert seen["writable"] == [], seen
     assert not gpu_check.is_mounted(target / "torch")
     assert not gpu_check.is_mounted(target / "bundle")
 
