@@ -108,8 +108,9 @@ def conda_source(framework: Framework) -> list | None:
 
 def _digest(framework: Framework, reqs: tuple[str, ...]) -> str:
     what: dict = {"python": _python(), "requirements": list(reqs)}
-    if framework.conda:
-        what["conda"] = conda_source(framework)
+    conda = conda_source(framework)
+    if conda is not None:
+        what["conda"] = conda
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
 
