@@ -45,6 +45,10 @@ DEBS = (
     "libxtables12",
     "libbpf1",
     "libelf1",
+    # Not in a minimal Debian or Ubuntu root: ip needs libbsd (and its libmd), nft libedit.
+    "libbsd0",
+    "libmd0",
+    "libedit2",
 )
 # The glibc of a current GPU image is 2.35 or newer; wheels for older ones still load.
 GLIBC_MINORS = (39, 38, 36, 35, 34, 31, 28, 27, 26, 24, 17, 12, 5)

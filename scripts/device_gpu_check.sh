@@ -57,21 +57,12 @@ tar -xJf .device/site.tar.xz -C "$bundle" --strip-components=1 || exit 3
 chmod -R a+rX "$bundle"
 
 # The process runtime's tools, from Debian's packages, where the machine has none:
-# unpacked aside (never over /), each run with its own libraries.
+# unpacked aside (never over /), each run with its own libraries (device_tools.sh).
 missing=""
 for tool in bwrap ip nft; do command -v "$tool" >/dev/null || missing="$missing $tool"; done
 if [ -n "$missing" ]; then
   echo "== bringing$missing from .device/debs"
-  rm -rf "$tools" && mkdir -p "$tools/bin"
-  for deb in .device/debs/*.deb; do dpkg-deb -x "$deb" "$tools/root" 2>/dev/null || dpkg -x "$deb" "$tools/root" || exit 3; done
-  libs="$tools/root/usr/lib/x86_64-linux-gnu:$tools/root/lib/x86_64-linux-gnu"
-  for tool in $missing; do
-    real=$(ls "$tools/root"/{usr/bin,usr/sbin,bin,sbin}/"$tool" 2>/dev/null | head -1)
-    [ -n "$real" ] || { echo "no $tool in .device/debs"; exit 3; }
-    printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$libs" "$real" > "$tools/bin/$tool"
-    chmod 755 "$tools/bin/$tool"
-  done
-  chmod -R a+rX "$tools"
+  scripts/device_tools.sh .device/debs "$tools" $missing || exit 3
   export PATH="$tools/bin:$PATH"
 fi
 
