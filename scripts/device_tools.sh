@@ -9,9 +9,7 @@ set -euo pipefail
 debs=$1 tools=$2
 shift 2
 rm -rf "$tools" && mkdir -p "$tools/bin"
-for deb in "$debs"/*.deb; do
-  dpkg-deb -x "$deb" "$tools/root" 2>/dev/null || dpkg -x "$deb" "$tools/root"
-done
+for deb in "$debs"/*.deb; do dpkg-deb -x "$deb" "$tools/root"; done
 libs="$tools/root/usr/lib/x86_64-linux-gnu:$tools/root/lib/x86_64-linux-gnu"
 for tool in "$@"; do
   real=""

@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 
 from support.paths import ROOT, load_script
 
-SCRIPT = ROOT / "scripts" / "device_bundle.py"
+MIRROR = os.environ.get("NBCLOUD_CI_MIRROR", "http://deb.debian.org/debian")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def bare_root(tmp_path_factory):
         pytest.skip("needs root and debootstrap (make docker-images installs it) for a bare root")
     root = tmp_path_factory.mktemp("bare") / "root"
     subprocess.run(
-        ["debootstrap", "--variant=minbase", "bookworm", str(root), "http://deb.debian.org/debian"],
+        ["debootstrap", "--variant=minbase", "bookworm", str(root), MIRROR],
         check=True,
         capture_output=True,
         timeout=600,
@@ -113,15 +113,9 @@ def test_the_tools_brought_run_on_a_machine_without_their_libraries(bundle, bare
     ).exists()
     # The bare root is the whole machine; the unpacked tools are all that is added to
     # it, at the path their wrappers name (on a tmpfs over that path's first folder).
-    machine = [shutil.which("bwrap"), "--ro-bind", str(bare_root), "/", "--proc", "/proc"]
-    machine += [
-        "--dev",
-        "/dev",
-        "--tmpfs",
-        str(tools.parents[-2]),
-        "--ro-bind",
-        str(tools),
-        str(tools),
+    machine = [
+        *(shutil.which("bwrap"), "--ro-bind", str(bare_root), "/", "--proc", "/proc"),
+        *("--dev", "/dev", "--tmpfs", str(tools.parents[-2]), "--ro-bind", str(tools), str(tools)),
     ]
     for tool, flag, says in (
         ("bwrap", "--version", "bubblewrap"),
